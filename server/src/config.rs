@@ -1,0 +1,203 @@
+//! Command-line flags, each also read from an environment variable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+
+use crate::backend::BackendKind;
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured when on a terminal.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// puppet-server: one WeChat bot account served over the wechaty.Puppet gRPC contract.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "puppet-server", version, about)]
+pub struct Config {
+    /// gRPC address. Port 0 picks a free port (printed at start-up). A Wechaty user's
+    /// WECHATY_PUPPET_SERVER_PORT sets the port when this is not given.
+    #[arg(long, env = "PUPPET_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// The token clients must present. Also read from WECHATY_TOKEN. When none is given, the token
+    /// saved in the data dir is used, or a new `insecure_<uuid>` is generated and saved there.
+    #[arg(long, env = "WECHATY_PUPPET_SERVICE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Which backend holds the account.
+    #[arg(long, env = "PUPPET_BACKEND", value_enum, default_value = "mock")]
+    pub backend: BackendKind,
+
+    /// Where the server keeps its state (generated token, …). Default:
+    /// $XDG_DATA_HOME/puppet-rs, else ~/.local/share/puppet-rs, else ./puppet-data.
+    #[arg(long, env = "PUPPET_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Side HTTP port for liveness/readiness and the login QR page (off when not given).
+    #[arg(long, env = "PUPPET_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Log format.
+    #[arg(long, env = "PUPPET_LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+
+    /// How many events the bus retains for resuming subscribers.
+    #[arg(long, env = "PUPPET_EVENT_RETENTION", default_value_t = 65_536)]
+    pub event_retention: usize,
+
+    /// How far (in events) a subscriber may fall behind before its stream is ended with
+    /// RESOURCE_EXHAUSTED. Capped at the retention size.
+    #[arg(long, env = "PUPPET_SUBSCRIBER_MAX_LAG", default_value_t = 16_384)]
+    pub subscriber_max_lag: usize,
+
+    /// Seconds between heartbeats on every event stream (Wechaty clients reset after 60 s of silence).
+    #[arg(long, env = "PUPPET_HEARTBEAT_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub heartbeat_secs: u64,
+
+    /// Largest message accepted from clients, in MiB (Python sends files inline, so this is large).
+    #[arg(long, env = "PUPPET_MAX_MESSAGE_MIB", default_value_t = 150)]
+    pub max_message_mib: usize,
+
+    /// Mock backend: a world description (JSON or TOML) instead of the built-in default world.
+    #[arg(long, env = "PUPPET_MOCK_WORLD")]
+    pub world: Option<PathBuf>,
+
+    /// Mock backend: begin the login flow at start-up, so the account is online before any client
+    /// connects (a later `Start` has nothing to do). `--autostart false` waits for `Start`.
+    #[arg(long, env = "PUPPET_AUTOSTART", default_value_t = true, action = clap::ArgAction::Set)]
+    pub autostart: bool,
+
+    /// Mock backend: milliseconds between the steps of the simulated login (QR shown, scanned,
+    /// confirmed, logged in, ready).
+    #[arg(long, env = "PUPPET_MOCK_LOGIN_STEP_MS", default_value_t = 50)]
+    pub login_step_ms: u64,
+}
+
+/// The default gRPC port (the official puppet service examples use 8788).
+pub const DEFAULT_PORT: u16 = 8788;
+
+/// Where the token came from, for the start-up banner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `--token` / `WECHATY_PUPPET_SERVICE_TOKEN` / `WECHATY_TOKEN`.
+    Given,
+    /// Read back from the data dir.
+    Saved,
+    /// Generated now and saved.
+    Generated,
+}
+
+impl Config {
+    /// The gRPC address, honouring `WECHATY_PUPPET_SERVER_PORT` when `--listen` is absent.
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        if let Some(a) = self.listen {
+            return Ok(a);
+        }
+        let port = match std::env::var("WECHATY_PUPPET_SERVER_PORT") {
+            Ok(p) => p.parse().map_err(|_| {
+                anyhow::anyhow!("WECHATY_PUPPET_SERVER_PORT={p:?} is not a port number")
+            })?,
+            Err(_) => DEFAULT_PORT,
+        };
+        Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// The data directory (see `--data-dir`).
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(d) = &self.data_dir {
+            return d.clone();
+        }
+        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+            return PathBuf::from(x).join("puppet-rs");
+        }
+        match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            Some(h) => PathBuf::from(h).join(".local/share/puppet-rs"),
+            None => PathBuf::from("puppet-data"),
+        }
+    }
+
+    /// The token and where it came from.
+    pub fn resolve_token(&self) -> anyhow::Result<(String, TokenSource)> {
+        let given = self
+            .token
+            .clone()
+            .or_else(|| std::env::var("WECHATY_TOKEN").ok())
+            .filter(|t| !t.is_empty());
+        if let Some(t) = given {
+            validate_token(&t)?;
+            return Ok((t, TokenSource::Given));
+        }
+        load_or_generate_token(&self.data_dir())
+    }
+}
+
+/// Tokens travel in `:authority` and TLS SNI: keep them to characters those allow.
+fn validate_token(t: &str) -> anyhow::Result<()> {
+    if t.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
+    {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "the token may contain only letters, digits and - _ . ~ (clients send it as the HTTP/2 :authority)"
+        )
+    }
+}
+
+fn load_or_generate_token(dir: &Path) -> anyhow::Result<(String, TokenSource)> {
+    let path = dir.join("token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => {
+            let t = t.trim().to_owned();
+            validate_token(&t).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            return Ok((t, TokenSource::Saved));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+    }
+    let token = format!("insecure_{}", uuid::Uuid::new_v4());
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
+    write_private(&path, &token)
+        .map_err(|e| anyhow::anyhow!("cannot save {}: {e}", path.display()))?;
+    Ok((token, TokenSource::Generated))
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path)?.write_all(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_token_is_saved_and_reused() {
+        let dir = std::env::temp_dir().join(format!("puppet-token-{}", uuid::Uuid::new_v4()));
+        let (t1, s1) = load_or_generate_token(&dir).unwrap();
+        assert!(t1.starts_with("insecure_"));
+        assert_eq!(s1, TokenSource::Generated);
+        let (t2, s2) = load_or_generate_token(&dir).unwrap();
+        assert_eq!((t2, s2), (t1, TokenSource::Saved));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn tokens_must_fit_in_an_authority() {
+        assert!(validate_token("puppet_padlocal_x-1.2~3").is_ok());
+        assert!(validate_token("has space").is_err());
+        assert!(validate_token("a/b").is_err());
+    }
+}

@@ -1,0 +1,124 @@
+//! Token authentication, as the official server does it: `authorization: Wechaty <token>`, or when
+//! that header is absent, the HTTP/2 `:authority` (the official clients put the raw token there and,
+//! in plaintext mode, send no header at all). Only the Puppet service is wrapped; health and
+//! reflection stay open.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use subtle::ConstantTimeEq;
+use tonic::Status;
+use tonic::server::NamedService;
+use tower::Service;
+
+/// Checks a request's credentials against the expected token. The messages are upstream's, so
+/// existing bots show the errors their users already know.
+pub fn check<B>(req: &http::Request<B>, token: &str) -> Result<(), Status> {
+    let presented: String = match req.headers().get(http::header::AUTHORIZATION) {
+        Some(v) => v
+            .to_str()
+            .map_err(|_| Status::unauthenticated("No Authorization found."))?
+            .to_owned(),
+        None => match req.uri().authority() {
+            Some(a) => format!("Wechaty {}", a.as_str()),
+            None => return Err(Status::unauthenticated("No Authorization found.")),
+        },
+    };
+    let mut parts = presented.split_whitespace();
+    let (scheme, given) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if !scheme.eq_ignore_ascii_case("wechaty") {
+        return Err(Status::unauthenticated(format!(
+            "Invalid authorization type: \"{scheme}\""
+        )));
+    }
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(Status::unauthenticated(format!(
+            "Invalid Wechaty TOKEN \"{given}\""
+        )))
+    }
+}
+
+/// A tower service that answers `UNAUTHENTICATED` unless [`check`] passes.
+#[derive(Clone)]
+pub struct RequireToken<S> {
+    inner: S,
+    token: Arc<str>,
+}
+
+impl<S> RequireToken<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, token: Arc<str>) -> Self {
+        Self { inner, token }
+    }
+}
+
+impl<S: NamedService> NamedService for RequireToken<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B> Service<http::Request<B>> for RequireToken<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        match check(&req, &self.token) {
+            Ok(()) => Box::pin(self.inner.call(req)),
+            Err(status) => {
+                tracing::debug!(path = %req.uri().path(), reason = status.message(), "rejected unauthenticated call");
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(auth: Option<&str>, authority: Option<&str>) -> http::Request<()> {
+        let uri = match authority {
+            Some(a) => format!("http://{a}/wechaty.Puppet/Version"),
+            None => "/wechaty.Puppet/Version".to_owned(),
+        };
+        let mut b = http::Request::builder().uri(uri);
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn header_or_authority_must_carry_the_token() {
+        let t = "insecure_abc";
+        assert!(check(&req(Some("Wechaty insecure_abc"), Some("127.0.0.1:1")), t).is_ok());
+        assert!(check(&req(None, Some("insecure_abc")), t).is_ok());
+        let e = check(&req(Some("Bearer insecure_abc"), None), t).unwrap_err();
+        assert_eq!(e.message(), "Invalid authorization type: \"Bearer\"");
+        let e = check(&req(Some("Wechaty nope"), Some("insecure_abc")), t).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "Invalid Wechaty TOKEN \"nope\"",
+            "a present header wins over :authority"
+        );
+        let e = check(&req(None, Some("127.0.0.1:8788")), t).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            check(&req(None, None), t).unwrap_err().message(),
+            "No Authorization found."
+        );
+    }
+}

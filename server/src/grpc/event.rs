@@ -1,0 +1,113 @@
+//! Event streams: the wechaty `Event` RPC and our resumable `puppet_rs.v1.EventFeed`.
+//!
+//! Each open stream is one task that reads its bus [`Subscription`] and writes into a bounded
+//! channel (`STREAM_BUFFER` messages) that tonic drains into HTTP/2. When the client does not read,
+//! the channel fills, the task stops reading the bus, and the bus cuts the subscription off once it
+//! is `max_lag` events behind: the stream then ends with `RESOURCE_EXHAUSTED`. A heartbeat goes out
+//! first and then every `heartbeat` period. Closing the bus (graceful shutdown) ends streams with OK.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use puppet_proto::event::{DataPayload, EventKind, PuppetEvent};
+use puppet_proto::pb::puppet_rs::v1 as ext;
+use puppet_proto::pb::wechaty::puppet as pb;
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::events::{Envelope, Subscription};
+
+/// Messages buffered between a stream's task and its HTTP/2 stream.
+const STREAM_BUFFER: usize = 256;
+
+/// The stream type both event RPCs return.
+pub type EventStream<T> = ReceiverStream<Result<T, Status>>;
+
+/// Converts bus envelopes into one RPC's message type.
+pub trait StreamMessage: Send + 'static {
+    /// One retained event.
+    fn event(env: &Envelope) -> Self;
+    /// A heartbeat (not part of the log).
+    fn heartbeat() -> Self;
+}
+
+fn heartbeat_json() -> String {
+    PuppetEvent::Heartbeat(DataPayload {
+        data: "puppet-rs heartbeat".into(),
+    })
+    .payload_json()
+}
+
+impl StreamMessage for pb::EventResponse {
+    fn event(env: &Envelope) -> Self {
+        Self {
+            r#type: env.kind.wire(),
+            payload: env.payload.clone(),
+        }
+    }
+    fn heartbeat() -> Self {
+        Self {
+            r#type: EventKind::Heartbeat.wire(),
+            payload: heartbeat_json(),
+        }
+    }
+}
+
+impl StreamMessage for ext::SequencedEvent {
+    fn event(env: &Envelope) -> Self {
+        Self {
+            seq: env.seq,
+            time: Some(env.time.into()),
+            r#type: env.kind.wire(),
+            payload: env.payload.clone(),
+        }
+    }
+    fn heartbeat() -> Self {
+        Self {
+            seq: 0,
+            time: Some(std::time::SystemTime::now().into()),
+            r#type: EventKind::Heartbeat.wire(),
+            payload: heartbeat_json(),
+        }
+    }
+}
+
+/// Starts the task that feeds one stream; returns the stream.
+pub fn pump<T: StreamMessage>(mut sub: Subscription, heartbeat: Duration) -> EventStream<T> {
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(heartbeat);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut batch: Vec<Arc<Envelope>> = Vec::with_capacity(256);
+        loop {
+            tokio::select! {
+                biased;
+                _ = tx.closed() => break,
+                // The first tick completes at once, so every stream opens with a heartbeat.
+                _ = ticker.tick() => {
+                    if tx.send(Ok(T::heartbeat())).await.is_err() {
+                        break;
+                    }
+                }
+                next = sub.next_batch(&mut batch) => match next {
+                    Ok(true) => {
+                        for env in batch.drain(..) {
+                            if tx.send(Ok(T::event(&env))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(false) => break,
+                    Err(lagged) => {
+                        tracing::warn!(behind = lagged.behind, limit = lagged.limit, "cutting off a slow event subscriber");
+                        let _ = tx.send(Err(Status::resource_exhausted(lagged.to_string()))).await;
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}

@@ -1,0 +1,1039 @@
+//! The gRPC layer: translation only. Requests become domain calls on the [`Backend`], results and
+//! errors become responses and statuses. No state and no business logic live here.
+
+pub mod auth;
+mod convert;
+pub mod event;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use puppet_proto::ids::{
+    ContactId, ConversationId, FriendshipId, MessageId, RoomId, RoomInvitationId, TagId,
+};
+use puppet_proto::model::{ImageType, PayloadType};
+use puppet_proto::pb::puppet_rs::v1 as ext;
+use puppet_proto::pb::wechaty::puppet as pb;
+use puppet_proto::pb::wechaty::puppet_server::Puppet;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::backend::{Backend, BackendError, Outgoing, Referrer};
+use crate::events::{EventBus, StartAt, SubscribeError};
+use convert::{card, file_box, legacy_json, non_empty, required};
+use event::{EventStream, pump};
+
+type RpcResult<T> = Result<Response<T>, Status>;
+type BoxStream<T> = std::pin::Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Not yet served: the blob store that Upload/Download and the chunked file RPCs need is not built.
+fn no_blob_store(rpc: &str) -> Status {
+    Status::unimplemented(format!(
+        "{rpc} needs the server's blob store, which this build does not have yet; send files as inline \
+         Base64 or Url FileBox JSON through MessageSendFile"
+    ))
+}
+
+/// The `wechaty.Puppet` service over one backend.
+#[derive(Clone)]
+pub struct PuppetService {
+    backend: Arc<dyn Backend>,
+    bus: EventBus,
+    heartbeat: Duration,
+    version: Arc<str>,
+}
+
+impl PuppetService {
+    /// Serves `backend`, streaming events from `bus` with a heartbeat every `heartbeat`.
+    pub fn new(backend: Arc<dyn Backend>, bus: EventBus, heartbeat: Duration) -> Self {
+        let version = format!(
+            "puppet-rs/{} ({} backend)",
+            env!("CARGO_PKG_VERSION"),
+            backend.name()
+        )
+        .into();
+        Self {
+            backend,
+            bus,
+            heartbeat,
+            version,
+        }
+    }
+
+    fn err(&self, e: BackendError) -> Status {
+        status::to_status(self.backend.name(), e)
+    }
+}
+
+fn ok<T>(t: T) -> RpcResult<T> {
+    Ok(Response::new(t))
+}
+
+fn contact_id(field: &str, v: String) -> Result<ContactId, Status> {
+    required(field, v).map(ContactId)
+}
+fn room_id(field: &str, v: String) -> Result<RoomId, Status> {
+    required(field, v).map(RoomId)
+}
+fn message_id(field: &str, v: String) -> Result<MessageId, Status> {
+    required(field, v).map(MessageId)
+}
+fn conversation(v: String) -> Result<ConversationId, Status> {
+    required("conversation_id", v).map(ConversationId)
+}
+
+/// The current and deprecated id fields of every "message sent" response.
+macro_rules! sent {
+    ($ty:ident, $id:expr) => {{
+        let id = $id.map(|m: MessageId| m.0).unwrap_or_default();
+        #[allow(deprecated)]
+        let r = pb::$ty {
+            id_string_value_deprecated: non_empty(Some(id.clone())),
+            id,
+        };
+        r
+    }};
+}
+
+#[tonic::async_trait]
+impl Puppet for PuppetService {
+    type MessageFileStreamStream = BoxStream<pb::MessageFileStreamResponse>;
+    type MessageImageStreamStream = BoxStream<pb::MessageImageStreamResponse>;
+    type EventStream = EventStream<pb::EventResponse>;
+    type DownloadStream = BoxStream<pb::DownloadResponse>;
+
+    async fn message_file_stream(
+        &self,
+        _: Request<pb::MessageFileStreamRequest>,
+    ) -> RpcResult<Self::MessageFileStreamStream> {
+        Err(no_blob_store("MessageFileStream"))
+    }
+
+    async fn message_image_stream(
+        &self,
+        _: Request<pb::MessageImageStreamRequest>,
+    ) -> RpcResult<Self::MessageImageStreamStream> {
+        Err(no_blob_store("MessageImageStream"))
+    }
+
+    async fn message_send_file_stream(
+        &self,
+        _: Request<Streaming<pb::MessageSendFileStreamRequest>>,
+    ) -> RpcResult<pb::MessageSendFileStreamResponse> {
+        Err(no_blob_store("MessageSendFileStream"))
+    }
+
+    // ---- base ---------------------------------------------------------------------------------
+
+    async fn start(&self, _: Request<pb::StartRequest>) -> RpcResult<pb::StartResponse> {
+        self.backend.start().await.map_err(|e| self.err(e))?;
+        ok(pb::StartResponse {})
+    }
+
+    async fn stop(&self, _: Request<pb::StopRequest>) -> RpcResult<pb::StopResponse> {
+        self.backend.stop().await.map_err(|e| self.err(e))?;
+        ok(pb::StopResponse {})
+    }
+
+    async fn logout(&self, _: Request<pb::LogoutRequest>) -> RpcResult<pb::LogoutResponse> {
+        self.backend.logout().await.map_err(|e| self.err(e))?;
+        ok(pb::LogoutResponse {})
+    }
+
+    async fn ding(&self, req: Request<pb::DingRequest>) -> RpcResult<pb::DingResponse> {
+        self.backend
+            .ding(req.into_inner().data)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::DingResponse {})
+    }
+
+    async fn version(&self, _: Request<pb::VersionRequest>) -> RpcResult<pb::VersionResponse> {
+        ok(pb::VersionResponse {
+            version: self.version.to_string(),
+        })
+    }
+
+    async fn event(&self, _: Request<pb::EventRequest>) -> RpcResult<Self::EventStream> {
+        // Upstream allows one Event stream; we allow any number, each with its own cursor.
+        let sub = self
+            .bus
+            .subscribe(StartAt::Live { replay_state: true })
+            .map_err(|e| Status::internal(e.to_string()))?;
+        ok(pump(sub, self.heartbeat))
+    }
+
+    async fn dirty_payload(
+        &self,
+        req: Request<pb::DirtyPayloadRequest>,
+    ) -> RpcResult<pb::DirtyPayloadResponse> {
+        let r = req.into_inner();
+        let kind = PayloadType::from_wire(r.r#type)
+            .filter(|k| *k != PayloadType::Unknown)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!("`type` {} is not a payload type (1-5)", r.r#type))
+            })?;
+        let id = required("id", r.id)?;
+        self.backend
+            .dirty_payload(kind, id)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::DirtyPayloadResponse {})
+    }
+
+    // ---- contact self -------------------------------------------------------------------------
+
+    async fn contact_self_qr_code(
+        &self,
+        _: Request<pb::ContactSelfQrCodeRequest>,
+    ) -> RpcResult<pb::ContactSelfQrCodeResponse> {
+        let qrcode = self.backend.self_qrcode().await.map_err(|e| self.err(e))?;
+        ok(pb::ContactSelfQrCodeResponse { qrcode })
+    }
+
+    async fn contact_self_name(
+        &self,
+        req: Request<pb::ContactSelfNameRequest>,
+    ) -> RpcResult<pb::ContactSelfNameResponse> {
+        let name = required("name", req.into_inner().name)?;
+        self.backend
+            .set_self_name(name)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::ContactSelfNameResponse {})
+    }
+
+    async fn contact_self_signature(
+        &self,
+        req: Request<pb::ContactSelfSignatureRequest>,
+    ) -> RpcResult<pb::ContactSelfSignatureResponse> {
+        self.backend
+            .set_self_signature(req.into_inner().signature)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::ContactSelfSignatureResponse {})
+    }
+
+    // ---- contacts -----------------------------------------------------------------------------
+
+    async fn contact_payload(
+        &self,
+        req: Request<pb::ContactPayloadRequest>,
+    ) -> RpcResult<pb::ContactPayloadResponse> {
+        let id = contact_id("id", req.into_inner().id)?;
+        let c = self.backend.contact(&id).await.map_err(|e| self.err(e))?;
+        ok(convert::contact(c))
+    }
+
+    #[allow(deprecated)]
+    async fn contact_alias(
+        &self,
+        req: Request<pb::ContactAliasRequest>,
+    ) -> RpcResult<pb::ContactAliasResponse> {
+        let r = req.into_inner();
+        let id = contact_id("id", r.id)?;
+        if let Some(alias) = r.alias.or(r.alias_string_value_deprecated) {
+            self.backend
+                .set_contact_alias(&id, alias)
+                .await
+                .map_err(|e| self.err(e))?;
+            return ok(pb::ContactAliasResponse::default());
+        }
+        let alias = self
+            .backend
+            .contact(&id)
+            .await
+            .map_err(|e| self.err(e))?
+            .alias;
+        // Node needs the wrapper when the alias is empty, and Python always reads it.
+        ok(pb::ContactAliasResponse {
+            alias_string_value_deprecated: Some(alias.clone()),
+            alias,
+        })
+    }
+
+    #[allow(deprecated)]
+    async fn contact_avatar(
+        &self,
+        req: Request<pb::ContactAvatarRequest>,
+    ) -> RpcResult<pb::ContactAvatarResponse> {
+        let r = req.into_inner();
+        let id = contact_id("id", r.id)?;
+        if let Some(json) = r.file_box.or(r.filebox_string_value_deprecated) {
+            let fb = file_box("file_box", &json)?;
+            self.backend
+                .set_contact_avatar(&id, fb)
+                .await
+                .map_err(|e| self.err(e))?;
+            return ok(pb::ContactAvatarResponse::default());
+        }
+        let json = self
+            .backend
+            .contact_avatar(&id)
+            .await
+            .map_err(|e| self.err(e))?
+            .to_json();
+        ok(pb::ContactAvatarResponse {
+            filebox_string_value_deprecated: Some(json.clone()),
+            file_box: json,
+        })
+    }
+
+    async fn contact_phone(
+        &self,
+        req: Request<pb::ContactPhoneRequest>,
+    ) -> RpcResult<pb::ContactPhoneResponse> {
+        let r = req.into_inner();
+        let id = contact_id("contact_id", r.contact_id)?;
+        self.backend
+            .set_contact_phones(&id, r.phones.clone())
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::ContactPhoneResponse { phones: r.phones })
+    }
+
+    #[allow(deprecated)]
+    async fn contact_corporation_remark(
+        &self,
+        req: Request<pb::ContactCorporationRemarkRequest>,
+    ) -> RpcResult<pb::ContactCorporationRemarkResponse> {
+        let r = req.into_inner();
+        let id = contact_id("contact_id", r.contact_id)?;
+        // Node sends both fields for a value and neither for null (= clear).
+        let remark = r
+            .corporation_remark_string_value_deprecated
+            .or(non_empty(Some(r.corporation_remark)));
+        self.backend
+            .set_contact_corporation_remark(&id, remark)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::ContactCorporationRemarkResponse {})
+    }
+
+    #[allow(deprecated)]
+    async fn contact_description(
+        &self,
+        req: Request<pb::ContactDescriptionRequest>,
+    ) -> RpcResult<pb::ContactDescriptionResponse> {
+        let r = req.into_inner();
+        let id = contact_id("contact_id", r.contact_id)?;
+        let description = r
+            .description_string_value_deprecated
+            .or(non_empty(Some(r.description)));
+        self.backend
+            .set_contact_description(&id, description)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::ContactDescriptionResponse {})
+    }
+
+    async fn contact_list(
+        &self,
+        _: Request<pb::ContactListRequest>,
+    ) -> RpcResult<pb::ContactListResponse> {
+        let ids = self.backend.contact_list().await.map_err(|e| self.err(e))?;
+        ok(pb::ContactListResponse {
+            ids: ids.into_iter().map(|c| c.0).collect(),
+        })
+    }
+
+    // ---- friendships --------------------------------------------------------------------------
+
+    async fn friendship_payload(
+        &self,
+        req: Request<pb::FriendshipPayloadRequest>,
+    ) -> RpcResult<pb::FriendshipPayloadResponse> {
+        // The payload fields (Python sends the literal "null") are an old write path nobody needs.
+        let id = FriendshipId(required("id", req.into_inner().id)?);
+        let f = self
+            .backend
+            .friendship(&id)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(convert::friendship(f))
+    }
+
+    #[allow(deprecated)]
+    async fn friendship_search_phone(
+        &self,
+        req: Request<pb::FriendshipSearchPhoneRequest>,
+    ) -> RpcResult<pb::FriendshipSearchPhoneResponse> {
+        let phone = required("phone", req.into_inner().phone)?;
+        let found = self
+            .backend
+            .friendship_search_phone(&phone)
+            .await
+            .map_err(|e| self.err(e))?;
+        let id = found.map(|c| c.0);
+        ok(pb::FriendshipSearchPhoneResponse {
+            contact_id_string_value_deprecated: id.clone(),
+            contact_id: id.unwrap_or_default(),
+        })
+    }
+
+    async fn friendship_search_weixin(
+        &self,
+        req: Request<pb::FriendshipSearchHandleRequest>,
+    ) -> RpcResult<pb::FriendshipSearchHandleResponse> {
+        self.friendship_search_handle(req).await
+    }
+
+    #[allow(deprecated)]
+    async fn friendship_search_handle(
+        &self,
+        req: Request<pb::FriendshipSearchHandleRequest>,
+    ) -> RpcResult<pb::FriendshipSearchHandleResponse> {
+        let handle = required("weixin", req.into_inner().weixin)?;
+        let found = self
+            .backend
+            .friendship_search_handle(&handle)
+            .await
+            .map_err(|e| self.err(e))?;
+        let id = found.map(|c| c.0);
+        ok(pb::FriendshipSearchHandleResponse {
+            contact_id_string_value_deprecated: id.clone(),
+            contact_id: id.unwrap_or_default(),
+        })
+    }
+
+    #[allow(deprecated)]
+    async fn friendship_add(
+        &self,
+        req: Request<pb::FriendshipAddRequest>,
+    ) -> RpcResult<pb::FriendshipAddResponse> {
+        let r = req.into_inner();
+        let id = contact_id("contact_id", r.contact_id)?;
+        let given = r.referrer.unwrap_or_default();
+        let referrer = Referrer {
+            contact_id: non_empty(Some(given.contact_id))
+                .or(non_empty(r.source_contact_id_string_value_deprecated))
+                .map(ContactId),
+            room_id: non_empty(Some(given.room_id))
+                .or(non_empty(r.source_room_id_string_value_deprecated))
+                .map(RoomId),
+        };
+        self.backend
+            .friendship_add(&id, r.hello, referrer)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::FriendshipAddResponse {})
+    }
+
+    async fn friendship_accept(
+        &self,
+        req: Request<pb::FriendshipAcceptRequest>,
+    ) -> RpcResult<pb::FriendshipAcceptResponse> {
+        let id = FriendshipId(required("id", req.into_inner().id)?);
+        self.backend
+            .friendship_accept(&id)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::FriendshipAcceptResponse {})
+    }
+
+    // ---- messages -----------------------------------------------------------------------------
+
+    async fn message_file(
+        &self,
+        req: Request<pb::MessageFileRequest>,
+    ) -> RpcResult<pb::MessageFileResponse> {
+        let id = message_id("id", req.into_inner().id)?;
+        let fb = self
+            .backend
+            .message_file(&id)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::MessageFileResponse {
+            file_box: fb.to_json(),
+        })
+    }
+
+    async fn message_image(
+        &self,
+        req: Request<pb::MessageImageRequest>,
+    ) -> RpcResult<pb::MessageImageResponse> {
+        let r = req.into_inner();
+        let id = message_id("id", r.id)?;
+        let kind = ImageType::from_wire(r.r#type).ok_or_else(|| {
+            Status::invalid_argument(format!("`type` {} is not an image type (0-3)", r.r#type))
+        })?;
+        let fb = self
+            .backend
+            .message_image(&id, kind)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::MessageImageResponse {
+            file_box: fb.to_json(),
+        })
+    }
+
+    async fn message_send_file(
+        &self,
+        req: Request<pb::MessageSendFileRequest>,
+    ) -> RpcResult<pb::MessageSendFileResponse> {
+        let r = req.into_inner();
+        let to = conversation(r.conversation_id)?;
+        let fb = file_box("file_box", &r.file_box)?;
+        let id = self
+            .backend
+            .send(&to, Outgoing::File(fb))
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(sent!(MessageSendFileResponse, id))
+    }
+
+    async fn message_payload(
+        &self,
+        req: Request<pb::MessagePayloadRequest>,
+    ) -> RpcResult<pb::MessagePayloadResponse> {
+        let id = message_id("id", req.into_inner().id)?;
+        let m = self.backend.message(&id).await.map_err(|e| self.err(e))?;
+        ok(convert::message(m))
+    }
+
+    async fn message_contact(
+        &self,
+        req: Request<pb::MessageContactRequest>,
+    ) -> RpcResult<pb::MessageContactResponse> {
+        let id = message_id("id", req.into_inner().id)?;
+        let c = self
+            .backend
+            .message_contact(&id)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::MessageContactResponse { id: c.0 })
+    }
+
+    #[allow(deprecated)]
+    async fn message_mini_program(
+        &self,
+        req: Request<pb::MessageMiniProgramRequest>,
+    ) -> RpcResult<pb::MessageMiniProgramResponse> {
+        let id = message_id("id", req.into_inner().id)?;
+        let m = self
+            .backend
+            .message_mini_program(&id)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::MessageMiniProgramResponse {
+            mini_program_deprecated: legacy_json(&m),
+            mini_program: Some(convert::mini_program(m)),
+        })
+    }
+
+    #[allow(deprecated)]
+    async fn message_url(
+        &self,
+        req: Request<pb::MessageUrlRequest>,
+    ) -> RpcResult<pb::MessageUrlResponse> {
+        let id = message_id("id", req.into_inner().id)?;
+        let u = self
+            .backend
+            .message_url(&id)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::MessageUrlResponse {
+            url_link_deprecated: legacy_json(&u),
+            url_link: Some(convert::url_link(u)),
+        })
+    }
+
+    async fn message_recall(
+        &self,
+        req: Request<pb::MessageRecallRequest>,
+    ) -> RpcResult<pb::MessageRecallResponse> {
+        let id = message_id("id", req.into_inner().id)?;
+        let success = self
+            .backend
+            .message_recall(&id)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::MessageRecallResponse { success })
+    }
+
+    async fn message_forward(
+        &self,
+        req: Request<pb::MessageForwardRequest>,
+    ) -> RpcResult<pb::MessageForwardResponse> {
+        let r = req.into_inner();
+        let msg = message_id("message_id", r.message_id)?;
+        let to = conversation(r.conversation_id)?;
+        let id = self
+            .backend
+            .message_forward(&to, &msg)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(sent!(MessageForwardResponse, id))
+    }
+
+    async fn message_location(
+        &self,
+        req: Request<pb::MessageLocationRequest>,
+    ) -> RpcResult<pb::MessageLocationResponse> {
+        let id = message_id("id", req.into_inner().id)?;
+        let l = self
+            .backend
+            .message_location(&id)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::MessageLocationResponse {
+            location: Some(convert::location(l)),
+        })
+    }
+
+    async fn message_send_contact(
+        &self,
+        req: Request<pb::MessageSendContactRequest>,
+    ) -> RpcResult<pb::MessageSendContactResponse> {
+        let r = req.into_inner();
+        let to = conversation(r.conversation_id)?;
+        let card = contact_id("contact_id", r.contact_id)?;
+        let id = self
+            .backend
+            .send(&to, Outgoing::Contact(card))
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(sent!(MessageSendContactResponse, id))
+    }
+
+    async fn message_send_text(
+        &self,
+        req: Request<pb::MessageSendTextRequest>,
+    ) -> RpcResult<pb::MessageSendTextResponse> {
+        let r = req.into_inner();
+        let to = conversation(r.conversation_id)?;
+        let mentions = r
+            .mentional_ids
+            .into_iter()
+            .filter(|m| !m.is_empty())
+            .map(ContactId)
+            .collect();
+        let id = self
+            .backend
+            .send(
+                &to,
+                Outgoing::Text {
+                    text: r.text,
+                    mentions,
+                },
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(sent!(MessageSendTextResponse, id))
+    }
+
+    #[allow(deprecated)]
+    async fn message_send_mini_program(
+        &self,
+        req: Request<pb::MessageSendMiniProgramRequest>,
+    ) -> RpcResult<pb::MessageSendMiniProgramResponse> {
+        let r = req.into_inner();
+        let to = conversation(r.conversation_id)?;
+        let m = card(
+            "mini_program",
+            r.mini_program,
+            &r.mini_program_deprecated,
+            convert::mini_program_from,
+        )?;
+        let id = self
+            .backend
+            .send(&to, Outgoing::MiniProgram(m))
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(sent!(MessageSendMiniProgramResponse, id))
+    }
+
+    #[allow(deprecated)]
+    async fn message_send_url(
+        &self,
+        req: Request<pb::MessageSendUrlRequest>,
+    ) -> RpcResult<pb::MessageSendUrlResponse> {
+        let r = req.into_inner();
+        let to = conversation(r.conversation_id)?;
+        let u = card(
+            "url_link",
+            r.url_link,
+            &r.url_link_deprecated,
+            convert::url_link_from,
+        )?;
+        let id = self
+            .backend
+            .send(&to, Outgoing::Url(u))
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(sent!(MessageSendUrlResponse, id))
+    }
+
+    async fn message_send_location(
+        &self,
+        req: Request<pb::MessageSendLocationRequest>,
+    ) -> RpcResult<pb::MessageSendLocationResponse> {
+        let r = req.into_inner();
+        let to = conversation(r.conversation_id)?;
+        let l = r
+            .location
+            .ok_or_else(|| Status::invalid_argument("`location` is required"))?;
+        let id = self
+            .backend
+            .send(&to, Outgoing::Location(convert::location_from(l)))
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::MessageSendLocationResponse {
+            id: id.map(|m| m.0).unwrap_or_default(),
+        })
+    }
+
+    // ---- rooms --------------------------------------------------------------------------------
+
+    async fn room_payload(
+        &self,
+        req: Request<pb::RoomPayloadRequest>,
+    ) -> RpcResult<pb::RoomPayloadResponse> {
+        let id = room_id("id", req.into_inner().id)?;
+        let r = self.backend.room(&id).await.map_err(|e| self.err(e))?;
+        ok(convert::room(r))
+    }
+
+    async fn room_list(&self, _: Request<pb::RoomListRequest>) -> RpcResult<pb::RoomListResponse> {
+        let ids = self.backend.room_list().await.map_err(|e| self.err(e))?;
+        ok(pb::RoomListResponse {
+            ids: ids.into_iter().map(|r| r.0).collect(),
+        })
+    }
+
+    async fn room_add(&self, req: Request<pb::RoomAddRequest>) -> RpcResult<pb::RoomAddResponse> {
+        let r = req.into_inner();
+        let room = room_id("id", r.id)?;
+        let contacts = contact_set(r.contact_id, r.contact_ids)?;
+        self.backend
+            .room_add(&room, contacts, r.invite_only)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::RoomAddResponse {})
+    }
+
+    async fn room_avatar(
+        &self,
+        req: Request<pb::RoomAvatarRequest>,
+    ) -> RpcResult<pb::RoomAvatarResponse> {
+        let id = room_id("id", req.into_inner().id)?;
+        let fb = self
+            .backend
+            .room_avatar(&id)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::RoomAvatarResponse {
+            file_box: fb.to_json(),
+        })
+    }
+
+    async fn room_create(
+        &self,
+        req: Request<pb::RoomCreateRequest>,
+    ) -> RpcResult<pb::RoomCreateResponse> {
+        let r = req.into_inner();
+        let contacts = r
+            .contact_ids
+            .into_iter()
+            .filter(|c| !c.is_empty())
+            .map(ContactId)
+            .collect();
+        let id = self
+            .backend
+            .room_create(contacts, r.topic)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::RoomCreateResponse { id: id.0 })
+    }
+
+    async fn room_del(&self, req: Request<pb::RoomDelRequest>) -> RpcResult<pb::RoomDelResponse> {
+        let r = req.into_inner();
+        let room = room_id("id", r.id)?;
+        let contacts = contact_set(r.contact_id, r.contact_ids)?;
+        self.backend
+            .room_del(&room, contacts)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::RoomDelResponse {})
+    }
+
+    async fn room_quit(
+        &self,
+        req: Request<pb::RoomQuitRequest>,
+    ) -> RpcResult<pb::RoomQuitResponse> {
+        let id = room_id("id", req.into_inner().id)?;
+        self.backend.room_quit(&id).await.map_err(|e| self.err(e))?;
+        ok(pb::RoomQuitResponse {})
+    }
+
+    #[allow(deprecated)]
+    async fn room_topic(
+        &self,
+        req: Request<pb::RoomTopicRequest>,
+    ) -> RpcResult<pb::RoomTopicResponse> {
+        let r = req.into_inner();
+        let id = room_id("id", r.id)?;
+        // Python sets through the wrapper only (the official server ignores it: a bug not copied).
+        if let Some(topic) = r.topic.or(r.topic_string_value_deprecated) {
+            self.backend
+                .set_room_topic(&id, topic)
+                .await
+                .map_err(|e| self.err(e))?;
+            return ok(pb::RoomTopicResponse::default());
+        }
+        let topic = self.backend.room(&id).await.map_err(|e| self.err(e))?.topic;
+        ok(pb::RoomTopicResponse {
+            topic_string_value_deprecated: Some(topic.clone()),
+            topic,
+        })
+    }
+
+    async fn room_qr_code(
+        &self,
+        req: Request<pb::RoomQrCodeRequest>,
+    ) -> RpcResult<pb::RoomQrCodeResponse> {
+        // The Python client 0.8.10 sends no room id at all; say so rather than guess a room.
+        let id = room_id("id", req.into_inner().id)?;
+        let qrcode = self
+            .backend
+            .room_qrcode(&id)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::RoomQrCodeResponse { qrcode })
+    }
+
+    #[allow(deprecated)]
+    async fn room_announce(
+        &self,
+        req: Request<pb::RoomAnnounceRequest>,
+    ) -> RpcResult<pb::RoomAnnounceResponse> {
+        let r = req.into_inner();
+        let id = room_id("id", r.id)?;
+        if let Some(text) = r.text.or(r.text_string_value_deprecated) {
+            self.backend
+                .set_room_announce(&id, text)
+                .await
+                .map_err(|e| self.err(e))?;
+            return ok(pb::RoomAnnounceResponse::default());
+        }
+        let text = self
+            .backend
+            .room_announce(&id)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::RoomAnnounceResponse {
+            text_string_value_deprecated: Some(text.clone()),
+            text,
+        })
+    }
+
+    async fn room_member_payload(
+        &self,
+        req: Request<pb::RoomMemberPayloadRequest>,
+    ) -> RpcResult<pb::RoomMemberPayloadResponse> {
+        let r = req.into_inner();
+        let room = room_id("id", r.id)?;
+        let member = contact_id("member_id", r.member_id)?;
+        let m = self
+            .backend
+            .room_member(&room, &member)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(convert::room_member(m))
+    }
+
+    async fn room_member_list(
+        &self,
+        req: Request<pb::RoomMemberListRequest>,
+    ) -> RpcResult<pb::RoomMemberListResponse> {
+        let id = room_id("id", req.into_inner().id)?;
+        let ids = self
+            .backend
+            .room_members(&id)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::RoomMemberListResponse {
+            member_ids: ids.into_iter().map(|c| c.0).collect(),
+        })
+    }
+
+    async fn room_invitation_payload(
+        &self,
+        req: Request<pb::RoomInvitationPayloadRequest>,
+    ) -> RpcResult<pb::RoomInvitationPayloadResponse> {
+        let id = RoomInvitationId(required("id", req.into_inner().id)?);
+        let i = self
+            .backend
+            .room_invitation(&id)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(convert::room_invitation(i))
+    }
+
+    async fn room_invitation_accept(
+        &self,
+        req: Request<pb::RoomInvitationAcceptRequest>,
+    ) -> RpcResult<pb::RoomInvitationAcceptResponse> {
+        let id = RoomInvitationId(required("id", req.into_inner().id)?);
+        self.backend
+            .room_invitation_accept(&id)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::RoomInvitationAcceptResponse {})
+    }
+
+    // ---- tags ---------------------------------------------------------------------------------
+
+    async fn tag_contact_add(
+        &self,
+        req: Request<pb::TagContactAddRequest>,
+    ) -> RpcResult<pb::TagContactAddResponse> {
+        let r = req.into_inner();
+        let tag = TagId(required("id", r.id)?);
+        let contact = contact_id("contact_id", r.contact_id)?;
+        self.backend
+            .tag_contact_add(&tag, &contact)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::TagContactAddResponse {})
+    }
+
+    async fn tag_contact_remove(
+        &self,
+        req: Request<pb::TagContactRemoveRequest>,
+    ) -> RpcResult<pb::TagContactRemoveResponse> {
+        let r = req.into_inner();
+        let tag = TagId(required("id", r.id)?);
+        let contact = contact_id("contact_id", r.contact_id)?;
+        self.backend
+            .tag_contact_remove(&tag, &contact)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::TagContactRemoveResponse {})
+    }
+
+    async fn tag_contact_delete(
+        &self,
+        req: Request<pb::TagContactDeleteRequest>,
+    ) -> RpcResult<pb::TagContactDeleteResponse> {
+        let tag = TagId(required("id", req.into_inner().id)?);
+        self.backend
+            .tag_delete(&tag)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::TagContactDeleteResponse {})
+    }
+
+    #[allow(deprecated)]
+    async fn tag_contact_list(
+        &self,
+        req: Request<pb::TagContactListRequest>,
+    ) -> RpcResult<pb::TagContactListResponse> {
+        let r = req.into_inner();
+        let contact = non_empty(Some(r.contact_id))
+            .or(non_empty(r.contact_id_string_value_deprecated))
+            .map(ContactId);
+        let tags = self
+            .backend
+            .tag_list(contact.as_ref())
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::TagContactListResponse {
+            ids: tags.into_iter().map(|t| t.0).collect(),
+        })
+    }
+
+    // ---- conversations ------------------------------------------------------------------------
+
+    async fn conversation_read(
+        &self,
+        req: Request<pb::ConversationReadRequest>,
+    ) -> RpcResult<pb::ConversationReadResponse> {
+        let r = req.into_inner();
+        let to = conversation(r.conversation_id)?;
+        let has_read = self
+            .backend
+            .conversation_read(&to, r.has_read)
+            .await
+            .map_err(|e| self.err(e))?;
+        ok(pb::ConversationReadResponse { has_read })
+    }
+
+    // ---- blobs --------------------------------------------------------------------------------
+
+    async fn download(&self, _: Request<pb::DownloadRequest>) -> RpcResult<Self::DownloadStream> {
+        Err(no_blob_store("Download"))
+    }
+
+    async fn upload(
+        &self,
+        _: Request<Streaming<pb::UploadRequest>>,
+    ) -> RpcResult<pb::UploadResponse> {
+        Err(no_blob_store("Upload"))
+    }
+}
+
+/// `contact_id` (published clients) merged with `contact_ids` (upstream HEAD), de-duplicated.
+fn contact_set(one: String, many: Vec<String>) -> Result<Vec<ContactId>, Status> {
+    let mut out: Vec<ContactId> = Vec::new();
+    for id in std::iter::once(one).chain(many).filter(|c| !c.is_empty()) {
+        if !out.iter().any(|c| c.0 == id) {
+            out.push(ContactId(id));
+        }
+    }
+    if out.is_empty() {
+        return Err(Status::invalid_argument(
+            "`contact_id` (or `contact_ids`) is required",
+        ));
+    }
+    Ok(out)
+}
+
+/// `puppet_rs.v1.EventFeed`: the resumable, sequenced event stream.
+#[derive(Clone)]
+pub struct EventFeedService {
+    bus: EventBus,
+    heartbeat: Duration,
+}
+
+impl EventFeedService {
+    /// Serves `bus`.
+    pub fn new(bus: EventBus, heartbeat: Duration) -> Self {
+        Self { bus, heartbeat }
+    }
+}
+
+#[tonic::async_trait]
+impl ext::event_feed_server::EventFeed for EventFeedService {
+    type SubscribeStream = EventStream<ext::SequencedEvent>;
+
+    async fn subscribe(
+        &self,
+        req: Request<ext::SubscribeRequest>,
+    ) -> RpcResult<Self::SubscribeStream> {
+        let r = req.into_inner();
+        let start = match r.after_seq {
+            Some(seq) => StartAt::After(seq),
+            None => StartAt::Live {
+                replay_state: r.replay_state,
+            },
+        };
+        let sub = self.bus.subscribe(start).map_err(|e| match e {
+            SubscribeError::OutOfRange { .. } => Status::out_of_range(e.to_string()),
+        })?;
+        ok(pump(sub, self.heartbeat))
+    }
+
+    async fn retention(
+        &self,
+        _: Request<ext::RetentionRequest>,
+    ) -> RpcResult<ext::RetentionResponse> {
+        let r = self.bus.retention();
+        ok(ext::RetentionResponse {
+            first_seq: r.first_seq,
+            last_seq: r.last_seq,
+            capacity: r.capacity,
+        })
+    }
+}

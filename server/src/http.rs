@@ -1,0 +1,39 @@
+//! The side HTTP port: liveness and readiness for orchestrators and humans.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::events::EventBus;
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct HttpState {
+    /// The event bus, which knows the login state.
+    pub bus: EventBus,
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
+    if s.bus.logged_in() {
+        (StatusCode::OK, "logged in\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not logged in\n")
+    }
+}

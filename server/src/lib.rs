@@ -1,0 +1,226 @@
+//! puppet-server: one WeChat bot account, held by a [`backend::Backend`], served over the
+//! `wechaty.Puppet` gRPC contract plus the `puppet_rs.v1` extensions.
+//!
+//! Layout: [`config`] (flags), [`grpc`] (translation between the contract and the backend),
+//! [`events`] (the sequenced event bus), [`backend`] (the trait and its implementations),
+//! [`http`] (the side port).
+
+pub mod backend;
+pub mod config;
+pub mod events;
+pub mod grpc;
+pub mod http;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use puppet_proto::pb::puppet_rs::v1::event_feed_server::EventFeedServer;
+use puppet_proto::pb::wechaty::puppet_server::PuppetServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::{Config, TokenSource};
+use crate::events::EventBus;
+use crate::grpc::auth::RequireToken;
+use crate::grpc::{EventFeedService, PuppetService};
+
+/// Everything `run` needs to know once the sockets are bound.
+pub struct Started {
+    /// The gRPC address actually bound.
+    pub grpc_addr: SocketAddr,
+    /// The side-port address actually bound, if enabled.
+    pub http_addr: Option<SocketAddr>,
+}
+
+/// Runs the server until SIGINT/SIGTERM, then drains: event streams end with OK, in-flight calls
+/// finish, and the process returns.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let (token, token_source) = config.resolve_token()?;
+    let bus = EventBus::new(config.event_retention, config.subscriber_max_lag);
+    let backend = backend::build(&config, bus.sink())?;
+    let heartbeat = Duration::from_secs(config.heartbeat_secs);
+
+    let grpc_listener = bind(config.listen_addr()?, "gRPC").await?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_listener = match config.http_listen {
+        Some(a) => Some(bind(a, "HTTP").await?),
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<PuppetServer<PuppetService>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(puppet_proto::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(puppet_proto::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let max_message = config.max_message_mib.saturating_mul(1024 * 1024);
+    let token: Arc<str> = token.into();
+    let puppet = PuppetServer::new(PuppetService::new(backend.clone(), bus.clone(), heartbeat))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let feed = EventFeedServer::new(EventFeedService::new(bus.clone(), heartbeat));
+
+    print_banner(
+        &config,
+        grpc_addr,
+        http_addr,
+        &token,
+        token_source,
+        backend.name(),
+    );
+
+    let shutdown = shutdown_signal();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(listener) = http_listener {
+        let state = http::HttpState { bus: bus.clone() };
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = http::serve(
+                listener,
+                state,
+                async move { _ = stop.wait_for(|s| *s).await },
+            )
+            .await
+            {
+                tracing::error!(error = %e, "HTTP side port failed");
+            }
+        });
+    }
+    if config.autostart {
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            if let Err(e) = backend.start().await {
+                tracing::error!(error = %e, "autostart failed; a client's Start call will retry");
+            }
+        });
+    }
+
+    let drain_bus = bus.clone();
+    let mut stop_grpc = stop_rx.clone();
+    let server = tonic::transport::Server::builder()
+        .trace_fn(|req| {
+            tracing::info_span!("rpc", method = %req.uri().path(), request_id = %request_id(req.headers()))
+        })
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(RequireToken::new(puppet, token.clone()))
+        .add_service(RequireToken::new(feed, token))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+            _ = stop_grpc.wait_for(|s| *s).await;
+        });
+    let serving = tokio::spawn(server);
+    shutdown.await;
+    tracing::info!("shutting down: ending event streams and draining calls");
+    drain_bus.close();
+    _ = stop_tx.send(true);
+    serving.await??;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
+}
+
+/// The client's `x-request-id`, or a new process-unique one.
+fn request_id(headers: &::http::HeaderMap) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("r{}", NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+fn print_banner(
+    config: &Config,
+    grpc: SocketAddr,
+    http: Option<SocketAddr>,
+    token: &str,
+    source: TokenSource,
+    backend: &str,
+) {
+    // The banner is for the person who started the server; tracing logs never carry the token.
+    let (shown, note, tok) = match source {
+        TokenSource::Given => (
+            mask(token),
+            "given".to_owned(),
+            "$WECHATY_PUPPET_SERVICE_TOKEN".to_owned(),
+        ),
+        TokenSource::Saved => (
+            token.to_owned(),
+            format!("saved in {}", config.data_dir().join("token").display()),
+            token.to_owned(),
+        ),
+        TokenSource::Generated => (
+            token.to_owned(),
+            format!(
+                "generated, saved in {}",
+                config.data_dir().join("token").display()
+            ),
+            token.to_owned(),
+        ),
+    };
+    let mut out = String::new();
+    out.push_str(&format!(
+        "puppet-rs {} — wechaty.Puppet service\n",
+        env!("CARGO_PKG_VERSION")
+    ));
+    out.push_str(&format!("  listening  grpc://{grpc}  (plaintext HTTP/2)\n"));
+    out.push_str(&format!("  token      {shown}  ({note})\n"));
+    out.push_str(&format!("  backend    {backend}\n"));
+    if let Some(h) = http {
+        out.push_str(&format!("  http       http://{h}  (/healthz /readyz)\n"));
+    }
+    out.push_str("connect:\n");
+    out.push_str(&format!(
+        "  grpcurl  grpcurl -plaintext -H \"authorization: Wechaty {tok}\" {grpc} wechaty.Puppet/Version\n"
+    ));
+    out.push_str(&format!(
+        "  node     WECHATY_PUPPET=wechaty-puppet-service WECHATY_PUPPET_SERVICE_ENDPOINT={grpc} \
+         WECHATY_PUPPET_SERVICE_TOKEN={tok} WECHATY_PUPPET_SERVICE_NO_TLS_INSECURE_CLIENT=true node bot.js\n"
+    ));
+    out.push_str(&format!(
+        "  python   WECHATY_PUPPET_SERVICE_ENDPOINT={grpc} WECHATY_PUPPET_SERVICE_TOKEN={tok} python bot.py\n"
+    ));
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    _ = stdout.write_all(out.as_bytes());
+    _ = stdout.flush();
+}
+
+/// Shows enough of a token to recognise it, not to use it.
+fn mask(token: &str) -> String {
+    let keep: String = token.chars().take(6).collect();
+    format!("{keep}… ({} chars)", token.chars().count())
+}
