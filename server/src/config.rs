@@ -64,6 +64,10 @@ pub struct Config {
     #[arg(long, env = "PUPPET_MAX_MESSAGE_MIB", default_value_t = 150)]
     pub max_message_mib: usize,
 
+    /// Seconds to wait on SIGTERM/SIGINT for open calls and connections to finish before exiting.
+    #[arg(long, env = "PUPPET_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+
     /// Mock backend: a world description (JSON or TOML) instead of the built-in default world.
     #[arg(long, env = "PUPPET_MOCK_WORLD")]
     pub world: Option<PathBuf>,

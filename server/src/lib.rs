@@ -122,7 +122,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down: ending event streams and draining calls");
     drain_bus.close();
     _ = stop_tx.send(true);
-    serving.await??;
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    match tokio::time::timeout(grace, serving).await {
+        Ok(result) => result??,
+        // A client that neither reads nor closes must not keep the process alive.
+        Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "connections still open after the grace period; exiting"),
+    }
     tracing::info!("stopped");
     Ok(())
 }

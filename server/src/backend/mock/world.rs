@@ -262,14 +262,13 @@ impl WorldSpec {
                 ..Default::default()
             });
         }
-        contacts
-            .iter_mut()
-            .find(|c| c.id.as_str() == "wxid_alice")
-            .map(|c| c.alias = "Alice (work)".into());
-        contacts
-            .iter_mut()
-            .find(|c| c.id.as_str() == "wxid_bob")
-            .map(|c| c.star = true);
+        for c in &mut contacts {
+            match c.id.as_str() {
+                "wxid_alice" => c.alias = "Alice (work)".into(),
+                "wxid_bob" => c.star = true,
+                _ => {}
+            }
+        }
 
         let me = Contact {
             id: "wxid_puppet_bot".into(),
