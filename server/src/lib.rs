@@ -126,7 +126,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     match tokio::time::timeout(grace, serving).await {
         Ok(result) => result??,
         // A client that neither reads nor closes must not keep the process alive.
-        Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "connections still open after the grace period; exiting"),
+        Err(_) => tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "connections still open after the grace period; exiting"
+        ),
     }
     tracing::info!("stopped");
     Ok(())

@@ -29,7 +29,10 @@ pub fn server_binary() -> PathBuf {
     }
     // target/<profile>/deps/<test-binary> → target/<profile>/puppet-server
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target profile dir");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile dir");
     let bin = dir.join(format!("puppet-server{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
@@ -60,7 +63,8 @@ impl Server {
 
     /// As [`Server::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let data_dir = std::env::temp_dir().join(format!("puppet-e2e-{}-{}", std::process::id(), unique()));
+        let data_dir =
+            std::env::temp_dir().join(format!("puppet-e2e-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&data_dir).expect("data dir");
         let mut cmd = Command::new(server_binary());
         cmd.args(["--listen", "127.0.0.1:0", "--token", TOKEN, "--data-dir"])
@@ -91,16 +95,36 @@ impl Server {
         let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
         while addr.is_none() || (args.contains(&"--http-listen") && http_addr.is_none()) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("server printed no address within {STARTUP_TIMEOUT:?}"));
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("server printed no address within {STARTUP_TIMEOUT:?}"));
             if let Some(rest) = line.split("grpc://").nth(1) {
-                addr = Some(rest.split_whitespace().next().unwrap().parse().expect("grpc address"));
+                addr = Some(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .expect("grpc address"),
+                );
             } else if line.trim_start().starts_with("http ")
                 && let Some(rest) = line.split("http://").nth(1)
             {
-                http_addr = Some(rest.split_whitespace().next().unwrap().parse().expect("http address"));
+                http_addr = Some(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .expect("http address"),
+                );
             }
         }
-        Self { child, addr: addr.unwrap(), http_addr, stdout: rx, data_dir }
+        Self {
+            child,
+            addr: addr.unwrap(),
+            http_addr,
+            stdout: rx,
+            data_dir,
+        }
     }
 
     /// `http://host:port`.
@@ -110,7 +134,11 @@ impl Server {
 
     /// A plain channel (no credentials).
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.endpoint()).unwrap().connect().await.expect("connect")
+        Channel::from_shared(self.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
     }
 
     /// A `wechaty.Puppet` client that sends the test token.
@@ -127,13 +155,19 @@ impl Server {
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "server did not exit within 20 s of SIGTERM");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not exit within 20 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -164,7 +198,9 @@ pub struct Token(pub String);
 
 impl Interceptor for Token {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let v = format!("Wechaty {}", self.0).parse().map_err(|_| tonic::Status::internal("bad token"))?;
+        let v = format!("Wechaty {}", self.0)
+            .parse()
+            .map_err(|_| tonic::Status::internal("bad token"))?;
         req.metadata_mut().insert("authorization", v);
         Ok(req)
     }
@@ -174,11 +210,16 @@ impl Interceptor for Token {
 pub fn installed(var: &str, what: &str) -> PathBuf {
     match std::env::var_os(var) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => panic!("{var} is not set: this test needs {what}, which scripts/test installs (run scripts/test)"),
+        _ => panic!(
+            "{var} is not set: this test needs {what}, which scripts/test installs (run scripts/test)"
+        ),
     }
 }
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
