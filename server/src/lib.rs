@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use puppet_proto::pb::puppet_rs::v1::event_feed_server::EventFeedServer;
+use puppet_proto::pb::puppet_rs::v1::mock_world_server::MockWorldServer;
 use puppet_proto::pb::wechaty::puppet_server::PuppetServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -24,6 +25,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::config::{Config, TokenSource};
 use crate::events::EventBus;
 use crate::grpc::auth::RequireToken;
+use crate::grpc::mock_world::MockWorldService;
 use crate::grpc::{EventFeedService, PuppetService};
 
 /// Everything `run` needs to know once the sockets are bound.
@@ -39,7 +41,7 @@ pub struct Started {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let (token, token_source) = config.resolve_token()?;
     let bus = EventBus::new(config.event_retention, config.subscriber_max_lag);
-    let backend = backend::build(&config, bus.sink())?;
+    let backend::Built { backend, mock } = backend::build(&config, bus.sink())?;
     let heartbeat = Duration::from_secs(config.heartbeat_secs);
 
     let grpc_listener = bind(config.listen_addr()?, "gRPC").await?;
@@ -113,7 +115,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(RequireToken::new(puppet, token.clone()))
-        .add_service(RequireToken::new(feed, token))
+        .add_service(RequireToken::new(feed, token.clone()))
+        .add_optional_service(mock.map(|m| RequireToken::new(MockWorldServer::new(MockWorldService::new(m)), token)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
             _ = stop_grpc.wait_for(|s| *s).await;
         });

@@ -359,15 +359,20 @@ pub enum BackendKind {
     Mock,
 }
 
+/// A backend as built from the flags.
+pub struct Built {
+    /// The backend behind `wechaty.Puppet`.
+    pub backend: std::sync::Arc<dyn Backend>,
+    /// The same backend when it is the mock, for the `MockWorld` control service.
+    pub mock: Option<mock::MockBackend>,
+}
+
 /// Builds the configured backend, wired to the event sink.
-pub fn build(
-    config: &crate::config::Config,
-    sink: EventSink,
-) -> anyhow::Result<std::sync::Arc<dyn Backend>> {
+pub fn build(config: &crate::config::Config, sink: EventSink) -> anyhow::Result<Built> {
     match config.backend {
-        BackendKind::Mock => Ok(std::sync::Arc::new(mock::MockBackend::new(
-            mock::MockOptions::from_config(config)?,
-            sink,
-        )?)),
+        BackendKind::Mock => {
+            let mock = mock::MockBackend::new(mock::MockOptions::from_config(config)?, sink)?;
+            Ok(Built { backend: std::sync::Arc::new(mock.clone()), mock: Some(mock) })
+        }
     }
 }

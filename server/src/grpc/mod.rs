@@ -4,6 +4,7 @@
 pub mod auth;
 mod convert;
 pub mod event;
+pub mod mock_world;
 pub mod status;
 
 use std::sync::Arc;

@@ -5,6 +5,7 @@
 //! Bounds: the message store keeps the newest [`MESSAGE_CAPACITY`] messages; older ones answer
 //! `NOT_FOUND`. Everything else grows only with what the world or the bot creates.
 
+pub mod control;
 pub mod world;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
