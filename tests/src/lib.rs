@@ -141,6 +141,22 @@ impl Server {
             .expect("connect")
     }
 
+    /// A `wechaty.Puppet` client on its own connection whose HTTP/2 receive window is only
+    /// `window` bytes: a deliberately slow reader fills it quickly.
+    pub async fn puppet_with_window(
+        &self,
+        window: u32,
+    ) -> PuppetClient<InterceptedService<Channel, Token>> {
+        let channel = Channel::from_shared(self.endpoint())
+            .unwrap()
+            .initial_stream_window_size(window)
+            .initial_connection_window_size(window)
+            .connect()
+            .await
+            .expect("connect");
+        PuppetClient::with_interceptor(channel, Token(TOKEN.into()))
+    }
+
     /// A `wechaty.Puppet` client that sends the test token.
     pub async fn puppet(&self) -> PuppetClient<InterceptedService<Channel, Token>> {
         PuppetClient::with_interceptor(self.channel().await, Token(TOKEN.into()))
@@ -222,4 +238,118 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+/// Reads a `wechaty.Puppet/Event` stream with bounded waits.
+pub struct Events {
+    stream: tonic::Streaming<puppet_proto::pb::wechaty::puppet::EventResponse>,
+}
+
+/// How long a test waits for one expected event.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Events {
+    /// Opens the stream and checks that it starts with a heartbeat.
+    pub async fn open(client: &mut PuppetClient<InterceptedService<Channel, Token>>) -> Self {
+        let stream = client
+            .event(puppet_proto::pb::wechaty::puppet::EventRequest {})
+            .await
+            .expect("Event")
+            .into_inner();
+        let mut events = Self { stream };
+        let (kind, _) = events.next_any().await;
+        assert_eq!(kind, 1, "an Event stream must open with a HEARTBEAT");
+        events
+    }
+
+    /// The next message, heartbeats included: (type, JSON payload).
+    pub async fn next_any(&mut self) -> (i32, serde_json::Value) {
+        let msg = tokio::time::timeout(EVENT_TIMEOUT, self.stream.message())
+            .await
+            .expect("no event within the timeout")
+            .expect("event stream failed")
+            .expect("event stream ended");
+        let payload = serde_json::from_str(&msg.payload)
+            .unwrap_or_else(|e| panic!("payload {:?} is not JSON: {e}", msg.payload));
+        (msg.r#type, payload)
+    }
+
+    /// The next non-heartbeat event.
+    pub async fn next(&mut self) -> (i32, serde_json::Value) {
+        loop {
+            let e = self.next_any().await;
+            if e.0 != 1 {
+                return e;
+            }
+        }
+    }
+
+    /// Skips events until one of `kind` arrives; returns its payload.
+    pub async fn wait_for(&mut self, kind: i32) -> serde_json::Value {
+        loop {
+            let (k, p) = self.next().await;
+            if k == kind {
+                return p;
+            }
+        }
+    }
+
+    /// Skips events until one of `kind` satisfies `pred`.
+    pub async fn wait_until(
+        &mut self,
+        kind: i32,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        loop {
+            let p = self.wait_for(kind).await;
+            if pred(&p) {
+                return p;
+            }
+        }
+    }
+
+    /// The raw stream, for tests of its ending.
+    pub fn into_inner(self) -> tonic::Streaming<puppet_proto::pb::wechaty::puppet::EventResponse> {
+        self.stream
+    }
+}
+
+/// A `puppet_rs.v1.MockWorld` client that sends the test token.
+pub async fn world(
+    server: &Server,
+) -> puppet_proto::pb::puppet_rs::v1::mock_world_client::MockWorldClient<
+    InterceptedService<Channel, Token>,
+> {
+    puppet_proto::pb::puppet_rs::v1::mock_world_client::MockWorldClient::with_interceptor(
+        server.channel().await,
+        Token(TOKEN.into()),
+    )
+}
+
+/// Event type numbers (wechaty.puppet.EventType).
+pub mod kind {
+    #![allow(missing_docs)]
+    pub const HEARTBEAT: i32 = 1;
+    pub const MESSAGE: i32 = 2;
+    pub const DONG: i32 = 3;
+    pub const FRIENDSHIP: i32 = 17;
+    pub const ROOM_INVITE: i32 = 18;
+    pub const ROOM_JOIN: i32 = 19;
+    pub const ROOM_LEAVE: i32 = 20;
+    pub const ROOM_TOPIC: i32 = 21;
+    pub const SCAN: i32 = 22;
+    pub const READY: i32 = 23;
+    pub const LOGIN: i32 = 25;
+    pub const LOGOUT: i32 = 26;
+    pub const DIRTY: i32 = 27;
+}
+
+/// The server's resident memory, in KiB (Linux).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
 }

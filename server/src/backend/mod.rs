@@ -372,7 +372,10 @@ pub fn build(config: &crate::config::Config, sink: EventSink) -> anyhow::Result<
     match config.backend {
         BackendKind::Mock => {
             let mock = mock::MockBackend::new(mock::MockOptions::from_config(config)?, sink)?;
-            Ok(Built { backend: std::sync::Arc::new(mock.clone()), mock: Some(mock) })
+            Ok(Built {
+                backend: std::sync::Arc::new(mock.clone()),
+                mock: Some(mock),
+            })
         }
     }
 }

@@ -78,14 +78,18 @@ impl StreamMessage for ext::SequencedEvent {
 pub fn pump<T: StreamMessage>(mut sub: Subscription, heartbeat: Duration) -> EventStream<T> {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(heartbeat);
+        // Every stream opens with a heartbeat: the Node client waits up to 5 s for a first message.
+        if tx.send(Ok(T::heartbeat())).await.is_err() {
+            return;
+        }
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut batch: Vec<Arc<Envelope>> = Vec::with_capacity(256);
         loop {
             tokio::select! {
                 biased;
                 _ = tx.closed() => break,
-                // The first tick completes at once, so every stream opens with a heartbeat.
                 _ = ticker.tick() => {
                     if tx.send(Ok(T::heartbeat())).await.is_err() {
                         break;

@@ -1,5 +1,7 @@
 //! End-to-end tests: each starts the real `puppet-server` binary on a free loopback port.
 
 mod contract;
+mod events;
 mod foundation;
+mod mock;
 mod python_auth;
