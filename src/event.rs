@@ -125,10 +125,7 @@ impl ErrorEvent {
         let gerror = serde_json::json!({
             "code": code, "details": message, "message": message, "name": "GError", "stack": "",
         });
-        Self {
-            data: message,
-            gerror: gerror.to_string(),
-        }
+        Self { data: message, gerror: gerror.to_string() }
     }
 }
 
@@ -308,24 +305,15 @@ impl std::error::Error for DecodeError {}
 impl PuppetEvent {
     /// A `SCAN` event.
     pub fn scan(status: ScanStatus, qrcode: Option<String>) -> Self {
-        Self::Scan(ScanEvent {
-            status: status.wire(),
-            qrcode,
-            data: None,
-        })
+        Self::Scan(ScanEvent { status: status.wire(), qrcode, data: None })
     }
     /// A `DIRTY` event.
     pub fn dirty(payload_type: PayloadType, id: impl Into<String>) -> Self {
-        Self::Dirty(DirtyEvent {
-            payload_type: payload_type.wire(),
-            payload_id: id.into(),
-        })
+        Self::Dirty(DirtyEvent { payload_type: payload_type.wire(), payload_id: id.into() })
     }
     /// A `READY` event.
     pub fn ready() -> Self {
-        Self::Ready(DataPayload {
-            data: "ready".into(),
-        })
+        Self::Ready(DataPayload { data: "ready".into() })
     }
 
     /// Its kind.
@@ -404,32 +392,15 @@ mod tests {
     #[test]
     fn payloads_match_what_clients_parse() {
         let cases = [
-            (
-                PuppetEvent::Heartbeat(DataPayload { data: "hb".into() }),
-                r#"{"data":"hb"}"#,
-            ),
-            (
-                PuppetEvent::Message(MessageEvent {
-                    message_id: "m1".into(),
-                }),
-                r#"{"messageId":"m1"}"#,
-            ),
-            (
-                PuppetEvent::scan(ScanStatus::Waiting, Some("qr".into())),
-                r#"{"status":2,"qrcode":"qr"}"#,
-            ),
+            (PuppetEvent::Heartbeat(DataPayload { data: "hb".into() }), r#"{"data":"hb"}"#),
+            (PuppetEvent::Message(MessageEvent { message_id: "m1".into() }), r#"{"messageId":"m1"}"#),
+            (PuppetEvent::scan(ScanStatus::Waiting, Some("qr".into())), r#"{"status":2,"qrcode":"qr"}"#),
             (PuppetEvent::ready(), r#"{"data":"ready"}"#),
             (
-                PuppetEvent::Logout(LogoutEvent {
-                    contact_id: "me".into(),
-                    data: "bye".into(),
-                }),
+                PuppetEvent::Logout(LogoutEvent { contact_id: "me".into(), data: "bye".into() }),
                 r#"{"contactId":"me","data":"bye"}"#,
             ),
-            (
-                PuppetEvent::dirty(PayloadType::Contact, "c1"),
-                r#"{"payloadType":2,"payloadId":"c1"}"#,
-            ),
+            (PuppetEvent::dirty(PayloadType::Contact, "c1"), r#"{"payloadType":2,"payloadId":"c1"}"#),
             (
                 PuppetEvent::RoomJoin(RoomJoinEvent {
                     invitee_id_list: vec!["a".into()],
@@ -442,10 +413,7 @@ mod tests {
         ];
         for (event, json) in cases {
             assert_eq!(event.payload_json(), json);
-            assert_eq!(
-                PuppetEvent::from_wire(event.kind().wire(), json).unwrap(),
-                event
-            );
+            assert_eq!(PuppetEvent::from_wire(event.kind().wire(), json).unwrap(), event);
         }
     }
 
@@ -460,13 +428,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds_are_reported() {
-        assert!(matches!(
-            PuppetEvent::from_wire(4, "{}"),
-            Err(DecodeError::UnknownKind(4))
-        ));
-        assert!(matches!(
-            PuppetEvent::from_wire(25, "{}"),
-            Err(DecodeError::Payload(_))
-        ));
+        assert!(matches!(PuppetEvent::from_wire(4, "{}"), Err(DecodeError::UnknownKind(4))));
+        assert!(matches!(PuppetEvent::from_wire(25, "{}"), Err(DecodeError::Payload(_))));
     }
 }

@@ -66,22 +66,13 @@ impl std::error::Error for FileBoxError {}
 impl FileBox {
     /// A FileBox with no size, digest or metadata.
     pub fn new(name: impl Into<String>, source: FileBoxSource) -> Self {
-        Self {
-            name: name.into(),
-            source,
-            size: None,
-            md5: None,
-            metadata: None,
-        }
+        Self { name: name.into(), source, size: None, md5: None, metadata: None }
     }
 
     /// Parses the JSON text of a FileBox.
     pub fn from_json(text: &str) -> Result<Self, FileBoxError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| FileBoxError(format!("not JSON ({e})")))?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| FileBoxError("expected a JSON object".into()))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| FileBoxError(format!("not JSON ({e})")))?;
+        let obj = value.as_object().ok_or_else(|| FileBoxError("expected a JSON object".into()))?;
         let box_type = obj
             .get("type")
             .or_else(|| obj.get("boxType"))
@@ -91,12 +82,7 @@ impl FileBox {
             keys.iter()
                 .find_map(|k| obj.get(*k).and_then(Value::as_str))
                 .map(str::to_owned)
-                .ok_or_else(|| {
-                    FileBoxError(format!(
-                        "type {box_type} needs a string `{}`",
-                        keys.join("` or `")
-                    ))
-                })
+                .ok_or_else(|| FileBoxError(format!("type {box_type} needs a string `{}`", keys.join("` or `"))))
         };
         let source = match box_type {
             1 => FileBoxSource::Base64(text_field(&["base64"])?),
@@ -114,11 +100,7 @@ impl FileBox {
             n => return Err(FileBoxError(format!("unsupported type {n}"))),
         };
         Ok(Self {
-            name: obj
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
+            name: obj.get("name").and_then(Value::as_str).unwrap_or_default().to_owned(),
             source,
             size: obj.get("size").and_then(Value::as_u64),
             md5: obj.get("md5").and_then(Value::as_str).map(str::to_owned),
@@ -133,10 +115,7 @@ impl FileBox {
         obj.insert("type".into(), json!(t));
         obj.insert("boxType".into(), json!(t));
         obj.insert("name".into(), json!(self.name));
-        obj.insert(
-            "metadata".into(),
-            self.metadata.clone().unwrap_or_else(|| json!({})),
-        );
+        obj.insert("metadata".into(), self.metadata.clone().unwrap_or_else(|| json!({})));
         if let Some(size) = self.size {
             obj.insert("size".into(), json!(size));
         }
@@ -171,17 +150,9 @@ mod tests {
 
     #[test]
     fn python_url_box_is_accepted_and_written_for_both_clients() {
-        let fb = FileBox::from_json(
-            r#"{"boxType":2,"name":"a.png","remoteUrl":"http://x/a.png","_type":"x"}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            fb.source,
-            FileBoxSource::Url {
-                url: "http://x/a.png".into(),
-                headers: None
-            }
-        );
+        let fb =
+            FileBox::from_json(r#"{"boxType":2,"name":"a.png","remoteUrl":"http://x/a.png","_type":"x"}"#).unwrap();
+        assert_eq!(fb.source, FileBoxSource::Url { url: "http://x/a.png".into(), headers: None });
         let out: Value = serde_json::from_str(&fb.to_json()).unwrap();
         assert_eq!(out["type"], 2);
         assert_eq!(out["boxType"], 2);
@@ -195,44 +166,16 @@ mod tests {
         let text = r#"{"type":7,"uuid":"u-1","name":"f.bin","size":102400,"md5":"abc"}"#;
         let fb = FileBox::from_json(text).unwrap();
         assert_eq!(fb.size, Some(102400));
-        assert_eq!(
-            FileBox::from_json(&fb.to_json()).unwrap(),
-            fb.clone().with_metadata_default()
-        );
+        assert_eq!(FileBox::from_json(&fb.to_json()).unwrap(), fb.clone().with_metadata_default());
     }
 
     #[test]
     fn errors_say_what_is_wrong() {
-        assert!(
-            FileBox::from_json("nope")
-                .unwrap_err()
-                .0
-                .contains("not JSON")
-        );
-        assert!(
-            FileBox::from_json(r#"{"name":"x"}"#)
-                .unwrap_err()
-                .0
-                .contains("type")
-        );
-        assert!(
-            FileBox::from_json(r#"{"type":2}"#)
-                .unwrap_err()
-                .0
-                .contains("remoteUrl")
-        );
-        assert!(
-            FileBox::from_json(r#"{"type":4}"#)
-                .unwrap_err()
-                .0
-                .contains("upload")
-        );
-        assert!(
-            FileBox::from_json(r#"{"type":42}"#)
-                .unwrap_err()
-                .0
-                .contains("unsupported")
-        );
+        assert!(FileBox::from_json("nope").unwrap_err().0.contains("not JSON"));
+        assert!(FileBox::from_json(r#"{"name":"x"}"#).unwrap_err().0.contains("type"));
+        assert!(FileBox::from_json(r#"{"type":2}"#).unwrap_err().0.contains("remoteUrl"));
+        assert!(FileBox::from_json(r#"{"type":4}"#).unwrap_err().0.contains("upload"));
+        assert!(FileBox::from_json(r#"{"type":42}"#).unwrap_err().0.contains("unsupported"));
     }
 
     impl FileBox {

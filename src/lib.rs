@@ -29,6 +29,4 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("puppet_descriptor");
 }
 
-pub use ids::{
-    ContactId, ConversationId, FriendshipId, MessageId, RoomId, RoomInvitationId, TagId,
-};
+pub use ids::{ContactId, ConversationId, FriendshipId, MessageId, RoomId, RoomInvitationId, TagId};

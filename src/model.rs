@@ -291,10 +291,7 @@ pub struct Location {
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -312,11 +309,7 @@ mod tests {
 
     #[test]
     fn contact_json_uses_wechaty_names() {
-        let c = Contact {
-            id: "wxid_a".into(),
-            kind: ContactType::Official,
-            ..Default::default()
-        };
+        let c = Contact { id: "wxid_a".into(), kind: ContactType::Official, ..Default::default() };
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["type"], "official");
         assert_eq!(v["id"], "wxid_a");

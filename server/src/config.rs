@@ -104,9 +104,7 @@ impl Config {
             return Ok(a);
         }
         let port = match std::env::var("WECHATY_PUPPET_SERVER_PORT") {
-            Ok(p) => p.parse().map_err(|_| {
-                anyhow::anyhow!("WECHATY_PUPPET_SERVER_PORT={p:?} is not a port number")
-            })?,
+            Ok(p) => p.parse().map_err(|_| anyhow::anyhow!("WECHATY_PUPPET_SERVER_PORT={p:?} is not a port number"))?,
             Err(_) => DEFAULT_PORT,
         };
         Ok(SocketAddr::from(([127, 0, 0, 1], port)))
@@ -128,11 +126,7 @@ impl Config {
 
     /// The token and where it came from.
     pub fn resolve_token(&self) -> anyhow::Result<(String, TokenSource)> {
-        let given = self
-            .token
-            .clone()
-            .or_else(|| std::env::var("WECHATY_TOKEN").ok())
-            .filter(|t| !t.is_empty());
+        let given = self.token.clone().or_else(|| std::env::var("WECHATY_TOKEN").ok()).filter(|t| !t.is_empty());
         if let Some(t) = given {
             validate_token(&t)?;
             return Ok((t, TokenSource::Given));
@@ -143,9 +137,7 @@ impl Config {
 
 /// Tokens travel in `:authority` and TLS SNI: keep them to characters those allow.
 fn validate_token(t: &str) -> anyhow::Result<()> {
-    if t.chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
-    {
+    if t.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c)) {
         Ok(())
     } else {
         anyhow::bail!(
@@ -167,10 +159,8 @@ fn load_or_generate_token(dir: &Path) -> anyhow::Result<(String, TokenSource)> {
         Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
     }
     let token = format!("insecure_{}", uuid::Uuid::new_v4());
-    std::fs::create_dir_all(dir)
-        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
-    write_private(&path, &token)
-        .map_err(|e| anyhow::anyhow!("cannot save {}: {e}", path.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
+    write_private(&path, &token).map_err(|e| anyhow::anyhow!("cannot save {}: {e}", path.display()))?;
     Ok((token, TokenSource::Generated))
 }
 

@@ -70,14 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .max_encoding_message_size(max_message);
     let feed = EventFeedServer::new(EventFeedService::new(bus.clone(), heartbeat));
 
-    print_banner(
-        &config,
-        grpc_addr,
-        http_addr,
-        &token,
-        token_source,
-        backend.name(),
-    );
+    print_banner(&config, grpc_addr, http_addr, &token, token_source, backend.name());
 
     let shutdown = shutdown_signal();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -85,13 +78,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let state = http::HttpState { bus: bus.clone() };
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = http::serve(
-                listener,
-                state,
-                async move { _ = stop.wait_for(|s| *s).await },
-            )
-            .await
-            {
+            if let Err(e) = http::serve(listener, state, async move { _ = stop.wait_for(|s| *s).await }).await {
                 tracing::error!(error = %e, "HTTP side port failed");
             }
         });
@@ -108,9 +95,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let drain_bus = bus.clone();
     let mut stop_grpc = stop_rx.clone();
     let server = tonic::transport::Server::builder()
-        .trace_fn(|req| {
-            tracing::info_span!("rpc", method = %req.uri().path(), request_id = %request_id(req.headers()))
-        })
+        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path(), request_id = %request_id(req.headers())))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -129,19 +114,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     match tokio::time::timeout(grace, serving).await {
         Ok(result) => result??,
         // A client that neither reads nor closes must not keep the process alive.
-        Err(_) => tracing::warn!(
-            grace_secs = grace.as_secs(),
-            "connections still open after the grace period; exiting"
-        ),
+        Err(_) => {
+            tracing::warn!(grace_secs = grace.as_secs(), "connections still open after the grace period; exiting")
+        }
     }
     tracing::info!("stopped");
     Ok(())
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
 }
 
 /// The client's `x-request-id`, or a new process-unique one.
@@ -183,30 +165,18 @@ fn print_banner(
 ) {
     // The banner is for the person who started the server; tracing logs never carry the token.
     let (shown, note, tok) = match source {
-        TokenSource::Given => (
-            mask(token),
-            "given".to_owned(),
-            "$WECHATY_PUPPET_SERVICE_TOKEN".to_owned(),
-        ),
-        TokenSource::Saved => (
-            token.to_owned(),
-            format!("saved in {}", config.data_dir().join("token").display()),
-            token.to_owned(),
-        ),
+        TokenSource::Given => (mask(token), "given".to_owned(), "$WECHATY_PUPPET_SERVICE_TOKEN".to_owned()),
+        TokenSource::Saved => {
+            (token.to_owned(), format!("saved in {}", config.data_dir().join("token").display()), token.to_owned())
+        }
         TokenSource::Generated => (
             token.to_owned(),
-            format!(
-                "generated, saved in {}",
-                config.data_dir().join("token").display()
-            ),
+            format!("generated, saved in {}", config.data_dir().join("token").display()),
             token.to_owned(),
         ),
     };
     let mut out = String::new();
-    out.push_str(&format!(
-        "puppet-rs {} — wechaty.Puppet service\n",
-        env!("CARGO_PKG_VERSION")
-    ));
+    out.push_str(&format!("puppet-rs {} — wechaty.Puppet service\n", env!("CARGO_PKG_VERSION")));
     out.push_str(&format!("  listening  grpc://{grpc}  (plaintext HTTP/2)\n"));
     out.push_str(&format!("  token      {shown}  ({note})\n"));
     out.push_str(&format!("  backend    {backend}\n"));

@@ -12,8 +12,7 @@ pub fn strip_gateway_options(text: &str) -> String {
         .lines()
         .filter(|l| {
             let t = l.trim_start();
-            !(t.starts_with("import \"google/api/")
-                || t.starts_with("import \"protoc-gen-openapiv2/"))
+            !(t.starts_with("import \"google/api/") || t.starts_with("import \"protoc-gen-openapiv2/"))
         })
         .map(|l| format!("{l}\n"))
         .collect();
@@ -65,11 +64,7 @@ fn end_of_statement(bytes: &[u8], start: usize) -> usize {
     bytes.len()
 }
 
-fn collect_messages<'a>(
-    prefix: &str,
-    msgs: &'a [DescriptorProto],
-    out: &mut HashMap<String, &'a DescriptorProto>,
-) {
+fn collect_messages<'a>(prefix: &str, msgs: &'a [DescriptorProto], out: &mut HashMap<String, &'a DescriptorProto>) {
     for m in msgs {
         let name = format!("{prefix}.{}", m.name());
         collect_messages(&name, &m.nested_type, out);
@@ -87,12 +82,7 @@ fn collect_enums<'a>(
         out.insert(format!("{prefix}.{}", e.name()), e);
     }
     for m in msgs {
-        collect_enums(
-            &format!("{prefix}.{}", m.name()),
-            &m.enum_type,
-            &m.nested_type,
-            out,
-        );
+        collect_enums(&format!("{prefix}.{}", m.name()), &m.enum_type, &m.nested_type, out);
     }
 }
 
@@ -103,17 +93,9 @@ struct Index<'a> {
 }
 
 fn index(set: &FileDescriptorSet) -> Index<'_> {
-    let mut idx = Index {
-        services: HashMap::new(),
-        messages: HashMap::new(),
-        enums: HashMap::new(),
-    };
+    let mut idx = Index { services: HashMap::new(), messages: HashMap::new(), enums: HashMap::new() };
     for f in &set.file {
-        let pkg = if f.package().is_empty() {
-            String::new()
-        } else {
-            format!(".{}", f.package())
-        };
+        let pkg = if f.package().is_empty() { String::new() } else { format!(".{}", f.package()) };
         for s in &f.service {
             idx.services.insert(format!("{pkg}.{}", s.name()), s);
         }
@@ -141,12 +123,7 @@ pub fn compare(upstream: &FileDescriptorSet, ours: &FileDescriptorSet) -> Vec<St
                 continue;
             };
             let sig = |x: &prost_types::MethodDescriptorProto| {
-                (
-                    x.input_type().to_owned(),
-                    x.output_type().to_owned(),
-                    x.client_streaming(),
-                    x.server_streaming(),
-                )
+                (x.input_type().to_owned(), x.output_type().to_owned(), x.client_streaming(), x.server_streaming())
             };
             if sig(m) != sig(om) {
                 problems.push(format!(
@@ -166,21 +143,11 @@ pub fn compare(upstream: &FileDescriptorSet, ours: &FileDescriptorSet) -> Vec<St
         };
         for f in &m.field {
             let Some(of) = o.field.iter().find(|x| x.number() == f.number()) else {
-                problems.push(format!(
-                    "field {name}.{} (number {}) is missing",
-                    f.name(),
-                    f.number()
-                ));
+                problems.push(format!("field {name}.{} (number {}) is missing", f.name(), f.number()));
                 continue;
             };
             let shape = |x: &prost_types::FieldDescriptorProto| {
-                (
-                    x.name().to_owned(),
-                    x.r#type(),
-                    x.label(),
-                    x.type_name().to_owned(),
-                    x.proto3_optional(),
-                )
+                (x.name().to_owned(), x.r#type(), x.label(), x.type_name().to_owned(), x.proto3_optional())
             };
             if shape(f) != shape(of) {
                 problems.push(format!(
@@ -225,11 +192,7 @@ mod tests {
     }
 
     fn message_mut<'a>(set: &'a mut FileDescriptorSet, name: &str) -> &'a mut DescriptorProto {
-        set.file
-            .iter_mut()
-            .flat_map(|f| f.message_type.iter_mut())
-            .find(|m| m.name() == name)
-            .unwrap()
+        set.file.iter_mut().flat_map(|f| f.message_type.iter_mut()).find(|m| m.name() == name).unwrap()
     }
 
     #[test]
@@ -240,60 +203,26 @@ mod tests {
     #[test]
     fn a_changed_field_number_is_named() {
         let mut changed = ours();
-        let f = message_mut(&mut changed, "ContactAliasRequest")
-            .field
-            .iter_mut()
-            .find(|f| f.name() == "alias")
-            .unwrap();
+        let f =
+            message_mut(&mut changed, "ContactAliasRequest").field.iter_mut().find(|f| f.name() == "alias").unwrap();
         f.number = Some(9);
         let problems = compare(&ours(), &changed);
-        assert_eq!(
-            problems,
-            vec!["field .wechaty.puppet.ContactAliasRequest.alias (number 3) is missing"]
-        );
+        assert_eq!(problems, vec!["field .wechaty.puppet.ContactAliasRequest.alias (number 3) is missing"]);
     }
 
     #[test]
     fn lost_presence_type_changes_streaming_and_enum_values_are_named() {
         let mut changed = ours();
-        let f = message_mut(&mut changed, "RoomTopicRequest")
-            .field
-            .iter_mut()
-            .find(|f| f.name() == "topic")
-            .unwrap();
+        let f = message_mut(&mut changed, "RoomTopicRequest").field.iter_mut().find(|f| f.name() == "topic").unwrap();
         f.proto3_optional = None;
-        let svc = changed
-            .file
-            .iter_mut()
-            .flat_map(|f| f.service.iter_mut())
-            .find(|s| s.name() == "Puppet")
-            .unwrap();
-        svc.method
-            .iter_mut()
-            .find(|m| m.name() == "Event")
-            .unwrap()
-            .server_streaming = Some(false);
-        let e = changed
-            .file
-            .iter_mut()
-            .flat_map(|f| f.enum_type.iter_mut())
-            .find(|e| e.name() == "EventType")
-            .unwrap();
-        e.value
-            .iter_mut()
-            .find(|v| v.name() == "EVENT_TYPE_DIRTY")
-            .unwrap()
-            .number = Some(28);
+        let svc = changed.file.iter_mut().flat_map(|f| f.service.iter_mut()).find(|s| s.name() == "Puppet").unwrap();
+        svc.method.iter_mut().find(|m| m.name() == "Event").unwrap().server_streaming = Some(false);
+        let e = changed.file.iter_mut().flat_map(|f| f.enum_type.iter_mut()).find(|e| e.name() == "EventType").unwrap();
+        e.value.iter_mut().find(|v| v.name() == "EVENT_TYPE_DIRTY").unwrap().number = Some(28);
         let problems = compare(&ours(), &changed).join("\n");
         assert!(problems.contains("RoomTopicRequest #3"), "{problems}");
-        assert!(
-            problems.contains("method .wechaty.Puppet/Event"),
-            "{problems}"
-        );
-        assert!(
-            problems.contains("EVENT_TYPE_DIRTY: upstream 27, ours 28"),
-            "{problems}"
-        );
+        assert!(problems.contains("method .wechaty.Puppet/Event"), "{problems}");
+        assert!(problems.contains("EVENT_TYPE_DIRTY: upstream 27, ours 28"), "{problems}");
     }
 
     #[test]

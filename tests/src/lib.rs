@@ -27,12 +27,12 @@ pub fn server_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("PUPPET_SERVER_BIN") {
         return PathBuf::from(p);
     }
-    // target/<profile>/deps/<test-binary> → target/<profile>/puppet-server
+    // target/<profile>/deps/<test-binary> or target/<profile>/<bench-binary> → target/<profile>/puppet-server
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target profile dir");
+    let mut dir = exe.parent().expect("target profile dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target profile dir");
+    }
     let bin = dir.join(format!("puppet-server{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
@@ -63,8 +63,7 @@ impl Server {
 
     /// As [`Server::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let data_dir =
-            std::env::temp_dir().join(format!("puppet-e2e-{}-{}", std::process::id(), unique()));
+        let data_dir = std::env::temp_dir().join(format!("puppet-e2e-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&data_dir).expect("data dir");
         let mut cmd = Command::new(server_binary());
         cmd.args(["--listen", "127.0.0.1:0", "--token", TOKEN, "--data-dir"])
@@ -99,32 +98,14 @@ impl Server {
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("server printed no address within {STARTUP_TIMEOUT:?}"));
             if let Some(rest) = line.split("grpc://").nth(1) {
-                addr = Some(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap()
-                        .parse()
-                        .expect("grpc address"),
-                );
+                addr = Some(rest.split_whitespace().next().unwrap().parse().expect("grpc address"));
             } else if line.trim_start().starts_with("http ")
                 && let Some(rest) = line.split("http://").nth(1)
             {
-                http_addr = Some(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap()
-                        .parse()
-                        .expect("http address"),
-                );
+                http_addr = Some(rest.split_whitespace().next().unwrap().parse().expect("http address"));
             }
         }
-        Self {
-            child,
-            addr: addr.unwrap(),
-            http_addr,
-            stdout: rx,
-            data_dir,
-        }
+        Self { child, addr: addr.unwrap(), http_addr, stdout: rx, data_dir }
     }
 
     /// `http://host:port`.
@@ -134,19 +115,12 @@ impl Server {
 
     /// A plain channel (no credentials).
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.endpoint())
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect")
+        Channel::from_shared(self.endpoint()).unwrap().connect().await.expect("connect")
     }
 
     /// A `wechaty.Puppet` client on its own connection whose HTTP/2 receive window is only
     /// `window` bytes: a deliberately slow reader fills it quickly.
-    pub async fn puppet_with_window(
-        &self,
-        window: u32,
-    ) -> PuppetClient<InterceptedService<Channel, Token>> {
+    pub async fn puppet_with_window(&self, window: u32) -> PuppetClient<InterceptedService<Channel, Token>> {
         let channel = Channel::from_shared(self.endpoint())
             .unwrap()
             .initial_stream_window_size(window)
@@ -159,8 +133,7 @@ impl Server {
 
     /// A `wechaty.Puppet` client that sends the test token.
     pub async fn puppet(&self) -> PuppetClient<InterceptedService<Channel, Token>> {
-        PuppetClient::with_interceptor(self.channel().await, Token(TOKEN.into()))
-            .max_decoding_message_size(64 << 20)
+        PuppetClient::with_interceptor(self.channel().await, Token(TOKEN.into())).max_decoding_message_size(64 << 20)
     }
 
     /// A `puppet_rs.v1.EventFeed` client that sends the test token.
@@ -171,19 +144,13 @@ impl Server {
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "server did not exit within 20 s of SIGTERM"
-            );
+            assert!(std::time::Instant::now() < deadline, "server did not exit within 20 s of SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -214,9 +181,7 @@ pub struct Token(pub String);
 
 impl Interceptor for Token {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let v = format!("Wechaty {}", self.0)
-            .parse()
-            .map_err(|_| tonic::Status::internal("bad token"))?;
+        let v = format!("Wechaty {}", self.0).parse().map_err(|_| tonic::Status::internal("bad token"))?;
         req.metadata_mut().insert("authorization", v);
         Ok(req)
     }
@@ -226,18 +191,13 @@ impl Interceptor for Token {
 pub fn installed(var: &str, what: &str) -> PathBuf {
     match std::env::var_os(var) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => panic!(
-            "{var} is not set: this test needs {what}, which scripts/test installs (run scripts/test)"
-        ),
+        _ => panic!("{var} is not set: this test needs {what}, which scripts/test installs (run scripts/test)"),
     }
 }
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// Reads a `wechaty.Puppet/Event` stream with bounded waits.
@@ -251,11 +211,8 @@ pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 impl Events {
     /// Opens the stream and checks that it starts with a heartbeat.
     pub async fn open(client: &mut PuppetClient<InterceptedService<Channel, Token>>) -> Self {
-        let stream = client
-            .event(puppet_proto::pb::wechaty::puppet::EventRequest {})
-            .await
-            .expect("Event")
-            .into_inner();
+        let stream =
+            client.event(puppet_proto::pb::wechaty::puppet::EventRequest {}).await.expect("Event").into_inner();
         let mut events = Self { stream };
         let (kind, _) = events.next_any().await;
         assert_eq!(kind, 1, "an Event stream must open with a HEARTBEAT");
@@ -269,8 +226,8 @@ impl Events {
             .expect("no event within the timeout")
             .expect("event stream failed")
             .expect("event stream ended");
-        let payload = serde_json::from_str(&msg.payload)
-            .unwrap_or_else(|e| panic!("payload {:?} is not JSON: {e}", msg.payload));
+        let payload =
+            serde_json::from_str(&msg.payload).unwrap_or_else(|e| panic!("payload {:?} is not JSON: {e}", msg.payload));
         (msg.r#type, payload)
     }
 
@@ -295,11 +252,7 @@ impl Events {
     }
 
     /// Skips events until one of `kind` satisfies `pred`.
-    pub async fn wait_until(
-        &mut self,
-        kind: i32,
-        pred: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
+    pub async fn wait_until(&mut self, kind: i32, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         loop {
             let p = self.wait_for(kind).await;
             if pred(&p) {
@@ -317,9 +270,7 @@ impl Events {
 /// A `puppet_rs.v1.MockWorld` client that sends the test token.
 pub async fn world(
     server: &Server,
-) -> puppet_proto::pb::puppet_rs::v1::mock_world_client::MockWorldClient<
-    InterceptedService<Channel, Token>,
-> {
+) -> puppet_proto::pb::puppet_rs::v1::mock_world_client::MockWorldClient<InterceptedService<Channel, Token>> {
     puppet_proto::pb::puppet_rs::v1::mock_world_client::MockWorldClient::with_interceptor(
         server.channel().await,
         Token(TOKEN.into()),

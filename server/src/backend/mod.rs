@@ -9,12 +9,10 @@ pub mod mock;
 
 use async_trait::async_trait;
 use puppet_proto::filebox::FileBox;
-use puppet_proto::ids::{
-    ContactId, ConversationId, FriendshipId, MessageId, RoomId, RoomInvitationId, TagId,
-};
+use puppet_proto::ids::{ContactId, ConversationId, FriendshipId, MessageId, RoomId, RoomInvitationId, TagId};
 use puppet_proto::model::{
-    Contact, Friendship, ImageType, Location, Message, MiniProgram, PayloadType, Room,
-    RoomInvitation, RoomMember, UrlLink,
+    Contact, Friendship, ImageType, Location, Message, MiniProgram, PayloadType, Room, RoomInvitation, RoomMember,
+    UrlLink,
 };
 
 use crate::events::EventSink;
@@ -50,10 +48,7 @@ pub enum BackendError {
 impl BackendError {
     /// Shorthand for [`BackendError::NotFound`].
     pub fn not_found(kind: &'static str, id: impl std::fmt::Display) -> Self {
-        Self::NotFound {
-            kind,
-            id: id.to_string(),
-        }
+        Self::NotFound { kind, id: id.to_string() }
     }
 }
 
@@ -159,19 +154,11 @@ pub trait Backend: Send + Sync + 'static {
         Err(BackendError::Unsupported("set_contact_phones"))
     }
     /// Set or (`None`) clear a WeCom corporation remark.
-    async fn set_contact_corporation_remark(
-        &self,
-        _id: &ContactId,
-        _remark: Option<String>,
-    ) -> BackendResult<()> {
+    async fn set_contact_corporation_remark(&self, _id: &ContactId, _remark: Option<String>) -> BackendResult<()> {
         Err(BackendError::Unsupported("set_contact_corporation_remark"))
     }
     /// Set or (`None`) clear a contact's description.
-    async fn set_contact_description(
-        &self,
-        _id: &ContactId,
-        _description: Option<String>,
-    ) -> BackendResult<()> {
+    async fn set_contact_description(&self, _id: &ContactId, _description: Option<String>) -> BackendResult<()> {
         Err(BackendError::Unsupported("set_contact_description"))
     }
 
@@ -189,12 +176,7 @@ pub trait Backend: Send + Sync + 'static {
         Err(BackendError::Unsupported("friendship_search_handle"))
     }
     /// Send a friend request.
-    async fn friendship_add(
-        &self,
-        _contact: &ContactId,
-        _hello: String,
-        _referrer: Referrer,
-    ) -> BackendResult<()> {
+    async fn friendship_add(&self, _contact: &ContactId, _hello: String, _referrer: Referrer) -> BackendResult<()> {
         Err(BackendError::Unsupported("friendship_add"))
     }
     /// Accept a received friend request.
@@ -236,19 +218,11 @@ pub trait Backend: Send + Sync + 'static {
         Err(BackendError::Unsupported("message_recall"))
     }
     /// Forward a message into a conversation; the new message's id when the platform tells it.
-    async fn message_forward(
-        &self,
-        _to: &ConversationId,
-        _id: &MessageId,
-    ) -> BackendResult<Option<MessageId>> {
+    async fn message_forward(&self, _to: &ConversationId, _id: &MessageId) -> BackendResult<Option<MessageId>> {
         Err(BackendError::Unsupported("message_forward"))
     }
     /// Send into a conversation; the new message's id when the platform tells it.
-    async fn send(
-        &self,
-        _to: &ConversationId,
-        _content: Outgoing,
-    ) -> BackendResult<Option<MessageId>> {
+    async fn send(&self, _to: &ConversationId, _content: Outgoing) -> BackendResult<Option<MessageId>> {
         Err(BackendError::Unsupported("send"))
     }
 
@@ -262,12 +236,7 @@ pub trait Backend: Send + Sync + 'static {
         Err(BackendError::Unsupported("room"))
     }
     /// Add (or with `invite_only`, invite) contacts to a room.
-    async fn room_add(
-        &self,
-        _room: &RoomId,
-        _contacts: Vec<ContactId>,
-        _invite_only: bool,
-    ) -> BackendResult<()> {
+    async fn room_add(&self, _room: &RoomId, _contacts: Vec<ContactId>, _invite_only: bool) -> BackendResult<()> {
         Err(BackendError::Unsupported("room_add"))
     }
     /// Remove members from a room.
@@ -279,11 +248,7 @@ pub trait Backend: Send + Sync + 'static {
         Err(BackendError::Unsupported("room_avatar"))
     }
     /// Create a room with these contacts (and the bot).
-    async fn room_create(
-        &self,
-        _contacts: Vec<ContactId>,
-        _topic: String,
-    ) -> BackendResult<RoomId> {
+    async fn room_create(&self, _contacts: Vec<ContactId>, _topic: String) -> BackendResult<RoomId> {
         Err(BackendError::Unsupported("room_create"))
     }
     /// Leave a room.
@@ -343,11 +308,7 @@ pub trait Backend: Send + Sync + 'static {
 
     // ---- conversations ------------------------------------------------------------------------
     /// Mark a conversation read (or unread); the resulting state.
-    async fn conversation_read(
-        &self,
-        _id: &ConversationId,
-        _has_read: bool,
-    ) -> BackendResult<bool> {
+    async fn conversation_read(&self, _id: &ConversationId, _has_read: bool) -> BackendResult<bool> {
         Err(BackendError::Unsupported("conversation_read"))
     }
 }
@@ -372,10 +333,7 @@ pub fn build(config: &crate::config::Config, sink: EventSink) -> anyhow::Result<
     match config.backend {
         BackendKind::Mock => {
             let mock = mock::MockBackend::new(mock::MockOptions::from_config(config)?, sink)?;
-            Ok(Built {
-                backend: std::sync::Arc::new(mock.clone()),
-                mock: Some(mock),
-            })
+            Ok(Built { backend: std::sync::Arc::new(mock.clone()), mock: Some(mock) })
         }
     }
 }

@@ -94,9 +94,7 @@ impl Log {
     }
     fn state_snapshot(&self) -> Vec<Arc<Envelope>> {
         match &self.login {
-            Some(login) => std::iter::once(login.clone())
-                .chain(self.ready.clone())
-                .collect(),
+            Some(login) => std::iter::once(login.clone()).chain(self.ready.clone()).collect(),
             None => self.pending_scan.iter().cloned().collect(),
         }
     }
@@ -181,12 +179,7 @@ impl EventBus {
             let mut log = self.lock();
             let seq = log.next_seq;
             log.next_seq += 1;
-            let env = Arc::new(Envelope {
-                seq,
-                time: SystemTime::now(),
-                kind,
-                payload,
-            });
+            let env = Arc::new(Envelope { seq, time: SystemTime::now(), kind, payload });
             match kind {
                 EventKind::Scan => log.pending_scan = Some(env.clone()),
                 EventKind::Login => {
@@ -239,35 +232,20 @@ impl EventBus {
         let doorbell = self.shared.doorbell.subscribe();
         let log = self.lock();
         let (cursor, replay) = match start {
-            StartAt::Live { replay_state } => (
-                log.next_seq,
-                if replay_state {
-                    log.state_snapshot()
-                } else {
-                    Vec::new()
-                },
-            ),
+            StartAt::Live { replay_state } => {
+                (log.next_seq, if replay_state { log.state_snapshot() } else { Vec::new() })
+            }
             StartAt::After(seq) => {
                 let (first, last) = (log.first_seq(), log.last_seq());
                 if seq > last || seq + 1 < first {
-                    return Err(SubscribeError::OutOfRange {
-                        requested: seq,
-                        first,
-                        last,
-                    });
+                    return Err(SubscribeError::OutOfRange { requested: seq, first, last });
                 }
                 (seq + 1, Vec::new())
             }
         };
         let last_delivered = replay.iter().map(|e| e.seq).max().unwrap_or(cursor - 1);
         drop(log);
-        Ok(Subscription {
-            bus: self.clone(),
-            cursor,
-            doorbell,
-            replay: replay.into(),
-            last_delivered,
-        })
+        Ok(Subscription { bus: self.clone(), cursor, doorbell, replay: replay.into(), last_delivered })
     }
 }
 
@@ -301,11 +279,7 @@ impl Subscription {
                 let first = log.first_seq();
                 let behind = (last + 1).saturating_sub(self.cursor);
                 if self.cursor < first || behind > self.bus.shared.max_lag {
-                    return Err(Lagged {
-                        behind,
-                        limit: self.bus.shared.max_lag,
-                        last_delivered: self.last_delivered,
-                    });
+                    return Err(Lagged { behind, limit: self.bus.shared.max_lag, last_delivered: self.last_delivered });
                 }
                 if behind > 0 {
                     let start = (self.cursor - first) as usize;
@@ -333,9 +307,7 @@ mod tests {
     use puppet_proto::model::ScanStatus;
 
     fn dong(i: u64) -> PuppetEvent {
-        PuppetEvent::Dong(DataPayload {
-            data: i.to_string(),
-        })
+        PuppetEvent::Dong(DataPayload { data: i.to_string() })
     }
 
     async fn drain(sub: &mut Subscription, n: usize) -> Vec<u64> {
@@ -349,16 +321,8 @@ mod tests {
     #[tokio::test]
     async fn subscribers_see_the_same_ordered_stream() {
         let bus = EventBus::new(100, 100);
-        let mut a = bus
-            .subscribe(StartAt::Live {
-                replay_state: false,
-            })
-            .unwrap();
-        let mut b = bus
-            .subscribe(StartAt::Live {
-                replay_state: false,
-            })
-            .unwrap();
+        let mut a = bus.subscribe(StartAt::Live { replay_state: false }).unwrap();
+        let mut b = bus.subscribe(StartAt::Live { replay_state: false }).unwrap();
         for i in 0..10 {
             bus.publish(dong(i));
         }
@@ -372,48 +336,20 @@ mod tests {
         for i in 0..8 {
             bus.publish(dong(i));
         }
-        assert_eq!(
-            bus.retention(),
-            Retention {
-                first_seq: 4,
-                last_seq: 8,
-                capacity: 5
-            }
-        );
+        assert_eq!(bus.retention(), Retention { first_seq: 4, last_seq: 8, capacity: 5 });
         let mut sub = bus.subscribe(StartAt::After(5)).unwrap();
         assert_eq!(drain(&mut sub, 3).await, vec![6, 7, 8]);
-        assert!(
-            bus.subscribe(StartAt::After(3)).is_ok(),
-            "after 3 starts at 4, still retained"
-        );
+        assert!(bus.subscribe(StartAt::After(3)).is_ok(), "after 3 starts at 4, still retained");
         let err = bus.subscribe(StartAt::After(2)).err().unwrap();
-        assert_eq!(
-            err,
-            SubscribeError::OutOfRange {
-                requested: 2,
-                first: 4,
-                last: 8
-            }
-        );
-        assert!(
-            bus.subscribe(StartAt::After(9)).is_err(),
-            "a sequence from the future"
-        );
+        assert_eq!(err, SubscribeError::OutOfRange { requested: 2, first: 4, last: 8 });
+        assert!(bus.subscribe(StartAt::After(9)).is_err(), "a sequence from the future");
     }
 
     #[tokio::test]
     async fn a_slow_subscriber_is_cut_off_without_affecting_others() {
         let bus = EventBus::new(1000, 10);
-        let mut slow = bus
-            .subscribe(StartAt::Live {
-                replay_state: false,
-            })
-            .unwrap();
-        let mut fast = bus
-            .subscribe(StartAt::Live {
-                replay_state: false,
-            })
-            .unwrap();
+        let mut slow = bus.subscribe(StartAt::Live { replay_state: false }).unwrap();
+        let mut fast = bus.subscribe(StartAt::Live { replay_state: false }).unwrap();
         let mut got = Vec::new();
         for i in 0..50 {
             bus.publish(dong(i));
@@ -421,14 +357,7 @@ mod tests {
         }
         assert_eq!(got.len(), 50);
         let lag = slow.next_batch(&mut Vec::new()).await.unwrap_err();
-        assert_eq!(
-            lag,
-            Lagged {
-                behind: 50,
-                limit: 10,
-                last_delivered: 0
-            }
-        );
+        assert_eq!(lag, Lagged { behind: 50, limit: 10, last_delivered: 0 });
     }
 
     #[tokio::test]
@@ -438,40 +367,25 @@ mod tests {
         let mut sub = bus.subscribe(StartAt::Live { replay_state: true }).unwrap();
         let mut out = Vec::new();
         sub.next_batch(&mut out).await.unwrap();
-        assert_eq!(
-            out.iter().map(|e| e.kind).collect::<Vec<_>>(),
-            vec![EventKind::Scan]
-        );
+        assert_eq!(out.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![EventKind::Scan]);
 
-        bus.publish(PuppetEvent::Login(LoginEvent {
-            contact_id: "me".into(),
-        }));
+        bus.publish(PuppetEvent::Login(LoginEvent { contact_id: "me".into() }));
         bus.publish(PuppetEvent::ready());
         bus.publish(dong(1));
         let mut sub = bus.subscribe(StartAt::Live { replay_state: true }).unwrap();
         let mut out = Vec::new();
         sub.next_batch(&mut out).await.unwrap();
-        assert_eq!(
-            out.iter().map(|e| e.kind).collect::<Vec<_>>(),
-            vec![EventKind::Login, EventKind::Ready]
-        );
+        assert_eq!(out.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![EventKind::Login, EventKind::Ready]);
         bus.publish(dong(2));
         out.clear();
         sub.next_batch(&mut out).await.unwrap();
-        assert_eq!(
-            out[0].seq, 5,
-            "live events follow the replay without gap or duplicate"
-        );
+        assert_eq!(out[0].seq, 5, "live events follow the replay without gap or duplicate");
     }
 
     #[tokio::test]
     async fn close_ends_subscriptions_after_pending_events() {
         let bus = EventBus::new(10, 10);
-        let mut sub = bus
-            .subscribe(StartAt::Live {
-                replay_state: false,
-            })
-            .unwrap();
+        let mut sub = bus.subscribe(StartAt::Live { replay_state: false }).unwrap();
         bus.publish(dong(0));
         bus.close();
         let mut out = Vec::new();

@@ -15,10 +15,7 @@ use tower::Service;
 /// existing bots show the errors their users already know.
 pub fn check<B>(req: &http::Request<B>, token: &str) -> Result<(), Status> {
     let presented: String = match req.headers().get(http::header::AUTHORIZATION) {
-        Some(v) => v
-            .to_str()
-            .map_err(|_| Status::unauthenticated("No Authorization found."))?
-            .to_owned(),
+        Some(v) => v.to_str().map_err(|_| Status::unauthenticated("No Authorization found."))?.to_owned(),
         None => match req.uri().authority() {
             Some(a) => format!("Wechaty {}", a.as_str()),
             None => return Err(Status::unauthenticated("No Authorization found.")),
@@ -27,16 +24,12 @@ pub fn check<B>(req: &http::Request<B>, token: &str) -> Result<(), Status> {
     let mut parts = presented.split_whitespace();
     let (scheme, given) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if !scheme.eq_ignore_ascii_case("wechaty") {
-        return Err(Status::unauthenticated(format!(
-            "Invalid authorization type: \"{scheme}\""
-        )));
+        return Err(Status::unauthenticated(format!("Invalid authorization type: \"{scheme}\"")));
     }
     if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
         Ok(())
     } else {
-        Err(Status::unauthenticated(format!(
-            "Invalid Wechaty TOKEN \"{given}\""
-        )))
+        Err(Status::unauthenticated(format!("Invalid Wechaty TOKEN \"{given}\"")))
     }
 }
 
@@ -109,16 +102,9 @@ mod tests {
         let e = check(&req(Some("Bearer insecure_abc"), None), t).unwrap_err();
         assert_eq!(e.message(), "Invalid authorization type: \"Bearer\"");
         let e = check(&req(Some("Wechaty nope"), Some("insecure_abc")), t).unwrap_err();
-        assert_eq!(
-            e.message(),
-            "Invalid Wechaty TOKEN \"nope\"",
-            "a present header wins over :authority"
-        );
+        assert_eq!(e.message(), "Invalid Wechaty TOKEN \"nope\"", "a present header wins over :authority");
         let e = check(&req(None, Some("127.0.0.1:8788")), t).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
-        assert_eq!(
-            check(&req(None, None), t).unwrap_err().message(),
-            "No Authorization found."
-        );
+        assert_eq!(check(&req(None, None), t).unwrap_err().message(), "No Authorization found.");
     }
 }

@@ -13,11 +13,7 @@ use tonic::Status;
 
 /// A required string field; `INVALID_ARGUMENT` naming it when empty.
 pub fn required(field: &str, value: String) -> Result<String, Status> {
-    if value.trim().is_empty() {
-        Err(Status::invalid_argument(format!("`{field}` is required")))
-    } else {
-        Ok(value)
-    }
+    if value.trim().is_empty() { Err(Status::invalid_argument(format!("`{field}` is required"))) } else { Ok(value) }
 }
 
 /// An optional string that the wire encodes as "" for none.
@@ -32,10 +28,7 @@ pub fn file_box(field: &str, json: &str) -> Result<FileBox, Status> {
 
 fn timestamp(ms: u64) -> prost_types::Timestamp {
     let d = Duration::from_millis(ms);
-    prost_types::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
+    prost_types::Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
 pub fn contact(c: Contact) -> pb::ContactPayloadResponse {
@@ -128,21 +121,11 @@ pub fn room_invitation(i: RoomInvitation) -> pb::RoomInvitationPayloadResponse {
 }
 
 pub fn url_link(u: UrlLink) -> pb::UrlLinkPayload {
-    pb::UrlLinkPayload {
-        description: u.description,
-        thumbnail_url: u.thumbnail_url,
-        title: u.title,
-        url: u.url,
-    }
+    pb::UrlLinkPayload { description: u.description, thumbnail_url: u.thumbnail_url, title: u.title, url: u.url }
 }
 
 pub fn url_link_from(u: pb::UrlLinkPayload) -> UrlLink {
-    UrlLink {
-        description: u.description,
-        thumbnail_url: u.thumbnail_url,
-        title: u.title,
-        url: u.url,
-    }
+    UrlLink { description: u.description, thumbnail_url: u.thumbnail_url, title: u.title, url: u.url }
 }
 
 pub fn mini_program(m: MiniProgram) -> pb::MiniProgramPayload {
@@ -184,13 +167,7 @@ pub fn location(l: Location) -> pb::LocationPayload {
 }
 
 pub fn location_from(l: pb::LocationPayload) -> Location {
-    Location {
-        accuracy: l.accuracy,
-        address: l.address,
-        latitude: l.latitude,
-        longitude: l.longitude,
-        name: l.name,
-    }
+    Location { accuracy: l.accuracy, address: l.address, latitude: l.latitude, longitude: l.longitude, name: l.name }
 }
 
 /// A card given either as a message (current clients) or as legacy camelCase JSON (Python).
@@ -202,9 +179,8 @@ pub fn card<P, T: serde::de::DeserializeOwned>(
 ) -> Result<T, Status> {
     match message {
         Some(m) => Ok(from_pb(m)),
-        None if !legacy_json.is_empty() => serde_json::from_str(legacy_json).map_err(|e| {
-            Status::invalid_argument(format!("`{what}_deprecated` is not valid {what} JSON: {e}"))
-        }),
+        None if !legacy_json.is_empty() => serde_json::from_str(legacy_json)
+            .map_err(|e| Status::invalid_argument(format!("`{what}_deprecated` is not valid {what} JSON: {e}"))),
         None => Err(Status::invalid_argument(format!("`{what}` is required"))),
     }
 }
@@ -220,10 +196,7 @@ mod tests {
 
     #[test]
     fn message_fills_both_time_fields() {
-        let m = Message {
-            timestamp_ms: 1_700_000_000_123,
-            ..Default::default()
-        };
+        let m = Message { timestamp_ms: 1_700_000_000_123, ..Default::default() };
         let pb = message(m);
         #[allow(deprecated)]
         let legacy = pb.timestamp_deprecated;
@@ -234,32 +207,15 @@ mod tests {
 
     #[test]
     fn cards_come_from_the_message_or_the_legacy_json() {
-        let from_json: UrlLink = card(
-            "url_link",
-            None::<pb::UrlLinkPayload>,
-            r#"{"url":"https://x","thumbnailUrl":"t"}"#,
-            url_link_from,
-        )
-        .unwrap();
-        assert_eq!(
-            (from_json.url.as_str(), from_json.thumbnail_url.as_str()),
-            ("https://x", "t")
-        );
-        let msg = pb::UrlLinkPayload {
-            url: "https://y".into(),
-            ..Default::default()
-        };
-        assert_eq!(
-            card("url_link", Some(msg), "ignored", url_link_from)
-                .unwrap()
-                .url,
-            "https://y"
-        );
-        let e =
-            card::<pb::UrlLinkPayload, UrlLink>("url_link", None, "", url_link_from).unwrap_err();
+        let from_json: UrlLink =
+            card("url_link", None::<pb::UrlLinkPayload>, r#"{"url":"https://x","thumbnailUrl":"t"}"#, url_link_from)
+                .unwrap();
+        assert_eq!((from_json.url.as_str(), from_json.thumbnail_url.as_str()), ("https://x", "t"));
+        let msg = pb::UrlLinkPayload { url: "https://y".into(), ..Default::default() };
+        assert_eq!(card("url_link", Some(msg), "ignored", url_link_from).unwrap().url, "https://y");
+        let e = card::<pb::UrlLinkPayload, UrlLink>("url_link", None, "", url_link_from).unwrap_err();
         assert_eq!(e.message(), "`url_link` is required");
-        let e =
-            card::<pb::UrlLinkPayload, UrlLink>("url_link", None, "{", url_link_from).unwrap_err();
+        let e = card::<pb::UrlLinkPayload, UrlLink>("url_link", None, "{", url_link_from).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert_eq!(
             legacy_json(&url_link_from(pb::UrlLinkPayload::default())),

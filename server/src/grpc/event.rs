@@ -34,35 +34,21 @@ pub trait StreamMessage: Send + 'static {
 }
 
 fn heartbeat_json() -> String {
-    PuppetEvent::Heartbeat(DataPayload {
-        data: "puppet-rs heartbeat".into(),
-    })
-    .payload_json()
+    PuppetEvent::Heartbeat(DataPayload { data: "puppet-rs heartbeat".into() }).payload_json()
 }
 
 impl StreamMessage for pb::EventResponse {
     fn event(env: &Envelope) -> Self {
-        Self {
-            r#type: env.kind.wire(),
-            payload: env.payload.clone(),
-        }
+        Self { r#type: env.kind.wire(), payload: env.payload.clone() }
     }
     fn heartbeat() -> Self {
-        Self {
-            r#type: EventKind::Heartbeat.wire(),
-            payload: heartbeat_json(),
-        }
+        Self { r#type: EventKind::Heartbeat.wire(), payload: heartbeat_json() }
     }
 }
 
 impl StreamMessage for ext::SequencedEvent {
     fn event(env: &Envelope) -> Self {
-        Self {
-            seq: env.seq,
-            time: Some(env.time.into()),
-            r#type: env.kind.wire(),
-            payload: env.payload.clone(),
-        }
+        Self { seq: env.seq, time: Some(env.time.into()), r#type: env.kind.wire(), payload: env.payload.clone() }
     }
     fn heartbeat() -> Self {
         Self {
@@ -82,8 +68,7 @@ pub fn pump<T: StreamMessage>(mut sub: Subscription, heartbeat: Duration) -> Eve
         if tx.send(Ok(T::heartbeat())).await.is_err() {
             return;
         }
-        let mut ticker =
-            tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut batch: Vec<Arc<Envelope>> = Vec::with_capacity(256);
         loop {

@@ -10,9 +10,7 @@ pub mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
-use puppet_proto::ids::{
-    ContactId, ConversationId, FriendshipId, MessageId, RoomId, RoomInvitationId, TagId,
-};
+use puppet_proto::ids::{ContactId, ConversationId, FriendshipId, MessageId, RoomId, RoomInvitationId, TagId};
 use puppet_proto::model::{ImageType, PayloadType};
 use puppet_proto::pb::puppet_rs::v1 as ext;
 use puppet_proto::pb::wechaty::puppet as pb;
@@ -48,18 +46,8 @@ pub struct PuppetService {
 impl PuppetService {
     /// Serves `backend`, streaming events from `bus` with a heartbeat every `heartbeat`.
     pub fn new(backend: Arc<dyn Backend>, bus: EventBus, heartbeat: Duration) -> Self {
-        let version = format!(
-            "puppet-rs/{} ({} backend)",
-            env!("CARGO_PKG_VERSION"),
-            backend.name()
-        )
-        .into();
-        Self {
-            backend,
-            bus,
-            heartbeat,
-            version,
-        }
+        let version = format!("puppet-rs/{} ({} backend)", env!("CARGO_PKG_VERSION"), backend.name()).into();
+        Self { backend, bus, heartbeat, version }
     }
 
     fn err(&self, e: BackendError) -> Status {
@@ -89,10 +77,7 @@ macro_rules! sent {
     ($ty:ident, $id:expr) => {{
         let id = $id.map(|m: MessageId| m.0).unwrap_or_default();
         #[allow(deprecated)]
-        let r = pb::$ty {
-            id_string_value_deprecated: non_empty(Some(id.clone())),
-            id,
-        };
+        let r = pb::$ty { id_string_value_deprecated: non_empty(Some(id.clone())), id };
         r
     }};
 }
@@ -143,43 +128,28 @@ impl Puppet for PuppetService {
     }
 
     async fn ding(&self, req: Request<pb::DingRequest>) -> RpcResult<pb::DingResponse> {
-        self.backend
-            .ding(req.into_inner().data)
-            .await
-            .map_err(|e| self.err(e))?;
+        self.backend.ding(req.into_inner().data).await.map_err(|e| self.err(e))?;
         ok(pb::DingResponse {})
     }
 
     async fn version(&self, _: Request<pb::VersionRequest>) -> RpcResult<pb::VersionResponse> {
-        ok(pb::VersionResponse {
-            version: self.version.to_string(),
-        })
+        ok(pb::VersionResponse { version: self.version.to_string() })
     }
 
     async fn event(&self, _: Request<pb::EventRequest>) -> RpcResult<Self::EventStream> {
         // Upstream allows one Event stream; we allow any number, each with its own cursor.
-        let sub = self
-            .bus
-            .subscribe(StartAt::Live { replay_state: true })
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let sub =
+            self.bus.subscribe(StartAt::Live { replay_state: true }).map_err(|e| Status::internal(e.to_string()))?;
         ok(pump(sub, self.heartbeat))
     }
 
-    async fn dirty_payload(
-        &self,
-        req: Request<pb::DirtyPayloadRequest>,
-    ) -> RpcResult<pb::DirtyPayloadResponse> {
+    async fn dirty_payload(&self, req: Request<pb::DirtyPayloadRequest>) -> RpcResult<pb::DirtyPayloadResponse> {
         let r = req.into_inner();
         let kind = PayloadType::from_wire(r.r#type)
             .filter(|k| *k != PayloadType::Unknown)
-            .ok_or_else(|| {
-                Status::invalid_argument(format!("`type` {} is not a payload type (1-5)", r.r#type))
-            })?;
+            .ok_or_else(|| Status::invalid_argument(format!("`type` {} is not a payload type (1-5)", r.r#type)))?;
         let id = required("id", r.id)?;
-        self.backend
-            .dirty_payload(kind, id)
-            .await
-            .map_err(|e| self.err(e))?;
+        self.backend.dirty_payload(kind, id).await.map_err(|e| self.err(e))?;
         ok(pb::DirtyPayloadResponse {})
     }
 
@@ -198,10 +168,7 @@ impl Puppet for PuppetService {
         req: Request<pb::ContactSelfNameRequest>,
     ) -> RpcResult<pb::ContactSelfNameResponse> {
         let name = required("name", req.into_inner().name)?;
-        self.backend
-            .set_self_name(name)
-            .await
-            .map_err(|e| self.err(e))?;
+        self.backend.set_self_name(name).await.map_err(|e| self.err(e))?;
         ok(pb::ContactSelfNameResponse {})
     }
 
@@ -209,88 +176,48 @@ impl Puppet for PuppetService {
         &self,
         req: Request<pb::ContactSelfSignatureRequest>,
     ) -> RpcResult<pb::ContactSelfSignatureResponse> {
-        self.backend
-            .set_self_signature(req.into_inner().signature)
-            .await
-            .map_err(|e| self.err(e))?;
+        self.backend.set_self_signature(req.into_inner().signature).await.map_err(|e| self.err(e))?;
         ok(pb::ContactSelfSignatureResponse {})
     }
 
     // ---- contacts -----------------------------------------------------------------------------
 
-    async fn contact_payload(
-        &self,
-        req: Request<pb::ContactPayloadRequest>,
-    ) -> RpcResult<pb::ContactPayloadResponse> {
+    async fn contact_payload(&self, req: Request<pb::ContactPayloadRequest>) -> RpcResult<pb::ContactPayloadResponse> {
         let id = contact_id("id", req.into_inner().id)?;
         let c = self.backend.contact(&id).await.map_err(|e| self.err(e))?;
         ok(convert::contact(c))
     }
 
     #[allow(deprecated)]
-    async fn contact_alias(
-        &self,
-        req: Request<pb::ContactAliasRequest>,
-    ) -> RpcResult<pb::ContactAliasResponse> {
+    async fn contact_alias(&self, req: Request<pb::ContactAliasRequest>) -> RpcResult<pb::ContactAliasResponse> {
         let r = req.into_inner();
         let id = contact_id("id", r.id)?;
         if let Some(alias) = r.alias.or(r.alias_string_value_deprecated) {
-            self.backend
-                .set_contact_alias(&id, alias)
-                .await
-                .map_err(|e| self.err(e))?;
+            self.backend.set_contact_alias(&id, alias).await.map_err(|e| self.err(e))?;
             return ok(pb::ContactAliasResponse::default());
         }
-        let alias = self
-            .backend
-            .contact(&id)
-            .await
-            .map_err(|e| self.err(e))?
-            .alias;
+        let alias = self.backend.contact(&id).await.map_err(|e| self.err(e))?.alias;
         // Node needs the wrapper when the alias is empty, and Python always reads it.
-        ok(pb::ContactAliasResponse {
-            alias_string_value_deprecated: Some(alias.clone()),
-            alias,
-        })
+        ok(pb::ContactAliasResponse { alias_string_value_deprecated: Some(alias.clone()), alias })
     }
 
     #[allow(deprecated)]
-    async fn contact_avatar(
-        &self,
-        req: Request<pb::ContactAvatarRequest>,
-    ) -> RpcResult<pb::ContactAvatarResponse> {
+    async fn contact_avatar(&self, req: Request<pb::ContactAvatarRequest>) -> RpcResult<pb::ContactAvatarResponse> {
         let r = req.into_inner();
         let id = contact_id("id", r.id)?;
         if let Some(json) = r.file_box.or(r.filebox_string_value_deprecated) {
             let fb = file_box("file_box", &json)?;
-            self.backend
-                .set_contact_avatar(&id, fb)
-                .await
-                .map_err(|e| self.err(e))?;
+            self.backend.set_contact_avatar(&id, fb).await.map_err(|e| self.err(e))?;
             return ok(pb::ContactAvatarResponse::default());
         }
-        let json = self
-            .backend
-            .contact_avatar(&id)
-            .await
-            .map_err(|e| self.err(e))?
-            .to_json();
-        ok(pb::ContactAvatarResponse {
-            filebox_string_value_deprecated: Some(json.clone()),
-            file_box: json,
-        })
+        let json = self.backend.contact_avatar(&id).await.map_err(|e| self.err(e))?.to_json();
+        ok(pb::ContactAvatarResponse { filebox_string_value_deprecated: Some(json.clone()), file_box: json })
     }
 
-    async fn contact_phone(
-        &self,
-        req: Request<pb::ContactPhoneRequest>,
-    ) -> RpcResult<pb::ContactPhoneResponse> {
+    async fn contact_phone(&self, req: Request<pb::ContactPhoneRequest>) -> RpcResult<pb::ContactPhoneResponse> {
         let r = req.into_inner();
         let id = contact_id("contact_id", r.contact_id)?;
-        self.backend
-            .set_contact_phones(&id, r.phones.clone())
-            .await
-            .map_err(|e| self.err(e))?;
+        self.backend.set_contact_phones(&id, r.phones.clone()).await.map_err(|e| self.err(e))?;
         ok(pb::ContactPhoneResponse { phones: r.phones })
     }
 
@@ -302,13 +229,8 @@ impl Puppet for PuppetService {
         let r = req.into_inner();
         let id = contact_id("contact_id", r.contact_id)?;
         // Node sends both fields for a value and neither for null (= clear).
-        let remark = r
-            .corporation_remark_string_value_deprecated
-            .or(non_empty(Some(r.corporation_remark)));
-        self.backend
-            .set_contact_corporation_remark(&id, remark)
-            .await
-            .map_err(|e| self.err(e))?;
+        let remark = r.corporation_remark_string_value_deprecated.or(non_empty(Some(r.corporation_remark)));
+        self.backend.set_contact_corporation_remark(&id, remark).await.map_err(|e| self.err(e))?;
         ok(pb::ContactCorporationRemarkResponse {})
     }
 
@@ -319,24 +241,14 @@ impl Puppet for PuppetService {
     ) -> RpcResult<pb::ContactDescriptionResponse> {
         let r = req.into_inner();
         let id = contact_id("contact_id", r.contact_id)?;
-        let description = r
-            .description_string_value_deprecated
-            .or(non_empty(Some(r.description)));
-        self.backend
-            .set_contact_description(&id, description)
-            .await
-            .map_err(|e| self.err(e))?;
+        let description = r.description_string_value_deprecated.or(non_empty(Some(r.description)));
+        self.backend.set_contact_description(&id, description).await.map_err(|e| self.err(e))?;
         ok(pb::ContactDescriptionResponse {})
     }
 
-    async fn contact_list(
-        &self,
-        _: Request<pb::ContactListRequest>,
-    ) -> RpcResult<pb::ContactListResponse> {
+    async fn contact_list(&self, _: Request<pb::ContactListRequest>) -> RpcResult<pb::ContactListResponse> {
         let ids = self.backend.contact_list().await.map_err(|e| self.err(e))?;
-        ok(pb::ContactListResponse {
-            ids: ids.into_iter().map(|c| c.0).collect(),
-        })
+        ok(pb::ContactListResponse { ids: ids.into_iter().map(|c| c.0).collect() })
     }
 
     // ---- friendships --------------------------------------------------------------------------
@@ -347,11 +259,7 @@ impl Puppet for PuppetService {
     ) -> RpcResult<pb::FriendshipPayloadResponse> {
         // The payload fields (Python sends the literal "null") are an old write path nobody needs.
         let id = FriendshipId(required("id", req.into_inner().id)?);
-        let f = self
-            .backend
-            .friendship(&id)
-            .await
-            .map_err(|e| self.err(e))?;
+        let f = self.backend.friendship(&id).await.map_err(|e| self.err(e))?;
         ok(convert::friendship(f))
     }
 
@@ -361,11 +269,7 @@ impl Puppet for PuppetService {
         req: Request<pb::FriendshipSearchPhoneRequest>,
     ) -> RpcResult<pb::FriendshipSearchPhoneResponse> {
         let phone = required("phone", req.into_inner().phone)?;
-        let found = self
-            .backend
-            .friendship_search_phone(&phone)
-            .await
-            .map_err(|e| self.err(e))?;
+        let found = self.backend.friendship_search_phone(&phone).await.map_err(|e| self.err(e))?;
         let id = found.map(|c| c.0);
         ok(pb::FriendshipSearchPhoneResponse {
             contact_id_string_value_deprecated: id.clone(),
@@ -386,11 +290,7 @@ impl Puppet for PuppetService {
         req: Request<pb::FriendshipSearchHandleRequest>,
     ) -> RpcResult<pb::FriendshipSearchHandleResponse> {
         let handle = required("weixin", req.into_inner().weixin)?;
-        let found = self
-            .backend
-            .friendship_search_handle(&handle)
-            .await
-            .map_err(|e| self.err(e))?;
+        let found = self.backend.friendship_search_handle(&handle).await.map_err(|e| self.err(e))?;
         let id = found.map(|c| c.0);
         ok(pb::FriendshipSearchHandleResponse {
             contact_id_string_value_deprecated: id.clone(),
@@ -399,10 +299,7 @@ impl Puppet for PuppetService {
     }
 
     #[allow(deprecated)]
-    async fn friendship_add(
-        &self,
-        req: Request<pb::FriendshipAddRequest>,
-    ) -> RpcResult<pb::FriendshipAddResponse> {
+    async fn friendship_add(&self, req: Request<pb::FriendshipAddRequest>) -> RpcResult<pb::FriendshipAddResponse> {
         let r = req.into_inner();
         let id = contact_id("contact_id", r.contact_id)?;
         let given = r.referrer.unwrap_or_default();
@@ -410,14 +307,9 @@ impl Puppet for PuppetService {
             contact_id: non_empty(Some(given.contact_id))
                 .or(non_empty(r.source_contact_id_string_value_deprecated))
                 .map(ContactId),
-            room_id: non_empty(Some(given.room_id))
-                .or(non_empty(r.source_room_id_string_value_deprecated))
-                .map(RoomId),
+            room_id: non_empty(Some(given.room_id)).or(non_empty(r.source_room_id_string_value_deprecated)).map(RoomId),
         };
-        self.backend
-            .friendship_add(&id, r.hello, referrer)
-            .await
-            .map_err(|e| self.err(e))?;
+        self.backend.friendship_add(&id, r.hello, referrer).await.map_err(|e| self.err(e))?;
         ok(pb::FriendshipAddResponse {})
     }
 
@@ -426,47 +318,25 @@ impl Puppet for PuppetService {
         req: Request<pb::FriendshipAcceptRequest>,
     ) -> RpcResult<pb::FriendshipAcceptResponse> {
         let id = FriendshipId(required("id", req.into_inner().id)?);
-        self.backend
-            .friendship_accept(&id)
-            .await
-            .map_err(|e| self.err(e))?;
+        self.backend.friendship_accept(&id).await.map_err(|e| self.err(e))?;
         ok(pb::FriendshipAcceptResponse {})
     }
 
     // ---- messages -----------------------------------------------------------------------------
 
-    async fn message_file(
-        &self,
-        req: Request<pb::MessageFileRequest>,
-    ) -> RpcResult<pb::MessageFileResponse> {
+    async fn message_file(&self, req: Request<pb::MessageFileRequest>) -> RpcResult<pb::MessageFileResponse> {
         let id = message_id("id", req.into_inner().id)?;
-        let fb = self
-            .backend
-            .message_file(&id)
-            .await
-            .map_err(|e| self.err(e))?;
-        ok(pb::MessageFileResponse {
-            file_box: fb.to_json(),
-        })
+        let fb = self.backend.message_file(&id).await.map_err(|e| self.err(e))?;
+        ok(pb::MessageFileResponse { file_box: fb.to_json() })
     }
 
-    async fn message_image(
-        &self,
-        req: Request<pb::MessageImageRequest>,
-    ) -> RpcResult<pb::MessageImageResponse> {
+    async fn message_image(&self, req: Request<pb::MessageImageRequest>) -> RpcResult<pb::MessageImageResponse> {
         let r = req.into_inner();
         let id = message_id("id", r.id)?;
-        let kind = ImageType::from_wire(r.r#type).ok_or_else(|| {
-            Status::invalid_argument(format!("`type` {} is not an image type (0-3)", r.r#type))
-        })?;
-        let fb = self
-            .backend
-            .message_image(&id, kind)
-            .await
-            .map_err(|e| self.err(e))?;
-        ok(pb::MessageImageResponse {
-            file_box: fb.to_json(),
-        })
+        let kind = ImageType::from_wire(r.r#type)
+            .ok_or_else(|| Status::invalid_argument(format!("`type` {} is not an image type (0-3)", r.r#type)))?;
+        let fb = self.backend.message_image(&id, kind).await.map_err(|e| self.err(e))?;
+        ok(pb::MessageImageResponse { file_box: fb.to_json() })
     }
 
     async fn message_send_file(
@@ -476,33 +346,19 @@ impl Puppet for PuppetService {
         let r = req.into_inner();
         let to = conversation(r.conversation_id)?;
         let fb = file_box("file_box", &r.file_box)?;
-        let id = self
-            .backend
-            .send(&to, Outgoing::File(fb))
-            .await
-            .map_err(|e| self.err(e))?;
+        let id = self.backend.send(&to, Outgoing::File(fb)).await.map_err(|e| self.err(e))?;
         ok(sent!(MessageSendFileResponse, id))
     }
 
-    async fn message_payload(
-        &self,
-        req: Request<pb::MessagePayloadRequest>,
-    ) -> RpcResult<pb::MessagePayloadResponse> {
+    async fn message_payload(&self, req: Request<pb::MessagePayloadRequest>) -> RpcResult<pb::MessagePayloadResponse> {
         let id = message_id("id", req.into_inner().id)?;
         let m = self.backend.message(&id).await.map_err(|e| self.err(e))?;
         ok(convert::message(m))
     }
 
-    async fn message_contact(
-        &self,
-        req: Request<pb::MessageContactRequest>,
-    ) -> RpcResult<pb::MessageContactResponse> {
+    async fn message_contact(&self, req: Request<pb::MessageContactRequest>) -> RpcResult<pb::MessageContactResponse> {
         let id = message_id("id", req.into_inner().id)?;
-        let c = self
-            .backend
-            .message_contact(&id)
-            .await
-            .map_err(|e| self.err(e))?;
+        let c = self.backend.message_contact(&id).await.map_err(|e| self.err(e))?;
         ok(pb::MessageContactResponse { id: c.0 })
     }
 
@@ -512,11 +368,7 @@ impl Puppet for PuppetService {
         req: Request<pb::MessageMiniProgramRequest>,
     ) -> RpcResult<pb::MessageMiniProgramResponse> {
         let id = message_id("id", req.into_inner().id)?;
-        let m = self
-            .backend
-            .message_mini_program(&id)
-            .await
-            .map_err(|e| self.err(e))?;
+        let m = self.backend.message_mini_program(&id).await.map_err(|e| self.err(e))?;
         ok(pb::MessageMiniProgramResponse {
             mini_program_deprecated: legacy_json(&m),
             mini_program: Some(convert::mini_program(m)),
@@ -524,47 +376,23 @@ impl Puppet for PuppetService {
     }
 
     #[allow(deprecated)]
-    async fn message_url(
-        &self,
-        req: Request<pb::MessageUrlRequest>,
-    ) -> RpcResult<pb::MessageUrlResponse> {
+    async fn message_url(&self, req: Request<pb::MessageUrlRequest>) -> RpcResult<pb::MessageUrlResponse> {
         let id = message_id("id", req.into_inner().id)?;
-        let u = self
-            .backend
-            .message_url(&id)
-            .await
-            .map_err(|e| self.err(e))?;
-        ok(pb::MessageUrlResponse {
-            url_link_deprecated: legacy_json(&u),
-            url_link: Some(convert::url_link(u)),
-        })
+        let u = self.backend.message_url(&id).await.map_err(|e| self.err(e))?;
+        ok(pb::MessageUrlResponse { url_link_deprecated: legacy_json(&u), url_link: Some(convert::url_link(u)) })
     }
 
-    async fn message_recall(
-        &self,
-        req: Request<pb::MessageRecallRequest>,
-    ) -> RpcResult<pb::MessageRecallResponse> {
+    async fn message_recall(&self, req: Request<pb::MessageRecallRequest>) -> RpcResult<pb::MessageRecallResponse> {
         let id = message_id("id", req.into_inner().id)?;
-        let success = self
-            .backend
-            .message_recall(&id)
-            .await
-            .map_err(|e| self.err(e))?;
+        let success = self.backend.message_recall(&id).await.map_err(|e| self.err(e))?;
         ok(pb::MessageRecallResponse { success })
     }
 
-    async fn message_forward(
-        &self,
-        req: Request<pb::MessageForwardRequest>,
-    ) -> RpcResult<pb::MessageForwardResponse> {
+    async fn message_forward(&self, req: Request<pb::MessageForwardRequest>) -> RpcResult<pb::MessageForwardResponse> {
         let r = req.into_inner();
         let msg = message_id("message_id", r.message_id)?;
         let to = conversation(r.conversation_id)?;
-        let id = self
-            .backend
-            .message_forward(&to, &msg)
-            .await
-            .map_err(|e| self.err(e))?;
+        let id = self.backend.message_forward(&to, &msg).await.map_err(|e| self.err(e))?;
         ok(sent!(MessageForwardResponse, id))
     }
 
@@ -573,14 +401,8 @@ impl Puppet for PuppetService {
         req: Request<pb::MessageLocationRequest>,
     ) -> RpcResult<pb::MessageLocationResponse> {
         let id = message_id("id", req.into_inner().id)?;
-        let l = self
-            .backend
-            .message_location(&id)
-            .await
-            .map_err(|e| self.err(e))?;
-        ok(pb::MessageLocationResponse {
-            location: Some(convert::location(l)),
-        })
+        let l = self.backend.message_location(&id).await.map_err(|e| self.err(e))?;
+        ok(pb::MessageLocationResponse { location: Some(convert::location(l)) })
     }
 
     async fn message_send_contact(
@@ -590,11 +412,7 @@ impl Puppet for PuppetService {
         let r = req.into_inner();
         let to = conversation(r.conversation_id)?;
         let card = contact_id("contact_id", r.contact_id)?;
-        let id = self
-            .backend
-            .send(&to, Outgoing::Contact(card))
-            .await
-            .map_err(|e| self.err(e))?;
+        let id = self.backend.send(&to, Outgoing::Contact(card)).await.map_err(|e| self.err(e))?;
         ok(sent!(MessageSendContactResponse, id))
     }
 
@@ -604,23 +422,8 @@ impl Puppet for PuppetService {
     ) -> RpcResult<pb::MessageSendTextResponse> {
         let r = req.into_inner();
         let to = conversation(r.conversation_id)?;
-        let mentions = r
-            .mentional_ids
-            .into_iter()
-            .filter(|m| !m.is_empty())
-            .map(ContactId)
-            .collect();
-        let id = self
-            .backend
-            .send(
-                &to,
-                Outgoing::Text {
-                    text: r.text,
-                    mentions,
-                },
-            )
-            .await
-            .map_err(|e| self.err(e))?;
+        let mentions = r.mentional_ids.into_iter().filter(|m| !m.is_empty()).map(ContactId).collect();
+        let id = self.backend.send(&to, Outgoing::Text { text: r.text, mentions }).await.map_err(|e| self.err(e))?;
         ok(sent!(MessageSendTextResponse, id))
     }
 
@@ -631,38 +434,17 @@ impl Puppet for PuppetService {
     ) -> RpcResult<pb::MessageSendMiniProgramResponse> {
         let r = req.into_inner();
         let to = conversation(r.conversation_id)?;
-        let m = card(
-            "mini_program",
-            r.mini_program,
-            &r.mini_program_deprecated,
-            convert::mini_program_from,
-        )?;
-        let id = self
-            .backend
-            .send(&to, Outgoing::MiniProgram(m))
-            .await
-            .map_err(|e| self.err(e))?;
+        let m = card("mini_program", r.mini_program, &r.mini_program_deprecated, convert::mini_program_from)?;
+        let id = self.backend.send(&to, Outgoing::MiniProgram(m)).await.map_err(|e| self.err(e))?;
         ok(sent!(MessageSendMiniProgramResponse, id))
     }
 
     #[allow(deprecated)]
-    async fn message_send_url(
-        &self,
-        req: Request<pb::MessageSendUrlRequest>,
-    ) -> RpcResult<pb::MessageSendUrlResponse> {
+    async fn message_send_url(&self, req: Request<pb::MessageSendUrlRequest>) -> RpcResult<pb::MessageSendUrlResponse> {
         let r = req.into_inner();
         let to = conversation(r.conversation_id)?;
-        let u = card(
-            "url_link",
-            r.url_link,
-            &r.url_link_deprecated,
-            convert::url_link_from,
-        )?;
-        let id = self
-            .backend
-            .send(&to, Outgoing::Url(u))
-            .await
-            .map_err(|e| self.err(e))?;
+        let u = card("url_link", r.url_link, &r.url_link_deprecated, convert::url_link_from)?;
+        let id = self.backend.send(&to, Outgoing::Url(u)).await.map_err(|e| self.err(e))?;
         ok(sent!(MessageSendUrlResponse, id))
     }
 
@@ -672,25 +454,15 @@ impl Puppet for PuppetService {
     ) -> RpcResult<pb::MessageSendLocationResponse> {
         let r = req.into_inner();
         let to = conversation(r.conversation_id)?;
-        let l = r
-            .location
-            .ok_or_else(|| Status::invalid_argument("`location` is required"))?;
-        let id = self
-            .backend
-            .send(&to, Outgoing::Location(convert::location_from(l)))
-            .await
-            .map_err(|e| self.err(e))?;
-        ok(pb::MessageSendLocationResponse {
-            id: id.map(|m| m.0).unwrap_or_default(),
-        })
+        let l = r.location.ok_or_else(|| Status::invalid_argument("`location` is required"))?;
+        let id =
+            self.backend.send(&to, Outgoing::Location(convert::location_from(l))).await.map_err(|e| self.err(e))?;
+        ok(pb::MessageSendLocationResponse { id: id.map(|m| m.0).unwrap_or_default() })
     }
 
     // ---- rooms --------------------------------------------------------------------------------
 
-    async fn room_payload(
-        &self,
-        req: Request<pb::RoomPayloadRequest>,
-    ) -> RpcResult<pb::RoomPayloadResponse> {
+    async fn room_payload(&self, req: Request<pb::RoomPayloadRequest>) -> RpcResult<pb::RoomPayloadResponse> {
         let id = room_id("id", req.into_inner().id)?;
         let r = self.backend.room(&id).await.map_err(|e| self.err(e))?;
         ok(convert::room(r))
@@ -698,53 +470,27 @@ impl Puppet for PuppetService {
 
     async fn room_list(&self, _: Request<pb::RoomListRequest>) -> RpcResult<pb::RoomListResponse> {
         let ids = self.backend.room_list().await.map_err(|e| self.err(e))?;
-        ok(pb::RoomListResponse {
-            ids: ids.into_iter().map(|r| r.0).collect(),
-        })
+        ok(pb::RoomListResponse { ids: ids.into_iter().map(|r| r.0).collect() })
     }
 
     async fn room_add(&self, req: Request<pb::RoomAddRequest>) -> RpcResult<pb::RoomAddResponse> {
         let r = req.into_inner();
         let room = room_id("id", r.id)?;
         let contacts = contact_set(r.contact_id, r.contact_ids)?;
-        self.backend
-            .room_add(&room, contacts, r.invite_only)
-            .await
-            .map_err(|e| self.err(e))?;
+        self.backend.room_add(&room, contacts, r.invite_only).await.map_err(|e| self.err(e))?;
         ok(pb::RoomAddResponse {})
     }
 
-    async fn room_avatar(
-        &self,
-        req: Request<pb::RoomAvatarRequest>,
-    ) -> RpcResult<pb::RoomAvatarResponse> {
+    async fn room_avatar(&self, req: Request<pb::RoomAvatarRequest>) -> RpcResult<pb::RoomAvatarResponse> {
         let id = room_id("id", req.into_inner().id)?;
-        let fb = self
-            .backend
-            .room_avatar(&id)
-            .await
-            .map_err(|e| self.err(e))?;
-        ok(pb::RoomAvatarResponse {
-            file_box: fb.to_json(),
-        })
+        let fb = self.backend.room_avatar(&id).await.map_err(|e| self.err(e))?;
+        ok(pb::RoomAvatarResponse { file_box: fb.to_json() })
     }
 
-    async fn room_create(
-        &self,
-        req: Request<pb::RoomCreateRequest>,
-    ) -> RpcResult<pb::RoomCreateResponse> {
+    async fn room_create(&self, req: Request<pb::RoomCreateRequest>) -> RpcResult<pb::RoomCreateResponse> {
         let r = req.into_inner();
-        let contacts = r
-            .contact_ids
-            .into_iter()
-            .filter(|c| !c.is_empty())
-            .map(ContactId)
-            .collect();
-        let id = self
-            .backend
-            .room_create(contacts, r.topic)
-            .await
-            .map_err(|e| self.err(e))?;
+        let contacts = r.contact_ids.into_iter().filter(|c| !c.is_empty()).map(ContactId).collect();
+        let id = self.backend.room_create(contacts, r.topic).await.map_err(|e| self.err(e))?;
         ok(pb::RoomCreateResponse { id: id.0 })
     }
 
@@ -752,81 +498,46 @@ impl Puppet for PuppetService {
         let r = req.into_inner();
         let room = room_id("id", r.id)?;
         let contacts = contact_set(r.contact_id, r.contact_ids)?;
-        self.backend
-            .room_del(&room, contacts)
-            .await
-            .map_err(|e| self.err(e))?;
+        self.backend.room_del(&room, contacts).await.map_err(|e| self.err(e))?;
         ok(pb::RoomDelResponse {})
     }
 
-    async fn room_quit(
-        &self,
-        req: Request<pb::RoomQuitRequest>,
-    ) -> RpcResult<pb::RoomQuitResponse> {
+    async fn room_quit(&self, req: Request<pb::RoomQuitRequest>) -> RpcResult<pb::RoomQuitResponse> {
         let id = room_id("id", req.into_inner().id)?;
         self.backend.room_quit(&id).await.map_err(|e| self.err(e))?;
         ok(pb::RoomQuitResponse {})
     }
 
     #[allow(deprecated)]
-    async fn room_topic(
-        &self,
-        req: Request<pb::RoomTopicRequest>,
-    ) -> RpcResult<pb::RoomTopicResponse> {
+    async fn room_topic(&self, req: Request<pb::RoomTopicRequest>) -> RpcResult<pb::RoomTopicResponse> {
         let r = req.into_inner();
         let id = room_id("id", r.id)?;
         // Python sets through the wrapper only (the official server ignores it: a bug not copied).
         if let Some(topic) = r.topic.or(r.topic_string_value_deprecated) {
-            self.backend
-                .set_room_topic(&id, topic)
-                .await
-                .map_err(|e| self.err(e))?;
+            self.backend.set_room_topic(&id, topic).await.map_err(|e| self.err(e))?;
             return ok(pb::RoomTopicResponse::default());
         }
         let topic = self.backend.room(&id).await.map_err(|e| self.err(e))?.topic;
-        ok(pb::RoomTopicResponse {
-            topic_string_value_deprecated: Some(topic.clone()),
-            topic,
-        })
+        ok(pb::RoomTopicResponse { topic_string_value_deprecated: Some(topic.clone()), topic })
     }
 
-    async fn room_qr_code(
-        &self,
-        req: Request<pb::RoomQrCodeRequest>,
-    ) -> RpcResult<pb::RoomQrCodeResponse> {
+    async fn room_qr_code(&self, req: Request<pb::RoomQrCodeRequest>) -> RpcResult<pb::RoomQrCodeResponse> {
         // The Python client 0.8.10 sends no room id at all; say so rather than guess a room.
         let id = room_id("id", req.into_inner().id)?;
-        let qrcode = self
-            .backend
-            .room_qrcode(&id)
-            .await
-            .map_err(|e| self.err(e))?;
+        let qrcode = self.backend.room_qrcode(&id).await.map_err(|e| self.err(e))?;
         ok(pb::RoomQrCodeResponse { qrcode })
     }
 
     #[allow(deprecated)]
-    async fn room_announce(
-        &self,
-        req: Request<pb::RoomAnnounceRequest>,
-    ) -> RpcResult<pb::RoomAnnounceResponse> {
+    async fn room_announce(&self, req: Request<pb::RoomAnnounceRequest>) -> RpcResult<pb::RoomAnnounceResponse> {
         let r = req.into_inner();
         let id = room_id("id", r.id)?;
         if let Some(text) = r.text.or(r.text_string_value_deprecated) {
-            self.backend
-                .set_room_announce(&id, text)
-                .await
-                .map_err(|e| self.err(e))?;
+            self.backend.set_room_announce(&id, text).await.map_err(|e| self.err(e))?;
             return ok(pb::RoomAnnounceResponse::default());
         }
-        let text = self
-            .backend
-            .room_announce(&id)
-            .await
-            .map_err(|e| self.err(e))?;
-        ok(pb::RoomAnnounceResponse {
-            text_string_value_deprecated: Some(text.clone()),
-            text,
-        })
+        let text = self.backend.room_announce(&id).await.map_err(|e| self.err(e))?;
+        ok(pb::RoomAnnounceResponse { text_string_value_deprecated: Some(text.clone()), text })
     }
 
     async fn room_member_payload(
@@ -836,27 +547,14 @@ impl Puppet for PuppetService {
         let r = req.into_inner();
         let room = room_id("id", r.id)?;
         let member = contact_id("member_id", r.member_id)?;
-        let m = self
-            .backend
-            .room_member(&room, &member)
-            .await
-            .map_err(|e| self.err(e))?;
+        let m = self.backend.room_member(&room, &member).await.map_err(|e| self.err(e))?;
         ok(convert::room_member(m))
     }
 
-    async fn room_member_list(
-        &self,
-        req: Request<pb::RoomMemberListRequest>,
-    ) -> RpcResult<pb::RoomMemberListResponse> {
+    async fn room_member_list(&self, req: Request<pb::RoomMemberListRequest>) -> RpcResult<pb::RoomMemberListResponse> {
         let id = room_id("id", req.into_inner().id)?;
-        let ids = self
-            .backend
-            .room_members(&id)
-            .await
-            .map_err(|e| self.err(e))?;
-        ok(pb::RoomMemberListResponse {
-            member_ids: ids.into_iter().map(|c| c.0).collect(),
-        })
+        let ids = self.backend.room_members(&id).await.map_err(|e| self.err(e))?;
+        ok(pb::RoomMemberListResponse { member_ids: ids.into_iter().map(|c| c.0).collect() })
     }
 
     async fn room_invitation_payload(
@@ -864,11 +562,7 @@ impl Puppet for PuppetService {
         req: Request<pb::RoomInvitationPayloadRequest>,
     ) -> RpcResult<pb::RoomInvitationPayloadResponse> {
         let id = RoomInvitationId(required("id", req.into_inner().id)?);
-        let i = self
-            .backend
-            .room_invitation(&id)
-            .await
-            .map_err(|e| self.err(e))?;
+        let i = self.backend.room_invitation(&id).await.map_err(|e| self.err(e))?;
         ok(convert::room_invitation(i))
     }
 
@@ -877,26 +571,17 @@ impl Puppet for PuppetService {
         req: Request<pb::RoomInvitationAcceptRequest>,
     ) -> RpcResult<pb::RoomInvitationAcceptResponse> {
         let id = RoomInvitationId(required("id", req.into_inner().id)?);
-        self.backend
-            .room_invitation_accept(&id)
-            .await
-            .map_err(|e| self.err(e))?;
+        self.backend.room_invitation_accept(&id).await.map_err(|e| self.err(e))?;
         ok(pb::RoomInvitationAcceptResponse {})
     }
 
     // ---- tags ---------------------------------------------------------------------------------
 
-    async fn tag_contact_add(
-        &self,
-        req: Request<pb::TagContactAddRequest>,
-    ) -> RpcResult<pb::TagContactAddResponse> {
+    async fn tag_contact_add(&self, req: Request<pb::TagContactAddRequest>) -> RpcResult<pb::TagContactAddResponse> {
         let r = req.into_inner();
         let tag = TagId(required("id", r.id)?);
         let contact = contact_id("contact_id", r.contact_id)?;
-        self.backend
-            .tag_contact_add(&tag, &contact)
-            .await
-            .map_err(|e| self.err(e))?;
+        self.backend.tag_contact_add(&tag, &contact).await.map_err(|e| self.err(e))?;
         ok(pb::TagContactAddResponse {})
     }
 
@@ -907,10 +592,7 @@ impl Puppet for PuppetService {
         let r = req.into_inner();
         let tag = TagId(required("id", r.id)?);
         let contact = contact_id("contact_id", r.contact_id)?;
-        self.backend
-            .tag_contact_remove(&tag, &contact)
-            .await
-            .map_err(|e| self.err(e))?;
+        self.backend.tag_contact_remove(&tag, &contact).await.map_err(|e| self.err(e))?;
         ok(pb::TagContactRemoveResponse {})
     }
 
@@ -919,30 +601,16 @@ impl Puppet for PuppetService {
         req: Request<pb::TagContactDeleteRequest>,
     ) -> RpcResult<pb::TagContactDeleteResponse> {
         let tag = TagId(required("id", req.into_inner().id)?);
-        self.backend
-            .tag_delete(&tag)
-            .await
-            .map_err(|e| self.err(e))?;
+        self.backend.tag_delete(&tag).await.map_err(|e| self.err(e))?;
         ok(pb::TagContactDeleteResponse {})
     }
 
     #[allow(deprecated)]
-    async fn tag_contact_list(
-        &self,
-        req: Request<pb::TagContactListRequest>,
-    ) -> RpcResult<pb::TagContactListResponse> {
+    async fn tag_contact_list(&self, req: Request<pb::TagContactListRequest>) -> RpcResult<pb::TagContactListResponse> {
         let r = req.into_inner();
-        let contact = non_empty(Some(r.contact_id))
-            .or(non_empty(r.contact_id_string_value_deprecated))
-            .map(ContactId);
-        let tags = self
-            .backend
-            .tag_list(contact.as_ref())
-            .await
-            .map_err(|e| self.err(e))?;
-        ok(pb::TagContactListResponse {
-            ids: tags.into_iter().map(|t| t.0).collect(),
-        })
+        let contact = non_empty(Some(r.contact_id)).or(non_empty(r.contact_id_string_value_deprecated)).map(ContactId);
+        let tags = self.backend.tag_list(contact.as_ref()).await.map_err(|e| self.err(e))?;
+        ok(pb::TagContactListResponse { ids: tags.into_iter().map(|t| t.0).collect() })
     }
 
     // ---- conversations ------------------------------------------------------------------------
@@ -953,11 +621,7 @@ impl Puppet for PuppetService {
     ) -> RpcResult<pb::ConversationReadResponse> {
         let r = req.into_inner();
         let to = conversation(r.conversation_id)?;
-        let has_read = self
-            .backend
-            .conversation_read(&to, r.has_read)
-            .await
-            .map_err(|e| self.err(e))?;
+        let has_read = self.backend.conversation_read(&to, r.has_read).await.map_err(|e| self.err(e))?;
         ok(pb::ConversationReadResponse { has_read })
     }
 
@@ -967,10 +631,7 @@ impl Puppet for PuppetService {
         Err(no_blob_store("Download"))
     }
 
-    async fn upload(
-        &self,
-        _: Request<Streaming<pb::UploadRequest>>,
-    ) -> RpcResult<pb::UploadResponse> {
+    async fn upload(&self, _: Request<Streaming<pb::UploadRequest>>) -> RpcResult<pb::UploadResponse> {
         Err(no_blob_store("Upload"))
     }
 }
@@ -984,9 +645,7 @@ fn contact_set(one: String, many: Vec<String>) -> Result<Vec<ContactId>, Status>
         }
     }
     if out.is_empty() {
-        return Err(Status::invalid_argument(
-            "`contact_id` (or `contact_ids`) is required",
-        ));
+        return Err(Status::invalid_argument("`contact_id` (or `contact_ids`) is required"));
     }
     Ok(out)
 }
@@ -1009,16 +668,11 @@ impl EventFeedService {
 impl ext::event_feed_server::EventFeed for EventFeedService {
     type SubscribeStream = EventStream<ext::SequencedEvent>;
 
-    async fn subscribe(
-        &self,
-        req: Request<ext::SubscribeRequest>,
-    ) -> RpcResult<Self::SubscribeStream> {
+    async fn subscribe(&self, req: Request<ext::SubscribeRequest>) -> RpcResult<Self::SubscribeStream> {
         let r = req.into_inner();
         let start = match r.after_seq {
             Some(seq) => StartAt::After(seq),
-            None => StartAt::Live {
-                replay_state: r.replay_state,
-            },
+            None => StartAt::Live { replay_state: r.replay_state },
         };
         let sub = self.bus.subscribe(start).map_err(|e| match e {
             SubscribeError::OutOfRange { .. } => Status::out_of_range(e.to_string()),
@@ -1026,15 +680,8 @@ impl ext::event_feed_server::EventFeed for EventFeedService {
         ok(pump(sub, self.heartbeat))
     }
 
-    async fn retention(
-        &self,
-        _: Request<ext::RetentionRequest>,
-    ) -> RpcResult<ext::RetentionResponse> {
+    async fn retention(&self, _: Request<ext::RetentionRequest>) -> RpcResult<ext::RetentionResponse> {
         let r = self.bus.retention();
-        ok(ext::RetentionResponse {
-            first_seq: r.first_seq,
-            last_seq: r.last_seq,
-            capacity: r.capacity,
-        })
+        ok(ext::RetentionResponse { first_seq: r.first_seq, last_seq: r.last_seq, capacity: r.capacity })
     }
 }

@@ -27,30 +27,12 @@ mod tests {
     fn each_error_has_its_code() {
         let s = to_status("mock", BackendError::Unsupported("room_qrcode"));
         assert_eq!(s.code(), Code::Unimplemented);
-        assert_eq!(
-            s.message(),
-            "the `mock` backend does not support `room_qrcode`"
-        );
+        assert_eq!(s.message(), "the `mock` backend does not support `room_qrcode`");
         let s = to_status("mock", BackendError::not_found("contact", "wxid_x"));
-        assert_eq!(
-            (s.code(), s.message()),
-            (Code::NotFound, "contact `wxid_x` not found")
-        );
-        assert_eq!(
-            to_status("m", BackendError::InvalidArgument("x".into())).code(),
-            Code::InvalidArgument
-        );
-        assert_eq!(
-            to_status("m", BackendError::FailedPrecondition("x".into())).code(),
-            Code::FailedPrecondition
-        );
-        assert_eq!(
-            to_status("m", BackendError::ResourceExhausted("x".into())).code(),
-            Code::ResourceExhausted
-        );
-        assert_eq!(
-            to_status("m", BackendError::Internal("x".into())).code(),
-            Code::Internal
-        );
+        assert_eq!((s.code(), s.message()), (Code::NotFound, "contact `wxid_x` not found"));
+        assert_eq!(to_status("m", BackendError::InvalidArgument("x".into())).code(), Code::InvalidArgument);
+        assert_eq!(to_status("m", BackendError::FailedPrecondition("x".into())).code(), Code::FailedPrecondition);
+        assert_eq!(to_status("m", BackendError::ResourceExhausted("x".into())).code(), Code::ResourceExhausted);
+        assert_eq!(to_status("m", BackendError::Internal("x".into())).code(), Code::Internal);
     }
 }

@@ -33,11 +33,7 @@ fn compile(include: &Path, entry: &str, out: &Path) -> FileDescriptorSet {
         .arg(entry)
         .status()
         .unwrap();
-    assert!(
-        status.success(),
-        "protoc failed on {entry} in {}",
-        include.display()
-    );
+    assert!(status.success(), "protoc failed on {entry} in {}", include.display());
     FileDescriptorSet::decode(std::fs::read(out).unwrap().as_slice()).unwrap()
 }
 
@@ -46,58 +42,27 @@ fn our_contract_is_a_superset_of_wechaty_grpc_1_5_2() {
     let package = installed("WECHATY_GRPC_DIR", "the npm package wechaty-grpc@1.5.2");
     let version: serde_json::Value =
         serde_json::from_slice(&std::fs::read(package.join("package.json")).unwrap()).unwrap();
-    assert_eq!(
-        version["version"], "1.5.2",
-        "WECHATY_GRPC_DIR must hold wechaty-grpc 1.5.2"
-    );
+    assert_eq!(version["version"], "1.5.2", "WECHATY_GRPC_DIR must hold wechaty-grpc 1.5.2");
     let upstream_proto: PathBuf = package.join("dist/cjs/proto");
-    assert!(
-        upstream_proto.join("wechaty/puppet.proto").exists(),
-        "no protos under {}",
-        upstream_proto.display()
-    );
+    assert!(upstream_proto.join("wechaty/puppet.proto").exists(), "no protos under {}", upstream_proto.display());
 
     let work = std::env::temp_dir().join(format!("puppet-contract-{}", std::process::id()));
     _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("upstream")).unwrap();
     copy_stripped(&upstream_proto, &work.join("upstream"));
-    let upstream = compile(
-        &work.join("upstream"),
-        "wechaty/puppet.proto",
-        &work.join("upstream.bin"),
-    );
-    let ours = compile(
-        &puppet_tests::repo_root().join("proto"),
-        "wechaty/puppet.proto",
-        &work.join("ours.bin"),
-    );
+    let upstream = compile(&work.join("upstream"), "wechaty/puppet.proto", &work.join("upstream.bin"));
+    let ours = compile(&puppet_tests::repo_root().join("proto"), "wechaty/puppet.proto", &work.join("ours.bin"));
     std::fs::remove_dir_all(&work).unwrap();
 
     // Guard against comparing nothing: the upstream contract has ~70 methods and ~150 messages.
-    let methods: usize = upstream
-        .file
-        .iter()
-        .flat_map(|f| &f.service)
-        .map(|s| s.method.len())
-        .sum();
-    assert!(
-        methods >= 60,
-        "upstream has only {methods} methods: did the stripping lose the service?"
-    );
+    let methods: usize = upstream.file.iter().flat_map(|f| &f.service).map(|s| s.method.len()).sum();
+    assert!(methods >= 60, "upstream has only {methods} methods: did the stripping lose the service?");
 
     let problems = compare(&upstream, &ours);
-    assert!(
-        problems.is_empty(),
-        "our contract differs from wechaty-grpc 1.5.2:\n  {}",
-        problems.join("\n  ")
-    );
+    assert!(problems.is_empty(), "our contract differs from wechaty-grpc 1.5.2:\n  {}", problems.join("\n  "));
 
     // And what the server embeds (for reflection) is what proto/ says.
     let embedded = FileDescriptorSet::decode(puppet_proto::pb::FILE_DESCRIPTOR_SET).unwrap();
     let drift = compare(&ours, &embedded);
-    assert!(
-        drift.is_empty(),
-        "the embedded descriptor differs from proto/:\n  {}",
-        drift.join("\n  ")
-    );
+    assert!(drift.is_empty(), "the embedded descriptor differs from proto/:\n  {}", drift.join("\n  "));
 }

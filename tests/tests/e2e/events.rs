@@ -27,14 +27,7 @@ async fn two_subscribers_see_identical_ordered_streams() {
     let server = Server::start(&[]);
     let mut a = Events::open(&mut server.puppet().await).await;
     let mut b = Events::open(&mut server.puppet().await).await;
-    world(&server)
-        .await
-        .flood(ext::FloodRequest {
-            count: 5_000,
-            per_second: 0,
-        })
-        .await
-        .unwrap();
+    world(&server).await.flood(ext::FloodRequest { count: 5_000, per_second: 0 }).await.unwrap();
     let (got_a, got_b) = tokio::join!(flood_data(&mut a, 5_000), flood_data(&mut b, 5_000));
     assert_eq!(got_a, expected(0..5_000));
     assert_eq!(got_b, got_a);
@@ -45,9 +38,7 @@ async fn a_slow_subscriber_is_cut_off_while_a_fast_one_keeps_receiving_and_memor
     let server = Server::start(&["--event-retention", "8192", "--subscriber-max-lag", "4096"]);
     // Separate connections, so the slow one's HTTP/2 flow control does not touch the fast one. The
     // slow one's small receive window makes it fall behind once the server's buffers are full too.
-    let mut slow = Events::open(&mut server.puppet_with_window(16 * 1024).await)
-        .await
-        .into_inner();
+    let mut slow = Events::open(&mut server.puppet_with_window(16 * 1024).await).await.into_inner();
     let mut fast = Events::open(&mut server.puppet().await).await;
     let mut w = world(&server).await;
 
@@ -55,18 +46,9 @@ async fn a_slow_subscriber_is_cut_off_while_a_fast_one_keeps_receiving_and_memor
         let got = flood_data(&mut fast, 50_000).await;
         (fast, got)
     });
-    w.flood(ext::FloodRequest {
-        count: 50_000,
-        per_second: 50_000,
-    })
-    .await
-    .unwrap();
+    w.flood(ext::FloodRequest { count: 50_000, per_second: 50_000 }).await.unwrap();
     let (mut fast, got) = fast_reader.await.unwrap();
-    assert_eq!(
-        got,
-        expected(0..50_000),
-        "the fast subscriber missed nothing"
-    );
+    assert_eq!(got, expected(0..50_000), "the fast subscriber missed nothing");
 
     // The slow one never read; now it does, and learns it was cut off.
     let status = tokio::time::timeout(EVENT_TIMEOUT, async {
@@ -81,31 +63,19 @@ async fn a_slow_subscriber_is_cut_off_while_a_fast_one_keeps_receiving_and_memor
     .await
     .expect("slow subscriber was not cut off");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(
-        status.message().contains("after_seq="),
-        "the status says where to resume: {}",
-        status.message()
-    );
+    assert!(status.message().contains("after_seq="), "the status says where to resume: {}", status.message());
 
     // Memory does not grow with the number of events while a subscriber is stuck.
     let _stuck = Events::open(&mut server.puppet_with_window(16 * 1024).await).await;
     let before = rss_kib(server.pid());
     let reader = tokio::spawn(async move { flood_data(&mut fast, 200_000).await.len() });
-    w.flood(ext::FloodRequest {
-        count: 200_000,
-        per_second: 50_000,
-    })
-    .await
-    .unwrap();
+    w.flood(ext::FloodRequest { count: 200_000, per_second: 50_000 }).await.unwrap();
     assert_eq!(reader.await.unwrap(), 200_000);
     let after = rss_kib(server.pid());
     let grown = after.saturating_sub(before);
     eprintln!("server RSS {before} KiB before, {after} KiB after 200k more events");
     // Unbounded retention would cost roughly 120 bytes an event here, over 20 MiB.
-    assert!(
-        grown < 8 * 1024,
-        "RSS grew {grown} KiB ({before} → {after}) over 200k events with a stuck subscriber"
-    );
+    assert!(grown < 8 * 1024, "RSS grew {grown} KiB ({before} → {after}) over 200k events with a stuck subscriber");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,109 +84,49 @@ async fn the_feed_resumes_without_gap_or_duplicate_and_refuses_lost_ranges() {
     let mut feed = server.feed().await;
     let mut w = world(&server).await;
 
-    let mut stream = feed
-        .subscribe(ext::SubscribeRequest {
-            after_seq: None,
-            replay_state: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let flood = w
-        .flood(ext::FloodRequest {
-            count: 100,
-            per_second: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream =
+        feed.subscribe(ext::SubscribeRequest { after_seq: None, replay_state: false }).await.unwrap().into_inner();
+    let flood = w.flood(ext::FloodRequest { count: 100, per_second: 0 }).await.unwrap().into_inner();
     let mut seen = Vec::new();
     while seen.len() < 40 {
-        let e = tokio::time::timeout(EVENT_TIMEOUT, stream.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let e = tokio::time::timeout(EVENT_TIMEOUT, stream.message()).await.unwrap().unwrap().unwrap();
         if e.seq != 0 && e.r#type == kind::DONG {
             seen.push((e.seq, e.payload));
         }
     }
     drop(stream); // the network blinks
-    w.flood(ext::FloodRequest {
-        count: 100,
-        per_second: 0,
-    })
-    .await
-    .unwrap();
+    w.flood(ext::FloodRequest { count: 100, per_second: 0 }).await.unwrap();
 
     let last = seen.last().unwrap().0;
     let mut stream = feed
-        .subscribe(ext::SubscribeRequest {
-            after_seq: Some(last),
-            replay_state: false,
-        })
+        .subscribe(ext::SubscribeRequest { after_seq: Some(last), replay_state: false })
         .await
         .unwrap()
         .into_inner();
     while seen.len() < 200 {
-        let e = tokio::time::timeout(EVENT_TIMEOUT, stream.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let e = tokio::time::timeout(EVENT_TIMEOUT, stream.message()).await.unwrap().unwrap().unwrap();
         if e.seq != 0 && e.r#type == kind::DONG {
             seen.push((e.seq, e.payload));
         }
     }
     let seqs: Vec<u64> = seen.iter().map(|(s, _)| *s).collect();
-    assert_eq!(
-        seqs,
-        (flood.first_seq..flood.first_seq + 200).collect::<Vec<_>>(),
-        "no gap, no duplicate"
-    );
+    assert_eq!(seqs, (flood.first_seq..flood.first_seq + 200).collect::<Vec<_>>(), "no gap, no duplicate");
     let data: Vec<String> = seen
         .iter()
-        .map(|(_, p)| {
-            serde_json::from_str::<serde_json::Value>(p).unwrap()["data"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        .map(|(_, p)| serde_json::from_str::<serde_json::Value>(p).unwrap()["data"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(&data[..100], expected(0..100).as_slice());
 
     // Push the start out of the window: resuming there is refused, not silently skipped.
-    w.flood(ext::FloodRequest {
-        count: 2_000,
-        per_second: 0,
-    })
-    .await
-    .unwrap();
-    let retention = feed
-        .retention(ext::RetentionRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    w.flood(ext::FloodRequest { count: 2_000, per_second: 0 }).await.unwrap();
+    let retention = feed.retention(ext::RetentionRequest {}).await.unwrap().into_inner();
     assert_eq!(retention.capacity, 1000);
     assert_eq!(retention.last_seq - retention.first_seq + 1, 1000);
-    let err = feed
-        .subscribe(ext::SubscribeRequest {
-            after_seq: Some(last),
-            replay_state: false,
-        })
-        .await
-        .unwrap_err();
+    let err = feed.subscribe(ext::SubscribeRequest { after_seq: Some(last), replay_state: false }).await.unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
-    let ok = feed
-        .subscribe(ext::SubscribeRequest {
-            after_seq: Some(retention.first_seq - 1),
-            replay_state: false,
-        })
-        .await;
-    assert!(
-        ok.is_ok(),
-        "the oldest retained event can still be resumed from"
-    );
+    let ok =
+        feed.subscribe(ext::SubscribeRequest { after_seq: Some(retention.first_seq - 1), replay_state: false }).await;
+    assert!(ok.is_ok(), "the oldest retained event can still be resumed from");
 }
 
 #[tokio::test]
@@ -228,10 +138,7 @@ async fn heartbeats_keep_coming() {
     while beats < 2 {
         let (k, payload) = events.next_any().await;
         if k == kind::HEARTBEAT {
-            assert!(
-                payload["data"].is_string(),
-                "Python requires `data`: {payload}"
-            );
+            assert!(payload["data"].is_string(), "Python requires `data`: {payload}");
             beats += 1;
         }
     }

@@ -14,13 +14,7 @@ async fn health_is_open_and_serving() {
     let server = Server::start(&[]);
     let mut health = HealthClient::new(server.channel().await);
     for service in ["", "wechaty.Puppet"] {
-        let r = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
         assert_eq!(r.status(), ServingStatus::Serving, "service {service:?}");
     }
 }
@@ -38,25 +32,12 @@ async fn reflection_lists_the_services() {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::iter([req]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
     let resp = stream.next().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
-        panic!("{resp:?}")
-    };
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("{resp:?}") };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in [
-        "wechaty.Puppet",
-        "puppet_rs.v1.EventFeed",
-        "grpc.health.v1.Health",
-    ] {
-        assert!(
-            names.iter().any(|n| n == expected),
-            "{expected} missing from {names:?}"
-        );
+    for expected in ["wechaty.Puppet", "puppet_rs.v1.EventFeed", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
     }
 }
 
@@ -67,19 +48,10 @@ async fn the_puppet_service_needs_the_token() {
     let err = anonymous.version(VersionRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     // tonic sends the address as :authority, which is not the token.
-    assert!(
-        err.message().starts_with("Invalid Wechaty TOKEN"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().starts_with("Invalid Wechaty TOKEN"), "{}", err.message());
 
     let mut puppet = server.puppet().await;
-    let version = puppet
-        .version(VersionRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .version;
+    let version = puppet.version(VersionRequest {}).await.unwrap().into_inner().version;
     assert!(version.starts_with("puppet-rs/"), "{version}");
     assert!(version.contains("mock"), "{version}");
 }
@@ -91,26 +63,15 @@ async fn a_generated_token_is_printed_and_kept_in_the_data_dir() {
     _ = std::fs::remove_dir_all(&dir);
     let start = || {
         let mut child = std::process::Command::new(puppet_tests::server_binary())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--autostart",
-                "false",
-                "--data-dir",
-            ])
+            .args(["--listen", "127.0.0.1:0", "--autostart", "false", "--data-dir"])
             .arg(&dir)
             .env_remove("WECHATY_PUPPET_SERVICE_TOKEN")
             .env_remove("WECHATY_TOKEN")
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap())
-            .lines()
-            .map_while(Result::ok);
-        let token_line = lines
-            .take(10)
-            .find(|l| l.trim_start().starts_with("token"))
-            .expect("token line");
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
+        let token_line = lines.take(10).find(|l| l.trim_start().starts_with("token")).expect("token line");
         _ = child.kill();
         _ = child.wait();
         token_line.split_whitespace().nth(1).unwrap().to_owned()
@@ -127,11 +88,7 @@ async fn a_generated_token_is_printed_and_kept_in_the_data_dir() {
 async fn sigterm_stops_the_server_cleanly() {
     let mut server = Server::start(&[]);
     let mut puppet = server.puppet().await;
-    let mut events = puppet
-        .event(puppet_proto::pb::wechaty::puppet::EventRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = puppet.event(puppet_proto::pb::wechaty::puppet::EventRequest {}).await.unwrap().into_inner();
     events.message().await.unwrap().expect("heartbeat");
     let status = server.terminate();
     assert!(status.success(), "{status:?}");

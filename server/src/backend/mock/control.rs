@@ -3,16 +3,14 @@
 use std::time::{Duration, Instant};
 
 use puppet_proto::event::{
-    DataPayload, FriendshipEvent, LogoutEvent, MessageEvent, PuppetEvent, RoomInviteEvent,
-    RoomJoinEvent, RoomLeaveEvent, RoomTopicEvent,
+    DataPayload, FriendshipEvent, LogoutEvent, MessageEvent, PuppetEvent, RoomInviteEvent, RoomJoinEvent,
+    RoomLeaveEvent, RoomTopicEvent,
 };
 use puppet_proto::filebox::{FileBox, FileBoxSource};
-use puppet_proto::ids::{
-    ContactId, ConversationId, FriendshipId, MessageId, RoomId, RoomInvitationId,
-};
+use puppet_proto::ids::{ContactId, ConversationId, FriendshipId, MessageId, RoomId, RoomInvitationId};
 use puppet_proto::model::{
-    Contact, ContactType, Friendship, FriendshipScene, FriendshipType, Message, MessageType,
-    PayloadType, RoomInvitation, now_ms,
+    Contact, ContactType, Friendship, FriendshipScene, FriendshipType, Message, MessageType, PayloadType,
+    RoomInvitation, now_ms,
 };
 
 use super::{Attachment, MockBackend, Session, Target, World, base64_encode, file_message_type};
@@ -45,14 +43,10 @@ impl World {
             Some(r) => {
                 let room = &self.room(r)?.room;
                 if !room.member_ids.contains(from) {
-                    return Err(BackendError::FailedPrecondition(format!(
-                        "`{from}` is not a member of room `{r}`"
-                    )));
+                    return Err(BackendError::FailedPrecondition(format!("`{from}` is not a member of room `{r}`")));
                 }
                 if !room.member_ids.contains(&self.me) {
-                    return Err(BackendError::FailedPrecondition(format!(
-                        "the bot is not a member of room `{r}`"
-                    )));
+                    return Err(BackendError::FailedPrecondition(format!("the bot is not a member of room `{r}`")));
                 }
                 Ok(Target::Room(r.clone()))
             }
@@ -68,9 +62,7 @@ impl MockBackend {
     fn deliver(&self, w: &mut World, message: Message, attachment: Attachment) -> MessageId {
         let id = message.id.clone();
         w.store(message, attachment);
-        self.emit(PuppetEvent::Message(MessageEvent {
-            message_id: id.clone(),
-        }));
+        self.emit(PuppetEvent::Message(MessageEvent { message_id: id.clone() }));
         id
     }
 
@@ -90,14 +82,10 @@ impl MockBackend {
         if let Target::Room(r) = &target {
             let members = &w.room(r)?.room.member_ids;
             if let Some(m) = mentions.iter().find(|m| !members.contains(m)) {
-                return Err(BackendError::InvalidArgument(format!(
-                    "`{m}` is not a member of room `{r}`"
-                )));
+                return Err(BackendError::InvalidArgument(format!("`{m}` is not a member of room `{r}`")));
             }
         } else if !mentions.is_empty() {
-            return Err(BackendError::InvalidArgument(
-                "mentions are only possible in a room".into(),
-            ));
+            return Err(BackendError::InvalidArgument("mentions are only possible in a room".into()));
         }
         let mut m = Self::new_message(&mut w, MessageType::Text, from.clone(), &target, text);
         m.mention_ids = mentions;
@@ -113,9 +101,7 @@ impl MockBackend {
         data: &[u8],
     ) -> BackendResult<MessageId> {
         if name.is_empty() {
-            return Err(BackendError::InvalidArgument(
-                "`name` is required (its extension decides the type)".into(),
-            ));
+            return Err(BackendError::InvalidArgument("`name` is required (its extension decides the type)".into()));
         }
         let mut w = self.world();
         let target = w.speaker_target(from, room)?;
@@ -128,34 +114,21 @@ impl MockBackend {
     }
 
     /// Someone asks the bot to be friends; an unknown id becomes a new stranger.
-    pub fn request_friendship(
-        &self,
-        contact: &ContactId,
-        name: String,
-        hello: String,
-    ) -> BackendResult<FriendshipId> {
+    pub fn request_friendship(&self, contact: &ContactId, name: String, hello: String) -> BackendResult<FriendshipId> {
         let mut w = self.world();
         w.require_online()?;
         if *contact == w.me {
-            return Err(BackendError::InvalidArgument(
-                "the bot cannot befriend itself".into(),
-            ));
+            return Err(BackendError::InvalidArgument("the bot cannot befriend itself".into()));
         }
         match w.contacts.get(contact) {
             Some(c) if c.friend => {
-                return Err(BackendError::FailedPrecondition(format!(
-                    "`{contact}` is already a friend"
-                )));
+                return Err(BackendError::FailedPrecondition(format!("`{contact}` is already a friend")));
             }
             Some(_) => {}
             None => {
                 let stranger = Contact {
                     id: contact.clone(),
-                    name: if name.is_empty() {
-                        contact.to_string()
-                    } else {
-                        name
-                    },
+                    name: if name.is_empty() { contact.to_string() } else { name },
                     kind: ContactType::Individual,
                     ..Default::default()
                 };
@@ -174,9 +147,7 @@ impl MockBackend {
             ..Default::default()
         };
         w.friendships.insert(id.clone(), f);
-        self.emit(PuppetEvent::Friendship(FriendshipEvent {
-            friendship_id: id.clone(),
-        }));
+        self.emit(PuppetEvent::Friendship(FriendshipEvent { friendship_id: id.clone() }));
         Ok(id)
     }
 
@@ -184,10 +155,7 @@ impl MockBackend {
     pub fn accept_friendship(&self, id: &FriendshipId) -> BackendResult<()> {
         let mut w = self.world();
         w.require_online()?;
-        let f = w
-            .friendships
-            .get(id)
-            .ok_or_else(|| BackendError::not_found("friendship", id))?;
+        let f = w.friendships.get(id).ok_or_else(|| BackendError::not_found("friendship", id))?;
         if f.kind != FriendshipType::Verify {
             return Err(BackendError::FailedPrecondition(format!(
                 "friendship `{id}` is not a request the bot sent (it is {:?})",
@@ -199,32 +167,22 @@ impl MockBackend {
         if let Some(f) = w.friendships.get_mut(id) {
             f.kind = FriendshipType::Confirm;
         }
-        self.emit(PuppetEvent::Friendship(FriendshipEvent {
-            friendship_id: id.clone(),
-        }));
+        self.emit(PuppetEvent::Friendship(FriendshipEvent { friendship_id: id.clone() }));
         self.dirty(PayloadType::Contact, contact.as_str());
         Ok(())
     }
 
     /// A member invites the bot into a room.
-    pub fn invite_bot(
-        &self,
-        room: &RoomId,
-        inviter: &ContactId,
-    ) -> BackendResult<RoomInvitationId> {
+    pub fn invite_bot(&self, room: &RoomId, inviter: &ContactId) -> BackendResult<RoomInvitationId> {
         let mut w = self.world();
         w.require_online()?;
         w.contact(inviter)?;
         let r = &w.room(room)?.room;
         if !r.member_ids.contains(inviter) {
-            return Err(BackendError::FailedPrecondition(format!(
-                "`{inviter}` is not a member of room `{room}`"
-            )));
+            return Err(BackendError::FailedPrecondition(format!("`{inviter}` is not a member of room `{room}`")));
         }
         if r.member_ids.contains(&w.me) {
-            return Err(BackendError::FailedPrecondition(format!(
-                "the bot is already in room `{room}`"
-            )));
+            return Err(BackendError::FailedPrecondition(format!("the bot is already in room `{room}`")));
         }
         let invitation = RoomInvitation {
             id: RoomInvitationId::default(),
@@ -238,45 +196,25 @@ impl MockBackend {
             timestamp_ms: now_ms(),
         };
         let id = RoomInvitationId(w.fresh_id("invitation_"));
-        w.invitations.insert(
-            id.clone(),
-            RoomInvitation {
-                id: id.clone(),
-                ..invitation
-            },
-        );
-        self.emit(PuppetEvent::RoomInvite(RoomInviteEvent {
-            room_invitation_id: id.clone(),
-        }));
+        w.invitations.insert(id.clone(), RoomInvitation { id: id.clone(), ..invitation });
+        self.emit(PuppetEvent::RoomInvite(RoomInviteEvent { room_invitation_id: id.clone() }));
         Ok(id)
     }
 
     /// Contacts join a room.
-    pub fn join_room(
-        &self,
-        room: &RoomId,
-        contacts: Vec<ContactId>,
-        inviter: &ContactId,
-    ) -> BackendResult<()> {
+    pub fn join_room(&self, room: &RoomId, contacts: Vec<ContactId>, inviter: &ContactId) -> BackendResult<()> {
         let mut w = self.world();
         w.require_online()?;
         for c in contacts.iter().chain(std::iter::once(inviter)) {
             w.contact(c)?;
         }
         let me = w.me.clone();
-        let r = w
-            .rooms
-            .get_mut(room)
-            .ok_or_else(|| BackendError::not_found("room", room))?;
+        let r = w.rooms.get_mut(room).ok_or_else(|| BackendError::not_found("room", room))?;
         if !r.room.member_ids.contains(inviter) {
-            return Err(BackendError::FailedPrecondition(format!(
-                "inviter `{inviter}` is not in room `{room}`"
-            )));
+            return Err(BackendError::FailedPrecondition(format!("inviter `{inviter}` is not in room `{room}`")));
         }
         if let Some(c) = contacts.iter().find(|c| r.room.member_ids.contains(c)) {
-            return Err(BackendError::FailedPrecondition(format!(
-                "`{c}` is already in room `{room}`"
-            )));
+            return Err(BackendError::FailedPrecondition(format!("`{c}` is already in room `{room}`")));
         }
         if contacts.is_empty() || contacts.contains(&me) {
             return Err(BackendError::InvalidArgument(
@@ -310,35 +248,22 @@ impl MockBackend {
         let mut w = self.world();
         w.require_online()?;
         let me = w.me.clone();
-        let r = w
-            .rooms
-            .get_mut(room)
-            .ok_or_else(|| BackendError::not_found("room", room))?;
+        let r = w.rooms.get_mut(room).ok_or_else(|| BackendError::not_found("room", room))?;
         if contacts.is_empty() {
-            return Err(BackendError::InvalidArgument(
-                "`contact_ids` is required".into(),
-            ));
+            return Err(BackendError::InvalidArgument("`contact_ids` is required".into()));
         }
         if let Some(c) = contacts.iter().find(|c| !r.room.member_ids.contains(c)) {
-            return Err(BackendError::FailedPrecondition(format!(
-                "`{c}` is not a member of room `{room}`"
-            )));
+            return Err(BackendError::FailedPrecondition(format!("`{c}` is not a member of room `{room}`")));
         }
         if let Some(rm) = remover {
             if *rm == me {
-                return Err(BackendError::InvalidArgument(
-                    "the bot removes members through RoomDel".into(),
-                ));
+                return Err(BackendError::InvalidArgument("the bot removes members through RoomDel".into()));
             }
             if r.room.owner_id != *rm && !r.room.admin_ids.contains(rm) {
-                return Err(BackendError::FailedPrecondition(format!(
-                    "`{rm}` is not an owner or admin of `{room}`"
-                )));
+                return Err(BackendError::FailedPrecondition(format!("`{rm}` is not an owner or admin of `{room}`")));
             }
         } else if contacts.len() != 1 {
-            return Err(BackendError::InvalidArgument(
-                "without a remover, members leave one at a time".into(),
-            ));
+            return Err(BackendError::InvalidArgument("without a remover, members leave one at a time".into()));
         }
         let bot_saw = r.room.member_ids.contains(&me);
         r.room.member_ids.retain(|m| !contacts.contains(m));
@@ -357,28 +282,16 @@ impl MockBackend {
     }
 
     /// A member changes a room's topic.
-    pub fn change_topic(
-        &self,
-        room: &RoomId,
-        changer: &ContactId,
-        topic: String,
-    ) -> BackendResult<()> {
+    pub fn change_topic(&self, room: &RoomId, changer: &ContactId, topic: String) -> BackendResult<()> {
         if topic.trim().is_empty() {
-            return Err(BackendError::InvalidArgument(
-                "a room topic cannot be empty".into(),
-            ));
+            return Err(BackendError::InvalidArgument("a room topic cannot be empty".into()));
         }
         let mut w = self.world();
         w.require_online()?;
         let me = w.me.clone();
-        let r = w
-            .rooms
-            .get_mut(room)
-            .ok_or_else(|| BackendError::not_found("room", room))?;
+        let r = w.rooms.get_mut(room).ok_or_else(|| BackendError::not_found("room", room))?;
         if !r.room.member_ids.contains(changer) {
-            return Err(BackendError::FailedPrecondition(format!(
-                "`{changer}` is not a member of room `{room}`"
-            )));
+            return Err(BackendError::FailedPrecondition(format!("`{changer}` is not a member of room `{room}`")));
         }
         let old_topic = std::mem::replace(&mut r.room.topic, topic.clone());
         if r.room.member_ids.contains(&me) {
@@ -398,18 +311,10 @@ impl MockBackend {
     pub fn update_contact(&self, id: &ContactId, update: ContactUpdate) -> BackendResult<()> {
         let mut w = self.world();
         let c = w.contact_mut(id)?;
-        let ContactUpdate {
-            name,
-            signature,
-            city,
-            avatar,
-        } = update;
-        for (field, value) in [
-            (&mut c.name, name),
-            (&mut c.signature, signature),
-            (&mut c.city, city),
-            (&mut c.avatar, avatar),
-        ] {
+        let ContactUpdate { name, signature, city, avatar } = update;
+        for (field, value) in
+            [(&mut c.name, name), (&mut c.signature, signature), (&mut c.city, city), (&mut c.avatar, avatar)]
+        {
             if let Some(v) = value {
                 *field = v;
             }
@@ -422,21 +327,12 @@ impl MockBackend {
     pub fn force_logout(&self, reason: String) -> BackendResult<()> {
         let mut w = self.world();
         if w.session != Session::Online {
-            return Err(BackendError::FailedPrecondition(
-                "the bot is not logged in".into(),
-            ));
+            return Err(BackendError::FailedPrecondition("the bot is not logged in".into()));
         }
         w.session = Session::Offline;
         w.login_generation += 1;
-        let reason = if reason.is_empty() {
-            "logged out by the platform".to_owned()
-        } else {
-            reason
-        };
-        self.emit(PuppetEvent::Logout(LogoutEvent {
-            contact_id: w.me.clone(),
-            data: reason,
-        }));
+        let reason = if reason.is_empty() { "logged out by the platform".to_owned() } else { reason };
+        self.emit(PuppetEvent::Logout(LogoutEvent { contact_id: w.me.clone(), data: reason }));
         Ok(())
     }
 
@@ -449,8 +345,7 @@ impl MockBackend {
             Target::Room(r) => m.room_id == *r,
             Target::Contact(c) => {
                 m.room_id.is_empty()
-                    && ((m.talker_id == *c && m.listener_id == *me)
-                        || (m.talker_id == *me && m.listener_id == *c))
+                    && ((m.talker_id == *c && m.listener_id == *me) || (m.talker_id == *me && m.listener_id == *c))
             }
         };
         Ok(w.message_order
@@ -466,23 +361,15 @@ impl MockBackend {
     /// last sequence numbers.
     pub async fn flood(&self, count: u64, per_second: u64) -> BackendResult<(u64, u64)> {
         if count == 0 {
-            return Err(BackendError::InvalidArgument(
-                "`count` must be at least 1".into(),
-            ));
+            return Err(BackendError::InvalidArgument("`count` must be at least 1".into()));
         }
         // Paced floods publish about a millisecond's worth at a time, so no burst outruns a
         // subscriber that keeps up with the rate on average.
-        let chunk = if per_second > 0 {
-            (per_second / 1000).clamp(1, 1024)
-        } else {
-            1024
-        };
+        let chunk = if per_second > 0 { (per_second / 1000).clamp(1, 1024) } else { 1024 };
         let start = Instant::now();
         let (mut first, mut last) = (0, 0);
         for i in 0..count {
-            last = self.inner.sink.emit(PuppetEvent::Dong(DataPayload {
-                data: format!("flood-{i}"),
-            }));
+            last = self.inner.sink.emit(PuppetEvent::Dong(DataPayload { data: format!("flood-{i}") }));
             if i == 0 {
                 first = last;
             }

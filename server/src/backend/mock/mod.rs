@@ -14,16 +14,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use puppet_proto::event::{
-    DataPayload, FriendshipEvent, LoginEvent, LogoutEvent, MessageEvent, PuppetEvent,
-    RoomJoinEvent, RoomLeaveEvent, RoomTopicEvent,
+    DataPayload, FriendshipEvent, LoginEvent, LogoutEvent, MessageEvent, PuppetEvent, RoomJoinEvent, RoomLeaveEvent,
+    RoomTopicEvent,
 };
 use puppet_proto::filebox::{FileBox, FileBoxSource};
-use puppet_proto::ids::{
-    ContactId, ConversationId, FriendshipId, MessageId, RoomId, RoomInvitationId, TagId,
-};
+use puppet_proto::ids::{ContactId, ConversationId, FriendshipId, MessageId, RoomId, RoomInvitationId, TagId};
 use puppet_proto::model::{
-    Contact, Friendship, FriendshipType, ImageType, Location, Message, MessageType, MiniProgram,
-    PayloadType, Room, RoomInvitation, RoomMember, ScanStatus, UrlLink, now_ms,
+    Contact, Friendship, FriendshipType, ImageType, Location, Message, MessageType, MiniProgram, PayloadType, Room,
+    RoomInvitation, RoomMember, ScanStatus, UrlLink, now_ms,
 };
 
 use super::{Backend, BackendError, BackendResult, Outgoing, Referrer};
@@ -54,11 +52,7 @@ impl MockOptions {
             Some(path) => WorldSpec::load(path)?,
             None => WorldSpec::builtin(),
         };
-        Ok(Self {
-            world,
-            login_step: Duration::from_millis(config.login_step_ms),
-            print_qr: true,
-        })
+        Ok(Self { world, login_step: Duration::from_millis(config.login_step_ms), print_qr: true })
     }
 }
 
@@ -128,47 +122,22 @@ enum Target {
 }
 
 fn not_logged_in() -> BackendError {
-    BackendError::FailedPrecondition(
-        "the bot is not logged in; call Start and wait for the LOGIN event".into(),
-    )
+    BackendError::FailedPrecondition("the bot is not logged in; call Start and wait for the LOGIN event".into())
 }
 
 impl World {
     fn new(spec: WorldSpec) -> Self {
         let me = spec.me.id.clone();
-        let mut contacts: BTreeMap<ContactId, Contact> = spec
-            .contacts
-            .into_iter()
-            .map(|c| (c.id.clone(), c))
-            .collect();
+        let mut contacts: BTreeMap<ContactId, Contact> = spec.contacts.into_iter().map(|c| (c.id.clone(), c)).collect();
         contacts.insert(me.clone(), spec.me);
         let rooms = spec
             .rooms
             .into_iter()
-            .map(
-                |RoomSpec {
-                     room,
-                     member_aliases,
-                     inviters,
-                     announce,
-                 }| {
-                    (
-                        room.id.clone(),
-                        RoomState {
-                            room,
-                            aliases: member_aliases,
-                            inviters,
-                            announce,
-                        },
-                    )
-                },
-            )
+            .map(|RoomSpec { room, member_aliases, inviters, announce }| {
+                (room.id.clone(), RoomState { room, aliases: member_aliases, inviters, announce })
+            })
             .collect();
-        let tags = spec
-            .tags
-            .into_iter()
-            .map(|(t, ids)| (t, ids.into_iter().collect()))
-            .collect();
+        let tags = spec.tags.into_iter().map(|(t, ids)| (t, ids.into_iter().collect())).collect();
         Self {
             me,
             contacts,
@@ -192,50 +161,33 @@ impl World {
     }
 
     fn require_online(&self) -> BackendResult<()> {
-        if self.session == Session::Online {
-            Ok(())
-        } else {
-            Err(not_logged_in())
-        }
+        if self.session == Session::Online { Ok(()) } else { Err(not_logged_in()) }
     }
 
     fn contact(&self, id: &ContactId) -> BackendResult<&Contact> {
-        self.contacts
-            .get(id)
-            .ok_or_else(|| BackendError::not_found("contact", id))
+        self.contacts.get(id).ok_or_else(|| BackendError::not_found("contact", id))
     }
 
     fn contact_mut(&mut self, id: &ContactId) -> BackendResult<&mut Contact> {
-        self.contacts
-            .get_mut(id)
-            .ok_or_else(|| BackendError::not_found("contact", id))
+        self.contacts.get_mut(id).ok_or_else(|| BackendError::not_found("contact", id))
     }
 
     fn room(&self, id: &RoomId) -> BackendResult<&RoomState> {
-        self.rooms
-            .get(id)
-            .ok_or_else(|| BackendError::not_found("room", id))
+        self.rooms.get(id).ok_or_else(|| BackendError::not_found("room", id))
     }
 
     /// A room the bot is in (for anything but reading it).
     fn joined_room_mut(&mut self, id: &RoomId) -> BackendResult<&mut RoomState> {
         let me = self.me.clone();
-        let room = self
-            .rooms
-            .get_mut(id)
-            .ok_or_else(|| BackendError::not_found("room", id))?;
+        let room = self.rooms.get_mut(id).ok_or_else(|| BackendError::not_found("room", id))?;
         if !room.room.member_ids.contains(&me) {
-            return Err(BackendError::FailedPrecondition(format!(
-                "the bot is not a member of room `{id}`"
-            )));
+            return Err(BackendError::FailedPrecondition(format!("the bot is not a member of room `{id}`")));
         }
         Ok(room)
     }
 
     fn message(&self, id: &MessageId) -> BackendResult<&StoredMessage> {
-        self.messages
-            .get(id)
-            .ok_or_else(|| BackendError::not_found("message", id))
+        self.messages.get(id).ok_or_else(|| BackendError::not_found("message", id))
     }
 
     fn resolve(&self, to: &ConversationId) -> BackendResult<Target> {
@@ -245,10 +197,7 @@ impl World {
         } else if self.contacts.contains_key(id) {
             Ok(Target::Contact(ContactId::from(id)))
         } else {
-            Err(BackendError::not_found(
-                "conversation (contact or room)",
-                id,
-            ))
+            Err(BackendError::not_found("conversation (contact or room)", id))
         }
     }
 
@@ -259,31 +208,16 @@ impl World {
             self.messages.remove(&old);
         }
         self.message_order.push_back(message.id.clone());
-        self.messages.insert(
-            message.id.clone(),
-            StoredMessage {
-                message,
-                attachment,
-            },
-        );
+        self.messages.insert(message.id.clone(), StoredMessage { message, attachment });
     }
 }
 
 impl MockBackend {
     /// A mock account in the given world, publishing into `sink`.
     pub fn new(options: MockOptions, sink: EventSink) -> anyhow::Result<Self> {
-        options
-            .world
-            .validate()
-            .map_err(|e| anyhow::anyhow!("mock world: {e}"))?;
+        options.world.validate().map_err(|e| anyhow::anyhow!("mock world: {e}"))?;
         let world = World::new(options.world.clone());
-        Ok(Self {
-            inner: Arc::new(Inner {
-                world: Mutex::new(world),
-                sink,
-                options,
-            }),
-        })
+        Ok(Self { inner: Arc::new(Inner { world: Mutex::new(world), sink, options }) })
     }
 
     fn world(&self) -> MutexGuard<'_, World> {
@@ -308,11 +242,8 @@ impl MockBackend {
         if self.inner.options.print_qr {
             print_qr(&qrcode);
         }
-        let steps = [
-            (ScanStatus::Waiting, Some(qrcode.clone())),
-            (ScanStatus::Scanned, None),
-            (ScanStatus::Confirmed, None),
-        ];
+        let steps =
+            [(ScanStatus::Waiting, Some(qrcode.clone())), (ScanStatus::Scanned, None), (ScanStatus::Confirmed, None)];
         for (status, qr) in steps {
             {
                 let w = self.world();
@@ -329,9 +260,7 @@ impl MockBackend {
                 return;
             }
             w.session = Session::Online;
-            self.emit(PuppetEvent::Login(LoginEvent {
-                contact_id: w.me.clone(),
-            }));
+            self.emit(PuppetEvent::Login(LoginEvent { contact_id: w.me.clone() }));
             w.me.clone()
         };
         tracing::info!(contact_id = %me, "mock account logged in");
@@ -341,13 +270,7 @@ impl MockBackend {
         }
     }
 
-    fn new_message(
-        w: &mut World,
-        kind: MessageType,
-        talker: ContactId,
-        target: &Target,
-        text: String,
-    ) -> Message {
+    fn new_message(w: &mut World, kind: MessageType, talker: ContactId, target: &Target, text: String) -> Message {
         let (listener_id, room_id) = match target {
             Target::Contact(c) => (c.clone(), RoomId::default()),
             Target::Room(r) => (ContactId::default(), r.clone()),
@@ -368,11 +291,7 @@ impl MockBackend {
 fn print_qr(text: &str) {
     use std::io::Write;
     let art = qrcode::QrCode::new(text.as_bytes())
-        .map(|q| {
-            q.render::<qrcode::render::unicode::Dense1x2>()
-                .quiet_zone(true)
-                .build()
-        })
+        .map(|q| q.render::<qrcode::render::unicode::Dense1x2>().quiet_zone(true).build())
         .unwrap_or_default();
     let mut out = std::io::stdout().lock();
     _ = writeln!(out, "scan to log in (mock): {text}\n{art}");
@@ -381,24 +300,14 @@ fn print_qr(text: &str) {
 
 /// A small generated avatar (SVG with the first letter of the name), inline as Base64.
 fn avatar(name: &str, id: &str) -> FileBox {
-    let initial: String = name
-        .chars()
-        .next()
-        .map(|c| c.to_string())
-        .unwrap_or_else(|| "?".into());
-    let hue = id
-        .bytes()
-        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
-        % 360;
+    let initial: String = name.chars().next().map(|c| c.to_string()).unwrap_or_else(|| "?".into());
+    let hue = id.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32)) % 360;
     let svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"64\" height=\"64\"><rect width=\"64\" height=\"64\" \
          fill=\"hsl({hue},60%,55%)\"/><text x=\"32\" y=\"42\" font-size=\"32\" text-anchor=\"middle\" \
          fill=\"white\">{initial}</text></svg>"
     );
-    let mut fb = FileBox::new(
-        format!("{id}.svg"),
-        FileBoxSource::Base64(base64_encode(svg.as_bytes())),
-    );
+    let mut fb = FileBox::new(format!("{id}.svg"), FileBoxSource::Base64(base64_encode(svg.as_bytes())));
     fb.size = Some(svg.len() as u64);
     fb
 }
@@ -407,11 +316,7 @@ fn base64_encode(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..4 {
             if i <= chunk.len() {
@@ -501,11 +406,7 @@ impl Backend for MockBackend {
 
     async fn contact_list(&self) -> BackendResult<Vec<ContactId>> {
         let w = self.world();
-        Ok(w.contacts
-            .values()
-            .filter(|c| c.friend || c.id == w.me)
-            .map(|c| c.id.clone())
-            .collect())
+        Ok(w.contacts.values().filter(|c| c.friend || c.id == w.me).map(|c| c.id.clone()).collect())
     }
 
     async fn contact(&self, id: &ContactId) -> BackendResult<Contact> {
@@ -526,13 +427,7 @@ impl Backend for MockBackend {
         Ok(if c.avatar.is_empty() {
             avatar(&c.name, c.id.as_str())
         } else {
-            FileBox::new(
-                format!("{id}.jpg"),
-                FileBoxSource::Url {
-                    url: c.avatar.clone(),
-                    headers: None,
-                },
-            )
+            FileBox::new(format!("{id}.jpg"), FileBoxSource::Url { url: c.avatar.clone(), headers: None })
         })
     }
 
@@ -540,9 +435,7 @@ impl Backend for MockBackend {
         let mut w = self.world();
         w.require_online()?;
         if *id != w.me {
-            return Err(BackendError::FailedPrecondition(
-                "only the bot's own avatar can be changed".into(),
-            ));
+            return Err(BackendError::FailedPrecondition("only the bot's own avatar can be changed".into()));
         }
         let url = match file.source {
             FileBoxSource::Url { url, .. } => url,
@@ -566,11 +459,7 @@ impl Backend for MockBackend {
         Ok(())
     }
 
-    async fn set_contact_corporation_remark(
-        &self,
-        id: &ContactId,
-        remark: Option<String>,
-    ) -> BackendResult<()> {
+    async fn set_contact_corporation_remark(&self, id: &ContactId, remark: Option<String>) -> BackendResult<()> {
         let mut w = self.world();
         w.require_online()?;
         w.contact_mut(id)?.corporation = remark.unwrap_or_default();
@@ -578,11 +467,7 @@ impl Backend for MockBackend {
         Ok(())
     }
 
-    async fn set_contact_description(
-        &self,
-        id: &ContactId,
-        description: Option<String>,
-    ) -> BackendResult<()> {
+    async fn set_contact_description(&self, id: &ContactId, description: Option<String>) -> BackendResult<()> {
         let mut w = self.world();
         w.require_online()?;
         w.contact_mut(id)?.description = description.unwrap_or_default();
@@ -591,49 +476,30 @@ impl Backend for MockBackend {
     }
 
     async fn friendship(&self, id: &FriendshipId) -> BackendResult<Friendship> {
-        self.world()
-            .friendships
-            .get(id)
-            .cloned()
-            .ok_or_else(|| BackendError::not_found("friendship", id))
+        self.world().friendships.get(id).cloned().ok_or_else(|| BackendError::not_found("friendship", id))
     }
 
     async fn friendship_search_phone(&self, phone: &str) -> BackendResult<Option<ContactId>> {
         let w = self.world();
         w.require_online()?;
-        Ok(w.contacts
-            .values()
-            .find(|c| c.phones.iter().any(|p| p == phone) && c.id != w.me)
-            .map(|c| c.id.clone()))
+        Ok(w.contacts.values().find(|c| c.phones.iter().any(|p| p == phone) && c.id != w.me).map(|c| c.id.clone()))
     }
 
     async fn friendship_search_handle(&self, handle: &str) -> BackendResult<Option<ContactId>> {
         let w = self.world();
         w.require_online()?;
-        Ok(w.contacts
-            .values()
-            .find(|c| c.handle == handle && c.id != w.me)
-            .map(|c| c.id.clone()))
+        Ok(w.contacts.values().find(|c| c.handle == handle && c.id != w.me).map(|c| c.id.clone()))
     }
 
-    async fn friendship_add(
-        &self,
-        contact: &ContactId,
-        hello: String,
-        _referrer: Referrer,
-    ) -> BackendResult<()> {
+    async fn friendship_add(&self, contact: &ContactId, hello: String, _referrer: Referrer) -> BackendResult<()> {
         let mut w = self.world();
         w.require_online()?;
         let c = w.contact(contact)?;
         if c.id == w.me {
-            return Err(BackendError::InvalidArgument(
-                "the bot cannot befriend itself".into(),
-            ));
+            return Err(BackendError::InvalidArgument("the bot cannot befriend itself".into()));
         }
         if c.friend {
-            return Err(BackendError::FailedPrecondition(format!(
-                "`{contact}` is already a friend"
-            )));
+            return Err(BackendError::FailedPrecondition(format!("`{contact}` is already a friend")));
         }
         let id = FriendshipId(w.fresh_id("friendship_"));
         let f = Friendship {
@@ -651,10 +517,7 @@ impl Backend for MockBackend {
     async fn friendship_accept(&self, id: &FriendshipId) -> BackendResult<()> {
         let mut w = self.world();
         w.require_online()?;
-        let f = w
-            .friendships
-            .get(id)
-            .ok_or_else(|| BackendError::not_found("friendship", id))?;
+        let f = w.friendships.get(id).ok_or_else(|| BackendError::not_found("friendship", id))?;
         if f.kind != FriendshipType::Receive {
             return Err(BackendError::FailedPrecondition(format!(
                 "friendship `{id}` is not a received request awaiting acceptance (it is {:?})",
@@ -666,9 +529,7 @@ impl Backend for MockBackend {
         if let Some(f) = w.friendships.get_mut(id) {
             f.kind = FriendshipType::Confirm;
         }
-        self.emit(PuppetEvent::Friendship(FriendshipEvent {
-            friendship_id: id.clone(),
-        }));
+        self.emit(PuppetEvent::Friendship(FriendshipEvent { friendship_id: id.clone() }));
         self.dirty(PayloadType::Friendship, id.as_str());
         self.dirty(PayloadType::Contact, contact.as_str());
         Ok(())
@@ -681,18 +542,14 @@ impl Backend for MockBackend {
     async fn message_contact(&self, id: &MessageId) -> BackendResult<ContactId> {
         match &self.world().message(id)?.attachment {
             Attachment::Contact(c) => Ok(c.clone()),
-            _ => Err(BackendError::FailedPrecondition(format!(
-                "message `{id}` is not a contact card"
-            ))),
+            _ => Err(BackendError::FailedPrecondition(format!("message `{id}` is not a contact card"))),
         }
     }
 
     async fn message_file(&self, id: &MessageId) -> BackendResult<FileBox> {
         match &self.world().message(id)?.attachment {
             Attachment::File(f) => Ok(f.clone()),
-            _ => Err(BackendError::FailedPrecondition(format!(
-                "message `{id}` carries no file"
-            ))),
+            _ => Err(BackendError::FailedPrecondition(format!("message `{id}` carries no file"))),
         }
     }
 
@@ -702,36 +559,28 @@ impl Backend for MockBackend {
         match (&m.attachment, m.message.kind) {
             // The mock keeps one rendition; thumbnail, HD and artwork are the same bytes.
             (Attachment::File(f), MessageType::Image) => Ok(f.clone()),
-            _ => Err(BackendError::FailedPrecondition(format!(
-                "message `{id}` is not an image"
-            ))),
+            _ => Err(BackendError::FailedPrecondition(format!("message `{id}` is not an image"))),
         }
     }
 
     async fn message_mini_program(&self, id: &MessageId) -> BackendResult<MiniProgram> {
         match &self.world().message(id)?.attachment {
             Attachment::MiniProgram(m) => Ok(m.clone()),
-            _ => Err(BackendError::FailedPrecondition(format!(
-                "message `{id}` is not a mini-program card"
-            ))),
+            _ => Err(BackendError::FailedPrecondition(format!("message `{id}` is not a mini-program card"))),
         }
     }
 
     async fn message_url(&self, id: &MessageId) -> BackendResult<UrlLink> {
         match &self.world().message(id)?.attachment {
             Attachment::Url(u) => Ok(u.clone()),
-            _ => Err(BackendError::FailedPrecondition(format!(
-                "message `{id}` is not a link card"
-            ))),
+            _ => Err(BackendError::FailedPrecondition(format!("message `{id}` is not a link card"))),
         }
     }
 
     async fn message_location(&self, id: &MessageId) -> BackendResult<Location> {
         match &self.world().message(id)?.attachment {
             Attachment::Location(l) => Ok(l.clone()),
-            _ => Err(BackendError::FailedPrecondition(format!(
-                "message `{id}` is not a location"
-            ))),
+            _ => Err(BackendError::FailedPrecondition(format!("message `{id}` is not a location"))),
         }
     }
 
@@ -739,14 +588,9 @@ impl Backend for MockBackend {
         let mut w = self.world();
         w.require_online()?;
         let me = w.me.clone();
-        let stored = w
-            .messages
-            .get_mut(id)
-            .ok_or_else(|| BackendError::not_found("message", id))?;
+        let stored = w.messages.get_mut(id).ok_or_else(|| BackendError::not_found("message", id))?;
         if stored.message.talker_id != me {
-            return Err(BackendError::FailedPrecondition(format!(
-                "message `{id}` was not sent by the bot"
-            )));
+            return Err(BackendError::FailedPrecondition(format!("message `{id}` was not sent by the bot")));
         }
         if stored.message.kind == MessageType::Recalled {
             return Ok(true);
@@ -760,18 +604,12 @@ impl Backend for MockBackend {
         Ok(true)
     }
 
-    async fn message_forward(
-        &self,
-        to: &ConversationId,
-        id: &MessageId,
-    ) -> BackendResult<Option<MessageId>> {
+    async fn message_forward(&self, to: &ConversationId, id: &MessageId) -> BackendResult<Option<MessageId>> {
         let (original, attachment) = {
             let w = self.world();
             let m = w.message(id)?;
             if m.message.kind == MessageType::Recalled {
-                return Err(BackendError::FailedPrecondition(format!(
-                    "message `{id}` was recalled"
-                )));
+                return Err(BackendError::FailedPrecondition(format!("message `{id}` was recalled")));
             }
             (m.message.clone(), m.attachment.clone())
         };
@@ -786,17 +624,11 @@ impl Backend for MockBackend {
         m.filename = original.filename;
         let new_id = m.id.clone();
         w.store(m, attachment);
-        self.emit(PuppetEvent::Message(MessageEvent {
-            message_id: new_id.clone(),
-        }));
+        self.emit(PuppetEvent::Message(MessageEvent { message_id: new_id.clone() }));
         Ok(Some(new_id))
     }
 
-    async fn send(
-        &self,
-        to: &ConversationId,
-        content: Outgoing,
-    ) -> BackendResult<Option<MessageId>> {
+    async fn send(&self, to: &ConversationId, content: Outgoing) -> BackendResult<Option<MessageId>> {
         let mut w = self.world();
         w.require_online()?;
         let target = w.resolve(to)?;
@@ -810,34 +642,18 @@ impl Backend for MockBackend {
                 }
                 if !mentions.is_empty() {
                     let Target::Room(r) = &target else {
-                        return Err(BackendError::InvalidArgument(
-                            "mentions are only possible in a room".into(),
-                        ));
+                        return Err(BackendError::InvalidArgument("mentions are only possible in a room".into()));
                     };
                     let members = &w.room(r)?.room.member_ids;
                     if let Some(m) = mentions.iter().find(|m| !members.contains(m)) {
-                        return Err(BackendError::InvalidArgument(format!(
-                            "`{m}` is not a member of room `{r}`"
-                        )));
+                        return Err(BackendError::InvalidArgument(format!("`{m}` is not a member of room `{r}`")));
                     }
                 }
-                (
-                    MessageType::Text,
-                    text,
-                    String::new(),
-                    mentions,
-                    Attachment::None,
-                )
+                (MessageType::Text, text, String::new(), mentions, Attachment::None)
             }
             Outgoing::Contact(c) => {
                 let name = w.contact(&c)?.name.clone();
-                (
-                    MessageType::Contact,
-                    name,
-                    String::new(),
-                    vec![],
-                    Attachment::Contact(c),
-                )
+                (MessageType::Contact, name, String::new(), vec![], Attachment::Contact(c))
             }
             Outgoing::File(fb) => {
                 if let FileBoxSource::Uuid(u) = &fb.source {
@@ -847,42 +663,20 @@ impl Backend for MockBackend {
                     )));
                 }
                 let kind = file_message_type(&fb.name);
-                (
-                    kind,
-                    String::new(),
-                    fb.name.clone(),
-                    vec![],
-                    Attachment::File(fb),
-                )
+                (kind, String::new(), fb.name.clone(), vec![], Attachment::File(fb))
             }
-            Outgoing::MiniProgram(m) => (
-                MessageType::MiniProgram,
-                m.title.clone(),
-                String::new(),
-                vec![],
-                Attachment::MiniProgram(m),
-            ),
+            Outgoing::MiniProgram(m) => {
+                (MessageType::MiniProgram, m.title.clone(), String::new(), vec![], Attachment::MiniProgram(m))
+            }
             Outgoing::Url(u) => {
                 if u.url.is_empty() {
-                    return Err(BackendError::InvalidArgument(
-                        "a link card needs a `url`".into(),
-                    ));
+                    return Err(BackendError::InvalidArgument("a link card needs a `url`".into()));
                 }
-                (
-                    MessageType::Url,
-                    u.title.clone(),
-                    String::new(),
-                    vec![],
-                    Attachment::Url(u),
-                )
+                (MessageType::Url, u.title.clone(), String::new(), vec![], Attachment::Url(u))
             }
-            Outgoing::Location(l) => (
-                MessageType::Location,
-                l.name.clone(),
-                String::new(),
-                vec![],
-                Attachment::Location(l),
-            ),
+            Outgoing::Location(l) => {
+                (MessageType::Location, l.name.clone(), String::new(), vec![], Attachment::Location(l))
+            }
         };
         let me = w.me.clone();
         let mut m = Self::new_message(&mut w, kind, me, &target, text);
@@ -891,31 +685,20 @@ impl Backend for MockBackend {
         let id = m.id.clone();
         w.store(m, attachment);
         // A real account sees its own messages too.
-        self.emit(PuppetEvent::Message(MessageEvent {
-            message_id: id.clone(),
-        }));
+        self.emit(PuppetEvent::Message(MessageEvent { message_id: id.clone() }));
         Ok(Some(id))
     }
 
     async fn room_list(&self) -> BackendResult<Vec<RoomId>> {
         let w = self.world();
-        Ok(w.rooms
-            .values()
-            .filter(|r| r.room.member_ids.contains(&w.me))
-            .map(|r| r.room.id.clone())
-            .collect())
+        Ok(w.rooms.values().filter(|r| r.room.member_ids.contains(&w.me)).map(|r| r.room.id.clone()).collect())
     }
 
     async fn room(&self, id: &RoomId) -> BackendResult<Room> {
         Ok(self.world().room(id)?.room.clone())
     }
 
-    async fn room_add(
-        &self,
-        room: &RoomId,
-        contacts: Vec<ContactId>,
-        _invite_only: bool,
-    ) -> BackendResult<()> {
+    async fn room_add(&self, room: &RoomId, contacts: Vec<ContactId>, _invite_only: bool) -> BackendResult<()> {
         let mut w = self.world();
         w.require_online()?;
         for c in &contacts {
@@ -923,14 +706,9 @@ impl Backend for MockBackend {
         }
         let me = w.me.clone();
         let r = w.joined_room_mut(room)?;
-        let new: Vec<ContactId> = contacts
-            .into_iter()
-            .filter(|c| !r.room.member_ids.contains(c))
-            .collect();
+        let new: Vec<ContactId> = contacts.into_iter().filter(|c| !r.room.member_ids.contains(c)).collect();
         if new.is_empty() {
-            return Err(BackendError::FailedPrecondition(format!(
-                "everyone named is already in room `{room}`"
-            )));
+            return Err(BackendError::FailedPrecondition(format!("everyone named is already in room `{room}`")));
         }
         for c in &new {
             r.room.member_ids.push(c.clone());
@@ -957,14 +735,10 @@ impl Backend for MockBackend {
             )));
         }
         if let Some(c) = contacts.iter().find(|c| !r.room.member_ids.contains(c)) {
-            return Err(BackendError::FailedPrecondition(format!(
-                "`{c}` is not a member of room `{room}`"
-            )));
+            return Err(BackendError::FailedPrecondition(format!("`{c}` is not a member of room `{room}`")));
         }
         if contacts.contains(&me) {
-            return Err(BackendError::InvalidArgument(
-                "use RoomQuit to make the bot leave".into(),
-            ));
+            return Err(BackendError::InvalidArgument("use RoomQuit to make the bot leave".into()));
         }
         r.room.member_ids.retain(|m| !contacts.contains(m));
         r.room.admin_ids.retain(|m| !contacts.contains(m));
@@ -987,13 +761,7 @@ impl Backend for MockBackend {
         Ok(if r.avatar.is_empty() {
             avatar(&r.topic, r.id.as_str())
         } else {
-            FileBox::new(
-                format!("{room}.jpg"),
-                FileBoxSource::Url {
-                    url: r.avatar.clone(),
-                    headers: None,
-                },
-            )
+            FileBox::new(format!("{room}.jpg"), FileBoxSource::Url { url: r.avatar.clone(), headers: None })
         })
     }
 
@@ -1009,29 +777,13 @@ impl Backend for MockBackend {
             }
         }
         if members.len() < 3 {
-            return Err(BackendError::InvalidArgument(
-                "a room needs at least two other contacts".into(),
-            ));
+            return Err(BackendError::InvalidArgument("a room needs at least two other contacts".into()));
         }
         let id = RoomId(format!("{}@chatroom", w.fresh_id("2")));
         let invitees = members[1..].to_vec();
         let inviters = invitees.iter().map(|c| (c.clone(), me.clone())).collect();
-        let room = Room {
-            id: id.clone(),
-            topic,
-            owner_id: me.clone(),
-            member_ids: members,
-            ..Default::default()
-        };
-        w.rooms.insert(
-            id.clone(),
-            RoomState {
-                room,
-                aliases: BTreeMap::new(),
-                inviters,
-                announce: String::new(),
-            },
-        );
+        let room = Room { id: id.clone(), topic, owner_id: me.clone(), member_ids: members, ..Default::default() };
+        w.rooms.insert(id.clone(), RoomState { room, aliases: BTreeMap::new(), inviters, announce: String::new() });
         self.emit(PuppetEvent::RoomJoin(RoomJoinEvent {
             invitee_id_list: invitees,
             inviter_id: me,
@@ -1068,9 +820,7 @@ impl Backend for MockBackend {
         let me = w.me.clone();
         let r = w.joined_room_mut(room)?;
         if topic.trim().is_empty() {
-            return Err(BackendError::InvalidArgument(
-                "a room topic cannot be empty".into(),
-            ));
+            return Err(BackendError::InvalidArgument("a room topic cannot be empty".into()));
         }
         let old_topic = std::mem::replace(&mut r.room.topic, topic.clone());
         self.emit(PuppetEvent::RoomTopic(RoomTopicEvent {
@@ -1115,10 +865,7 @@ impl Backend for MockBackend {
         let w = self.world();
         let r = w.room(room)?;
         if !r.room.member_ids.contains(member) {
-            return Err(BackendError::NotFound {
-                kind: "room member",
-                id: format!("{member} in {room}"),
-            });
+            return Err(BackendError::NotFound { kind: "room member", id: format!("{member} in {room}") });
         }
         let c = w.contact(member)?;
         Ok(RoomMember {
@@ -1135,27 +882,16 @@ impl Backend for MockBackend {
     }
 
     async fn room_invitation(&self, id: &RoomInvitationId) -> BackendResult<RoomInvitation> {
-        self.world()
-            .invitations
-            .get(id)
-            .cloned()
-            .ok_or_else(|| BackendError::not_found("room invitation", id))
+        self.world().invitations.get(id).cloned().ok_or_else(|| BackendError::not_found("room invitation", id))
     }
 
     async fn room_invitation_accept(&self, id: &RoomInvitationId) -> BackendResult<()> {
         let mut w = self.world();
         w.require_online()?;
-        let inv = w
-            .invitations
-            .get(id)
-            .cloned()
-            .ok_or_else(|| BackendError::not_found("room invitation", id))?;
+        let inv = w.invitations.get(id).cloned().ok_or_else(|| BackendError::not_found("room invitation", id))?;
         let room_id = RoomId(inv.invitation.clone());
         let me = w.me.clone();
-        let r = w
-            .rooms
-            .get_mut(&room_id)
-            .ok_or_else(|| BackendError::not_found("room", &room_id))?;
+        let r = w.rooms.get_mut(&room_id).ok_or_else(|| BackendError::not_found("room", &room_id))?;
         if r.room.member_ids.contains(&me) {
             return Ok(());
         }
@@ -1175,10 +911,7 @@ impl Backend for MockBackend {
         let mut w = self.world();
         w.require_online()?;
         w.contact(contact)?;
-        w.tags
-            .entry(tag.clone())
-            .or_default()
-            .insert(contact.clone());
+        w.tags.entry(tag.clone()).or_default().insert(contact.clone());
         self.dirty(PayloadType::Contact, contact.as_str());
         Ok(())
     }
@@ -1186,14 +919,9 @@ impl Backend for MockBackend {
     async fn tag_contact_remove(&self, tag: &TagId, contact: &ContactId) -> BackendResult<()> {
         let mut w = self.world();
         w.require_online()?;
-        let members = w
-            .tags
-            .get_mut(tag)
-            .ok_or_else(|| BackendError::not_found("tag", tag))?;
+        let members = w.tags.get_mut(tag).ok_or_else(|| BackendError::not_found("tag", tag))?;
         if !members.remove(contact) {
-            return Err(BackendError::FailedPrecondition(format!(
-                "`{contact}` does not have tag `{tag}`"
-            )));
+            return Err(BackendError::FailedPrecondition(format!("`{contact}` does not have tag `{tag}`")));
         }
         self.dirty(PayloadType::Contact, contact.as_str());
         Ok(())
@@ -1202,10 +930,7 @@ impl Backend for MockBackend {
     async fn tag_delete(&self, tag: &TagId) -> BackendResult<()> {
         let mut w = self.world();
         w.require_online()?;
-        let members = w
-            .tags
-            .remove(tag)
-            .ok_or_else(|| BackendError::not_found("tag", tag))?;
+        let members = w.tags.remove(tag).ok_or_else(|| BackendError::not_found("tag", tag))?;
         for c in members {
             self.dirty(PayloadType::Contact, c.as_str());
         }
@@ -1218,11 +943,7 @@ impl Backend for MockBackend {
             None => Ok(w.tags.keys().cloned().collect()),
             Some(c) => {
                 w.contact(c)?;
-                Ok(w.tags
-                    .iter()
-                    .filter(|(_, m)| m.contains(c))
-                    .map(|(t, _)| t.clone())
-                    .collect())
+                Ok(w.tags.iter().filter(|(_, m)| m.contains(c)).map(|(t, _)| t.clone()).collect())
             }
         }
     }
@@ -1238,10 +959,7 @@ impl Backend for MockBackend {
 
 /// The Wechaty message type a file becomes, by its extension.
 fn file_message_type(name: &str) -> MessageType {
-    let ext = name
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
     match ext.as_str() {
         "jpg" | "jpeg" | "png" | "gif" | "webp" | "bmp" => MessageType::Image,
         "mp4" | "mov" | "avi" | "mkv" => MessageType::Video,

@@ -70,18 +70,12 @@ impl WorldSpec {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read world file {}: {e}", path.display()))?;
-        let spec: Self = if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("toml"))
-        {
-            toml::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("world file {}: {e}", path.display()))?
+        let spec: Self = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml")) {
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("world file {}: {e}", path.display()))?
         } else {
-            serde_json::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("world file {}: {e}", path.display()))?
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("world file {}: {e}", path.display()))?
         };
-        spec.validate()
-            .map_err(|e| anyhow::anyhow!("world file {}: {e}", path.display()))?;
+        spec.validate().map_err(|e| anyhow::anyhow!("world file {}: {e}", path.display()))?;
         Ok(spec)
     }
 
@@ -108,12 +102,7 @@ impl WorldSpec {
             if rooms.insert(r.room.id.as_str(), ()).is_some() {
                 return Err(format!("room id `{}` appears twice", r.room.id));
             }
-            let people = r
-                .room
-                .member_ids
-                .iter()
-                .chain(&r.room.admin_ids)
-                .chain(std::iter::once(&r.room.owner_id));
+            let people = r.room.member_ids.iter().chain(&r.room.admin_ids).chain(std::iter::once(&r.room.owner_id));
             for m in people.filter(|m| !m.is_empty()) {
                 if !known.contains_key(m.as_str()) {
                     return Err(format!("room `{}` names unknown contact `{m}`", r.room.id));
@@ -132,87 +121,27 @@ impl WorldSpec {
     /// official accounts and strangers) and 5 rooms.
     pub fn builtin() -> Self {
         const PEOPLE: &[(&str, &str, ContactGender, &str, &str)] = &[
-            (
-                "wxid_alice",
-                "Alice",
-                ContactGender::Female,
-                "London",
-                "Tea first.",
-            ),
-            (
-                "wxid_bob",
-                "Bob",
-                ContactGender::Male,
-                "Berlin",
-                "Build things.",
-            ),
+            ("wxid_alice", "Alice", ContactGender::Female, "London", "Tea first."),
+            ("wxid_bob", "Bob", ContactGender::Male, "Berlin", "Build things."),
             ("wxid_carol", "Carol", ContactGender::Female, "Paris", ""),
-            (
-                "wxid_dave",
-                "Dave",
-                ContactGender::Male,
-                "Austin",
-                "Ship it",
-            ),
+            ("wxid_dave", "Dave", ContactGender::Male, "Austin", "Ship it"),
             ("wxid_erin", "Erin", ContactGender::Female, "Dublin", ""),
-            (
-                "wxid_frank",
-                "Frank",
-                ContactGender::Male,
-                "Toronto",
-                "Coffee > tea",
-            ),
-            (
-                "wxid_grace",
-                "Grace",
-                ContactGender::Female,
-                "Seattle",
-                "Hello world",
-            ),
+            ("wxid_frank", "Frank", ContactGender::Male, "Toronto", "Coffee > tea"),
+            ("wxid_grace", "Grace", ContactGender::Female, "Seattle", "Hello world"),
             ("wxid_heidi", "Heidi", ContactGender::Female, "Zurich", ""),
             ("wxid_ivan", "Ivan", ContactGender::Male, "Riga", ""),
             ("wxid_judy", "Judy", ContactGender::Female, "Sydney", "Surf"),
-            (
-                "wxid_mallory",
-                "Mallory",
-                ContactGender::Female,
-                "Madrid",
-                "",
-            ),
+            ("wxid_mallory", "Mallory", ContactGender::Female, "Madrid", ""),
             ("wxid_oscar", "Oscar", ContactGender::Male, "Oslo", ""),
             ("wxid_peggy", "Peggy", ContactGender::Female, "Lisbon", ""),
             ("wxid_trent", "Trent", ContactGender::Male, "Denver", ""),
             ("wxid_victor", "Victor", ContactGender::Male, "Vienna", ""),
             ("wxid_walter", "Walter", ContactGender::Male, "Warsaw", ""),
-            (
-                "wxid_zhangwei",
-                "张伟",
-                ContactGender::Male,
-                "北京",
-                "天道酬勤",
-            ),
-            (
-                "wxid_wangfang",
-                "王芳",
-                ContactGender::Female,
-                "上海",
-                "热爱生活",
-            ),
+            ("wxid_zhangwei", "张伟", ContactGender::Male, "北京", "天道酬勤"),
+            ("wxid_wangfang", "王芳", ContactGender::Female, "上海", "热爱生活"),
             ("wxid_lina", "李娜", ContactGender::Female, "深圳", ""),
-            (
-                "wxid_liuyang",
-                "刘洋",
-                ContactGender::Male,
-                "广州",
-                "跑步中",
-            ),
-            (
-                "wxid_chenjing",
-                "陈静",
-                ContactGender::Female,
-                "杭州",
-                "读书",
-            ),
+            ("wxid_liuyang", "刘洋", ContactGender::Male, "广州", "跑步中"),
+            ("wxid_chenjing", "陈静", ContactGender::Female, "杭州", "读书"),
             ("wxid_yangjie", "杨杰", ContactGender::Male, "成都", "火锅"),
             ("wxid_zhaomin", "赵敏", ContactGender::Female, "西安", ""),
             ("wxid_huanglei", "黄磊", ContactGender::Male, "南京", "做饭"),
@@ -238,10 +167,9 @@ impl WorldSpec {
             })
             .collect();
         // Two strangers, findable by phone or handle, to befriend.
-        for (id, name, phone) in [
-            ("wxid_stranger_sam", "Sam", "13900000001"),
-            ("wxid_moshengren", "陌生人", "13900000002"),
-        ] {
+        for (id, name, phone) in
+            [("wxid_stranger_sam", "Sam", "13900000001"), ("wxid_moshengren", "陌生人", "13900000002")]
+        {
             contacts.push(Contact {
                 id: id.into(),
                 name: name.into(),
@@ -280,14 +208,8 @@ impl WorldSpec {
             friend: false,
             ..Default::default()
         };
-        let room = |id: &str,
-                    topic: &str,
-                    owner: &str,
-                    admins: &[&str],
-                    members: &[&str],
-                    announce: &str| {
-            let mut member_ids: Vec<ContactId> =
-                members.iter().map(|m| ContactId::from(*m)).collect();
+        let room = |id: &str, topic: &str, owner: &str, admins: &[&str], members: &[&str], announce: &str| {
+            let mut member_ids: Vec<ContactId> = members.iter().map(|m| ContactId::from(*m)).collect();
             if !member_ids.iter().any(|m| m.as_str() == owner) {
                 member_ids.insert(0, owner.into());
             }
@@ -319,14 +241,7 @@ impl WorldSpec {
                 "Rust 中文社区",
                 bot,
                 &[],
-                &[
-                    bot,
-                    "wxid_zhangwei",
-                    "wxid_wangfang",
-                    "wxid_lina",
-                    "wxid_grace",
-                    "wxid_ivan",
-                ],
+                &[bot, "wxid_zhangwei", "wxid_wangfang", "wxid_lina", "wxid_grace", "wxid_ivan"],
                 "",
             ),
             room(
@@ -334,14 +249,7 @@ impl WorldSpec {
                 "周末徒步",
                 "wxid_liuyang",
                 &[],
-                &[
-                    bot,
-                    "wxid_liuyang",
-                    "wxid_chenjing",
-                    "wxid_yangjie",
-                    "wxid_zhaomin",
-                    "wxid_huanglei",
-                ],
+                &[bot, "wxid_liuyang", "wxid_chenjing", "wxid_yangjie", "wxid_zhaomin", "wxid_huanglei"],
                 "周六早上八点集合",
             ),
             room(
@@ -357,14 +265,7 @@ impl WorldSpec {
                 "Book Club",
                 "wxid_judy",
                 &[],
-                &[
-                    bot,
-                    "wxid_judy",
-                    "wxid_oscar",
-                    "wxid_peggy",
-                    "wxid_trent",
-                    "wxid_sunli",
-                ],
+                &[bot, "wxid_judy", "wxid_oscar", "wxid_peggy", "wxid_trent", "wxid_sunli"],
                 "This month: 三体",
             ),
             // The bot is not in this one: an invitation from the world can bring it in.
@@ -377,28 +278,13 @@ impl WorldSpec {
                 "",
             ),
         ];
-        rooms[0]
-            .member_aliases
-            .insert("wxid_carol".into(), "Carol from HR".into());
-        rooms[1]
-            .member_aliases
-            .insert("wxid_zhangwei".into(), "伟哥".into());
+        rooms[0].member_aliases.insert("wxid_carol".into(), "Carol from HR".into());
+        rooms[1].member_aliases.insert("wxid_zhangwei".into(), "伟哥".into());
 
         let mut tags = BTreeMap::new();
-        tags.insert(
-            TagId::from("colleagues"),
-            vec!["wxid_alice".into(), "wxid_bob".into(), "wxid_grace".into()],
-        );
-        tags.insert(
-            TagId::from("家人"),
-            vec!["wxid_erin".into(), "wxid_frank".into()],
-        );
-        Self {
-            me,
-            contacts,
-            rooms,
-            tags,
-        }
+        tags.insert(TagId::from("colleagues"), vec!["wxid_alice".into(), "wxid_bob".into(), "wxid_grace".into()]);
+        tags.insert(TagId::from("家人"), vec!["wxid_erin".into(), "wxid_frank".into()]);
+        Self { me, contacts, rooms, tags }
     }
 }
 
@@ -421,10 +307,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/worlds/small.toml");
         let w = WorldSpec::load(&path).unwrap();
         assert_eq!(w.me.id.as_str(), "wxid_bot");
-        assert_eq!(
-            w.rooms[0].member_aliases[&ContactId::from("wxid_alice")],
-            "Host"
-        );
+        assert_eq!(w.rooms[0].member_aliases[&ContactId::from("wxid_alice")], "Host");
     }
 
     #[test]
