@@ -80,7 +80,8 @@ async fn a_slow_subscriber_is_cut_off_while_a_fast_one_keeps_receiving_and_memor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_resumes_without_gap_or_duplicate_and_refuses_lost_ranges() {
-    let server = Server::start(&["--event-retention", "1000"]);
+    // Nothing else publishes (no autostart login), so the DONG sequences are consecutive.
+    let server = Server::start(&["--event-retention", "1000", "--autostart", "false"]);
     let mut feed = server.feed().await;
     let mut w = world(&server).await;
 
