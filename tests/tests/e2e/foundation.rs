@@ -36,7 +36,7 @@ async fn reflection_lists_the_services() {
     let resp = stream.next().await.unwrap().unwrap();
     let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("{resp:?}") };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in ["wechaty.Puppet", "puppet_rs.v1.EventFeed", "grpc.health.v1.Health"] {
+    for expected in ["wechaty.Puppet", "puppet_rs.v1.EventFeed", "puppet_rs.v1.MockWorld", "grpc.health.v1.Health"] {
         assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
     }
 }

@@ -311,6 +311,15 @@ mod tests {
     }
 
     #[test]
+    fn a_json_world_file_loads_too() {
+        let path = std::env::temp_dir().join(format!("puppet-world-{}.json", std::process::id()));
+        std::fs::write(&path, serde_json::to_string(&WorldSpec::builtin()).unwrap()).unwrap();
+        let loaded = WorldSpec::load(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(loaded.unwrap(), WorldSpec::builtin());
+    }
+
+    #[test]
     fn bad_worlds_are_refused_with_a_reason() {
         let mut w = WorldSpec::builtin();
         w.rooms[0].room.member_ids.push("wxid_nobody".into());
