@@ -153,23 +153,7 @@ impl MockBackend {
 
     /// The other side accepts a request the bot sent.
     pub fn accept_friendship(&self, id: &FriendshipId) -> BackendResult<()> {
-        let mut w = self.world();
-        w.require_online()?;
-        let f = w.friendships.get(id).ok_or_else(|| BackendError::not_found("friendship", id))?;
-        if f.kind != FriendshipType::Verify {
-            return Err(BackendError::FailedPrecondition(format!(
-                "friendship `{id}` is not a request the bot sent (it is {:?})",
-                f.kind
-            )));
-        }
-        let contact = f.contact_id.clone();
-        w.contact_mut(&contact)?.friend = true;
-        if let Some(f) = w.friendships.get_mut(id) {
-            f.kind = FriendshipType::Confirm;
-        }
-        self.emit(PuppetEvent::Friendship(FriendshipEvent { friendship_id: id.clone() }));
-        self.dirty(PayloadType::Contact, contact.as_str());
-        Ok(())
+        self.confirm_friendship(id, FriendshipType::Verify, "a request the bot sent")
     }
 
     /// A member invites the bot into a room.

@@ -270,6 +270,41 @@ impl MockBackend {
         }
     }
 
+    /// A message's attachment, picked by `pick`; FAILED_PRECONDITION naming `what` it is not.
+    fn attachment<T>(
+        &self,
+        id: &MessageId,
+        what: &str,
+        pick: impl FnOnce(&Attachment) -> Option<T>,
+    ) -> BackendResult<T> {
+        let w = self.world();
+        pick(&w.message(id)?.attachment)
+            .ok_or_else(|| BackendError::FailedPrecondition(format!("message `{id}` is not {what}")))
+    }
+
+    /// Turns a pending request of kind `pending` into a friendship: the contact becomes a friend,
+    /// FRIENDSHIP and DIRTY are emitted.
+    fn confirm_friendship(&self, id: &FriendshipId, pending: FriendshipType, describe: &str) -> BackendResult<()> {
+        let mut w = self.world();
+        w.require_online()?;
+        let f = w.friendships.get(id).ok_or_else(|| BackendError::not_found("friendship", id))?;
+        if f.kind != pending {
+            return Err(BackendError::FailedPrecondition(format!(
+                "friendship `{id}` is not {describe} (it is {:?})",
+                f.kind
+            )));
+        }
+        let contact = f.contact_id.clone();
+        w.contact_mut(&contact)?.friend = true;
+        if let Some(f) = w.friendships.get_mut(id) {
+            f.kind = FriendshipType::Confirm;
+        }
+        self.emit(PuppetEvent::Friendship(FriendshipEvent { friendship_id: id.clone() }));
+        self.dirty(PayloadType::Friendship, id.as_str());
+        self.dirty(PayloadType::Contact, contact.as_str());
+        Ok(())
+    }
+
     fn new_message(w: &mut World, kind: MessageType, talker: ContactId, target: &Target, text: String) -> Message {
         let (listener_id, room_id) = match target {
             Target::Contact(c) => (c.clone(), RoomId::default()),
@@ -515,24 +550,7 @@ impl Backend for MockBackend {
     }
 
     async fn friendship_accept(&self, id: &FriendshipId) -> BackendResult<()> {
-        let mut w = self.world();
-        w.require_online()?;
-        let f = w.friendships.get(id).ok_or_else(|| BackendError::not_found("friendship", id))?;
-        if f.kind != FriendshipType::Receive {
-            return Err(BackendError::FailedPrecondition(format!(
-                "friendship `{id}` is not a received request awaiting acceptance (it is {:?})",
-                f.kind
-            )));
-        }
-        let contact = f.contact_id.clone();
-        w.contact_mut(&contact)?.friend = true;
-        if let Some(f) = w.friendships.get_mut(id) {
-            f.kind = FriendshipType::Confirm;
-        }
-        self.emit(PuppetEvent::Friendship(FriendshipEvent { friendship_id: id.clone() }));
-        self.dirty(PayloadType::Friendship, id.as_str());
-        self.dirty(PayloadType::Contact, contact.as_str());
-        Ok(())
+        self.confirm_friendship(id, FriendshipType::Receive, "a received request awaiting acceptance")
     }
 
     async fn message(&self, id: &MessageId) -> BackendResult<Message> {
@@ -540,17 +558,17 @@ impl Backend for MockBackend {
     }
 
     async fn message_contact(&self, id: &MessageId) -> BackendResult<ContactId> {
-        match &self.world().message(id)?.attachment {
-            Attachment::Contact(c) => Ok(c.clone()),
-            _ => Err(BackendError::FailedPrecondition(format!("message `{id}` is not a contact card"))),
-        }
+        self.attachment(id, "a contact card", |a| match a {
+            Attachment::Contact(x) => Some(x.clone()),
+            _ => None,
+        })
     }
 
     async fn message_file(&self, id: &MessageId) -> BackendResult<FileBox> {
-        match &self.world().message(id)?.attachment {
-            Attachment::File(f) => Ok(f.clone()),
-            _ => Err(BackendError::FailedPrecondition(format!("message `{id}` carries no file"))),
-        }
+        self.attachment(id, "a file message (it carries no file)", |a| match a {
+            Attachment::File(x) => Some(x.clone()),
+            _ => None,
+        })
     }
 
     async fn message_image(&self, id: &MessageId, _kind: ImageType) -> BackendResult<FileBox> {
@@ -564,24 +582,24 @@ impl Backend for MockBackend {
     }
 
     async fn message_mini_program(&self, id: &MessageId) -> BackendResult<MiniProgram> {
-        match &self.world().message(id)?.attachment {
-            Attachment::MiniProgram(m) => Ok(m.clone()),
-            _ => Err(BackendError::FailedPrecondition(format!("message `{id}` is not a mini-program card"))),
-        }
+        self.attachment(id, "a mini-program card", |a| match a {
+            Attachment::MiniProgram(x) => Some(x.clone()),
+            _ => None,
+        })
     }
 
     async fn message_url(&self, id: &MessageId) -> BackendResult<UrlLink> {
-        match &self.world().message(id)?.attachment {
-            Attachment::Url(u) => Ok(u.clone()),
-            _ => Err(BackendError::FailedPrecondition(format!("message `{id}` is not a link card"))),
-        }
+        self.attachment(id, "a link card", |a| match a {
+            Attachment::Url(x) => Some(x.clone()),
+            _ => None,
+        })
     }
 
     async fn message_location(&self, id: &MessageId) -> BackendResult<Location> {
-        match &self.world().message(id)?.attachment {
-            Attachment::Location(l) => Ok(l.clone()),
-            _ => Err(BackendError::FailedPrecondition(format!("message `{id}` is not a location"))),
-        }
+        self.attachment(id, "a location", |a| match a {
+            Attachment::Location(x) => Some(x.clone()),
+            _ => None,
+        })
     }
 
     async fn message_recall(&self, id: &MessageId) -> BackendResult<bool> {
