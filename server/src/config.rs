@@ -64,6 +64,22 @@ pub struct Config {
     #[arg(long, env = "PUPPET_MAX_MESSAGE_MIB", default_value_t = 150)]
     pub max_message_mib: usize,
 
+    /// Where uploaded and in-transit files are kept (emptied at start). Default: `<data-dir>/blobs`.
+    #[arg(long, env = "PUPPET_BLOB_DIR")]
+    pub blob_dir: Option<PathBuf>,
+
+    /// Largest single file, in MiB (uploads, inline files, files the backend hands out).
+    #[arg(long, env = "PUPPET_BLOB_MAX_FILE_MIB", default_value_t = 1024)]
+    pub blob_max_file_mib: u64,
+
+    /// Most file bytes kept at once, in MiB; the least recently used files make room for new ones.
+    #[arg(long, env = "PUPPET_BLOB_MAX_TOTAL_MIB", default_value_t = 4096)]
+    pub blob_max_total_mib: u64,
+
+    /// Seconds a file is kept after it was last written or read.
+    #[arg(long, env = "PUPPET_BLOB_TTL_SECS", default_value_t = 3600)]
+    pub blob_ttl_secs: u64,
+
     /// Seconds to wait on SIGTERM/SIGINT for open calls and connections to finish before exiting.
     #[arg(long, env = "PUPPET_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -121,6 +137,20 @@ impl Config {
         match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
             Some(h) => PathBuf::from(h).join(".local/share/puppet-rs"),
             None => PathBuf::from("puppet-data"),
+        }
+    }
+
+    /// The blob store directory (see `--blob-dir`).
+    pub fn blob_dir(&self) -> PathBuf {
+        self.blob_dir.clone().unwrap_or_else(|| self.data_dir().join("blobs"))
+    }
+
+    /// The blob store limits.
+    pub fn blob_limits(&self) -> crate::blobs::BlobLimits {
+        crate::blobs::BlobLimits {
+            max_file: self.blob_max_file_mib.saturating_mul(1 << 20),
+            max_total: self.blob_max_total_mib.saturating_mul(1 << 20),
+            ttl: std::time::Duration::from_secs(self.blob_ttl_secs),
         }
     }
 

@@ -6,6 +6,7 @@
 //! [`http`] (the side port).
 
 pub mod backend;
+pub mod blobs;
 pub mod config;
 pub mod events;
 pub mod grpc;
@@ -41,7 +42,10 @@ pub struct Started {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let (token, token_source) = config.resolve_token()?;
     let bus = EventBus::new(config.event_retention, config.subscriber_max_lag);
-    let backend::Built { backend, mock } = backend::build(&config, bus.sink())?;
+    let blob_dir = config.blob_dir();
+    let blobs = blobs::BlobStore::open(&blob_dir, config.blob_limits())
+        .map_err(|e| anyhow::anyhow!("cannot open the blob store at {}: {e}", blob_dir.display()))?;
+    let backend::Built { backend, mock } = backend::build(&config, bus.sink(), blobs.clone())?;
     let heartbeat = Duration::from_secs(config.heartbeat_secs);
 
     let grpc_listener = bind(config.listen_addr()?, "gRPC").await?;
@@ -65,7 +69,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let max_message = config.max_message_mib.saturating_mul(1024 * 1024);
     let token: Arc<str> = token.into();
-    let puppet = PuppetServer::new(PuppetService::new(backend.clone(), bus.clone(), heartbeat))
+    let puppet = PuppetServer::new(PuppetService::new(backend.clone(), bus.clone(), blobs, heartbeat))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     let feed = EventFeedServer::new(EventFeedService::new(bus.clone(), heartbeat));

@@ -304,3 +304,22 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .expect("VmRSS")
 }
+
+/// Deterministic test bytes: `len` bytes of pattern `seed`, produced in chunks of at most `chunk`.
+pub fn pattern_chunks(seed: u8, len: usize, chunk: usize) -> impl Iterator<Item = Vec<u8>> {
+    (0..len).step_by(chunk.max(1)).map(move |start| {
+        (start..(start + chunk).min(len))
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+            .collect()
+    })
+}
+
+/// Hex SHA-256 of chunks.
+pub fn sha256<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for c in chunks {
+        h.update(c);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}

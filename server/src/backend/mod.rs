@@ -329,10 +329,10 @@ pub struct Built {
 }
 
 /// Builds the configured backend, wired to the event sink.
-pub fn build(config: &crate::config::Config, sink: EventSink) -> anyhow::Result<Built> {
+pub fn build(config: &crate::config::Config, sink: EventSink, blobs: crate::blobs::BlobStore) -> anyhow::Result<Built> {
     match config.backend {
         BackendKind::Mock => {
-            let mock = mock::MockBackend::new(mock::MockOptions::from_config(config)?, sink)?;
+            let mock = mock::MockBackend::new(mock::MockOptions::from_config(config)?, sink, blobs)?;
             Ok(Built { backend: std::sync::Arc::new(mock.clone()), mock: Some(mock) })
         }
     }

@@ -49,7 +49,7 @@ impl ext::mock_world_server::MockWorld for MockWorldService {
     async fn send_file(&self, req: Request<ext::SendFileRequest>) -> RpcResult<ext::SayResponse> {
         let r = req.into_inner();
         let from = contact("from_id", r.from_id)?;
-        let id = self.mock.send_file(&from, room(r.room_id).as_ref(), r.name, &r.data).map_err(err)?;
+        let id = self.mock.send_file(&from, room(r.room_id).as_ref(), r.name, &r.data).await.map_err(err)?;
         Ok(Response::new(ext::SayResponse { message_id: id.0 }))
     }
 

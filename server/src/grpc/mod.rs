@@ -4,6 +4,7 @@
 pub mod auth;
 mod convert;
 pub mod event;
+pub mod files;
 pub mod mock_world;
 pub mod status;
 
@@ -19,35 +20,31 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::backend::{Backend, BackendError, Outgoing, Referrer};
+use crate::blobs::BlobStore;
 use crate::events::{EventBus, StartAt, SubscribeError};
 use convert::{card, file_box, legacy_json, non_empty, required};
 use event::{EventStream, pump};
+use files::{ClientKind, blob_status};
+use puppet_proto::filebox::{FileBox, FileBoxSource};
 
 type RpcResult<T> = Result<Response<T>, Status>;
 type BoxStream<T> = std::pin::Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-/// Not yet served: the blob store that Upload/Download and the chunked file RPCs need is not built.
-fn no_blob_store(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} needs the server's blob store, which this build does not have yet; send files as inline \
-         Base64 or Url FileBox JSON through MessageSendFile"
-    ))
-}
 
 /// The `wechaty.Puppet` service over one backend.
 #[derive(Clone)]
 pub struct PuppetService {
     backend: Arc<dyn Backend>,
     bus: EventBus,
+    blobs: BlobStore,
     heartbeat: Duration,
     version: Arc<str>,
 }
 
 impl PuppetService {
     /// Serves `backend`, streaming events from `bus` with a heartbeat every `heartbeat`.
-    pub fn new(backend: Arc<dyn Backend>, bus: EventBus, heartbeat: Duration) -> Self {
+    pub fn new(backend: Arc<dyn Backend>, bus: EventBus, blobs: BlobStore, heartbeat: Duration) -> Self {
         let version = format!("puppet-rs/{} ({} backend)", env!("CARGO_PKG_VERSION"), backend.name()).into();
-        Self { backend, bus, heartbeat, version }
+        Self { backend, bus, blobs, heartbeat, version }
     }
 
     fn err(&self, e: BackendError) -> Status {
@@ -91,23 +88,71 @@ impl Puppet for PuppetService {
 
     async fn message_file_stream(
         &self,
-        _: Request<pb::MessageFileStreamRequest>,
+        req: Request<pb::MessageFileStreamRequest>,
     ) -> RpcResult<Self::MessageFileStreamStream> {
-        Err(no_blob_store("MessageFileStream"))
+        let id = message_id("id", req.into_inner().id)?;
+        let fb = self.backend.message_file(&id).await.map_err(|e| self.err(e))?;
+        let first = pb::MessageFileStreamResponse { file_box_chunk: Some(name_chunk(&fb)) };
+        let chunks = files::stream_bytes(&self.blobs, &fb, Some(first), |data| pb::MessageFileStreamResponse {
+            file_box_chunk: Some(pb::FileBoxChunk { data: Some(data), name: None }),
+        });
+        ok(Box::pin(chunks.await?))
     }
 
     async fn message_image_stream(
         &self,
-        _: Request<pb::MessageImageStreamRequest>,
+        req: Request<pb::MessageImageStreamRequest>,
     ) -> RpcResult<Self::MessageImageStreamStream> {
-        Err(no_blob_store("MessageImageStream"))
+        let r = req.into_inner();
+        let id = message_id("id", r.id)?;
+        let fb = self.backend.message_image(&id, image_type(r.r#type)?).await.map_err(|e| self.err(e))?;
+        let first = pb::MessageImageStreamResponse { file_box_chunk: Some(name_chunk(&fb)) };
+        let chunks = files::stream_bytes(&self.blobs, &fb, Some(first), |data| pb::MessageImageStreamResponse {
+            file_box_chunk: Some(pb::FileBoxChunk { data: Some(data), name: None }),
+        });
+        ok(Box::pin(chunks.await?))
     }
 
+    /// Message order (as the Node client sends it): `conversation_id`, then a chunk with the file
+    /// name, then chunks with data.
     async fn message_send_file_stream(
         &self,
-        _: Request<Streaming<pb::MessageSendFileStreamRequest>>,
+        req: Request<Streaming<pb::MessageSendFileStreamRequest>>,
     ) -> RpcResult<pb::MessageSendFileStreamResponse> {
-        Err(no_blob_store("MessageSendFileStream"))
+        let mut stream = req.into_inner();
+        let mut to = None;
+        let mut name = None;
+        let mut writer = None;
+        while let Some(msg) = stream.message().await? {
+            if let Some(c) = msg.conversation_id {
+                to = Some(conversation(c)?);
+            }
+            let Some(chunk) = msg.file_box_chunk else { continue };
+            if let Some(n) = chunk.name {
+                name = Some(n);
+            }
+            if let Some(data) = chunk.data {
+                if to.is_none() || name.is_none() {
+                    return Err(Status::invalid_argument(
+                        "MessageSendFileStream: send `conversation_id` first, then a chunk with the file name, then data",
+                    ));
+                }
+                if writer.is_none() {
+                    writer = Some(self.blobs.writer().await.map_err(blob_status)?);
+                }
+                if let Some(w) = writer.as_mut() {
+                    w.write(&data).await.map_err(blob_status)?;
+                }
+            }
+        }
+        let to = to.ok_or_else(|| Status::invalid_argument("MessageSendFileStream: `conversation_id` is missing"))?;
+        let name = name.ok_or_else(|| Status::invalid_argument("MessageSendFileStream: the file name is missing"))?;
+        let writer = writer.ok_or_else(|| Status::invalid_argument("MessageSendFileStream: the file has no data"))?;
+        let meta = writer.finish().await.map_err(blob_status)?;
+        let mut fb = FileBox::new(name, FileBoxSource::Uuid(meta.id));
+        fb.size = Some(meta.size);
+        let id = self.backend.send(&to, Outgoing::File(fb)).await.map_err(|e| self.err(e))?;
+        ok(sent!(MessageSendFileStreamResponse, id))
     }
 
     // ---- base ---------------------------------------------------------------------------------
@@ -203,14 +248,16 @@ impl Puppet for PuppetService {
 
     #[allow(deprecated)]
     async fn contact_avatar(&self, req: Request<pb::ContactAvatarRequest>) -> RpcResult<pb::ContactAvatarResponse> {
-        let r = req.into_inner();
+        let (metadata, _, r) = req.into_parts();
+        let req_meta = &metadata;
         let id = contact_id("id", r.id)?;
         if let Some(json) = r.file_box.or(r.filebox_string_value_deprecated) {
-            let fb = file_box("file_box", &json)?;
+            let fb = files::incoming(&self.blobs, file_box("file_box", &json)?).await?;
             self.backend.set_contact_avatar(&id, fb).await.map_err(|e| self.err(e))?;
             return ok(pb::ContactAvatarResponse::default());
         }
-        let json = self.backend.contact_avatar(&id).await.map_err(|e| self.err(e))?.to_json();
+        let fb = self.backend.contact_avatar(&id).await.map_err(|e| self.err(e))?;
+        let json = files::outgoing(&self.blobs, fb, ClientKind::of(req_meta)).await?.to_json();
         ok(pb::ContactAvatarResponse { filebox_string_value_deprecated: Some(json.clone()), file_box: json })
     }
 
@@ -325,18 +372,18 @@ impl Puppet for PuppetService {
     // ---- messages -----------------------------------------------------------------------------
 
     async fn message_file(&self, req: Request<pb::MessageFileRequest>) -> RpcResult<pb::MessageFileResponse> {
+        let client = ClientKind::of(req.metadata());
         let id = message_id("id", req.into_inner().id)?;
         let fb = self.backend.message_file(&id).await.map_err(|e| self.err(e))?;
-        ok(pb::MessageFileResponse { file_box: fb.to_json() })
+        ok(pb::MessageFileResponse { file_box: files::outgoing(&self.blobs, fb, client).await?.to_json() })
     }
 
     async fn message_image(&self, req: Request<pb::MessageImageRequest>) -> RpcResult<pb::MessageImageResponse> {
+        let client = ClientKind::of(req.metadata());
         let r = req.into_inner();
         let id = message_id("id", r.id)?;
-        let kind = ImageType::from_wire(r.r#type)
-            .ok_or_else(|| Status::invalid_argument(format!("`type` {} is not an image type (0-3)", r.r#type)))?;
-        let fb = self.backend.message_image(&id, kind).await.map_err(|e| self.err(e))?;
-        ok(pb::MessageImageResponse { file_box: fb.to_json() })
+        let fb = self.backend.message_image(&id, image_type(r.r#type)?).await.map_err(|e| self.err(e))?;
+        ok(pb::MessageImageResponse { file_box: files::outgoing(&self.blobs, fb, client).await?.to_json() })
     }
 
     async fn message_send_file(
@@ -345,7 +392,7 @@ impl Puppet for PuppetService {
     ) -> RpcResult<pb::MessageSendFileResponse> {
         let r = req.into_inner();
         let to = conversation(r.conversation_id)?;
-        let fb = file_box("file_box", &r.file_box)?;
+        let fb = files::incoming(&self.blobs, file_box("file_box", &r.file_box)?).await?;
         let id = self.backend.send(&to, Outgoing::File(fb)).await.map_err(|e| self.err(e))?;
         ok(sent!(MessageSendFileResponse, id))
     }
@@ -482,9 +529,10 @@ impl Puppet for PuppetService {
     }
 
     async fn room_avatar(&self, req: Request<pb::RoomAvatarRequest>) -> RpcResult<pb::RoomAvatarResponse> {
+        let client = ClientKind::of(req.metadata());
         let id = room_id("id", req.into_inner().id)?;
         let fb = self.backend.room_avatar(&id).await.map_err(|e| self.err(e))?;
-        ok(pb::RoomAvatarResponse { file_box: fb.to_json() })
+        ok(pb::RoomAvatarResponse { file_box: files::outgoing(&self.blobs, fb, client).await?.to_json() })
     }
 
     async fn room_create(&self, req: Request<pb::RoomCreateRequest>) -> RpcResult<pb::RoomCreateResponse> {
@@ -627,13 +675,34 @@ impl Puppet for PuppetService {
 
     // ---- blobs --------------------------------------------------------------------------------
 
-    async fn download(&self, _: Request<pb::DownloadRequest>) -> RpcResult<Self::DownloadStream> {
-        Err(no_blob_store("Download"))
+    async fn download(&self, req: Request<pb::DownloadRequest>) -> RpcResult<Self::DownloadStream> {
+        let id = required("id", req.into_inner().id)?;
+        let fb = FileBox::new("", FileBoxSource::Uuid(id));
+        let chunks = files::stream_bytes(&self.blobs, &fb, None, |chunk| pb::DownloadResponse { chunk });
+        ok(Box::pin(chunks.await?))
     }
 
-    async fn upload(&self, _: Request<Streaming<pb::UploadRequest>>) -> RpcResult<pb::UploadResponse> {
-        Err(no_blob_store("Upload"))
+    async fn upload(&self, req: Request<Streaming<pb::UploadRequest>>) -> RpcResult<pb::UploadResponse> {
+        let mut stream = req.into_inner();
+        let mut writer = self.blobs.writer().await.map_err(blob_status)?;
+        while let Some(msg) = stream.message().await? {
+            if !msg.chunk.is_empty() {
+                writer.write(&msg.chunk).await.map_err(blob_status)?;
+            }
+        }
+        let meta = writer.finish().await.map_err(blob_status)?;
+        tracing::debug!(blob = %meta.id, size = meta.size, "upload stored");
+        ok(pb::UploadResponse { id: meta.id })
     }
+}
+
+/// The first message of a chunked file stream: the file's name.
+fn name_chunk(fb: &FileBox) -> pb::FileBoxChunk {
+    pb::FileBoxChunk { data: None, name: Some(fb.name.clone()) }
+}
+
+fn image_type(n: i32) -> Result<ImageType, Status> {
+    ImageType::from_wire(n).ok_or_else(|| Status::invalid_argument(format!("`type` {n} is not an image type (0-3)")))
 }
 
 /// `contact_id` (published clients) merged with `contact_ids` (upstream HEAD), de-duplicated.

@@ -2,6 +2,7 @@
 
 mod contract;
 mod events;
+mod files;
 mod foundation;
 mod mock;
 mod python_auth;

@@ -13,7 +13,7 @@ use puppet_proto::model::{
     RoomInvitation, now_ms,
 };
 
-use super::{Attachment, MockBackend, Session, Target, World, base64_encode, file_message_type};
+use super::{Attachment, MockBackend, Session, Target, World, file_message_type};
 use crate::backend::{BackendError, BackendResult};
 
 /// Profile changes for [`MockBackend::update_contact`]; `None` leaves a field alone.
@@ -92,8 +92,8 @@ impl MockBackend {
         Ok(self.deliver(&mut w, m, Attachment::None))
     }
 
-    /// A contact sends a file; its name decides the message type.
-    pub fn send_file(
+    /// A contact sends a file; its name decides the message type. The bytes go into the blob store.
+    pub async fn send_file(
         &self,
         from: &ContactId,
         room: Option<&RoomId>,
@@ -103,12 +103,18 @@ impl MockBackend {
         if name.is_empty() {
             return Err(BackendError::InvalidArgument("`name` is required (its extension decides the type)".into()));
         }
+        self.world().speaker_target(from, room)?;
+        let meta = self.inner.blobs.put(data).await.map_err(|e| match e {
+            crate::blobs::BlobError::Io(_) => BackendError::Internal(e.to_string()),
+            crate::blobs::BlobError::TooLarge { .. } => BackendError::ResourceExhausted(e.to_string()),
+            _ => BackendError::InvalidArgument(e.to_string()),
+        })?;
+        let mut fb = FileBox::new(name.clone(), FileBoxSource::Uuid(meta.id));
+        fb.size = Some(meta.size);
         let mut w = self.world();
+        // Checked again: the world may have changed while the bytes were stored.
         let target = w.speaker_target(from, room)?;
-        let kind = file_message_type(&name);
-        let mut fb = FileBox::new(name.clone(), FileBoxSource::Base64(base64_encode(data)));
-        fb.size = Some(data.len() as u64);
-        let mut m = Self::new_message(&mut w, kind, from.clone(), &target, String::new());
+        let mut m = Self::new_message(&mut w, file_message_type(&name), from.clone(), &target, String::new());
         m.filename = name;
         Ok(self.deliver(&mut w, m, Attachment::File(fb)))
     }

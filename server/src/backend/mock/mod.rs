@@ -25,8 +25,11 @@ use puppet_proto::model::{
 };
 
 use super::{Backend, BackendError, BackendResult, Outgoing, Referrer};
+use crate::blobs::BlobStore;
 use crate::config::Config;
 use crate::events::EventSink;
+use crate::grpc::files::BASE64;
+use base64::Engine;
 use world::{RoomSpec, WorldSpec};
 
 /// How many messages the mock remembers.
@@ -106,6 +109,7 @@ struct World {
 struct Inner {
     world: Mutex<World>,
     sink: EventSink,
+    blobs: BlobStore,
     options: MockOptions,
 }
 
@@ -214,10 +218,10 @@ impl World {
 
 impl MockBackend {
     /// A mock account in the given world, publishing into `sink`.
-    pub fn new(options: MockOptions, sink: EventSink) -> anyhow::Result<Self> {
+    pub fn new(options: MockOptions, sink: EventSink, blobs: BlobStore) -> anyhow::Result<Self> {
         options.world.validate().map_err(|e| anyhow::anyhow!("mock world: {e}"))?;
         let world = World::new(options.world.clone());
-        Ok(Self { inner: Arc::new(Inner { world: Mutex::new(world), sink, options }) })
+        Ok(Self { inner: Arc::new(Inner { world: Mutex::new(world), sink, blobs, options }) })
     }
 
     fn world(&self) -> MutexGuard<'_, World> {
@@ -342,26 +346,9 @@ fn avatar(name: &str, id: &str) -> FileBox {
          fill=\"hsl({hue},60%,55%)\"/><text x=\"32\" y=\"42\" font-size=\"32\" text-anchor=\"middle\" \
          fill=\"white\">{initial}</text></svg>"
     );
-    let mut fb = FileBox::new(format!("{id}.svg"), FileBoxSource::Base64(base64_encode(svg.as_bytes())));
+    let mut fb = FileBox::new(format!("{id}.svg"), FileBoxSource::Base64(BASE64.encode(svg.as_bytes())));
     fb.size = Some(svg.len() as u64);
     fb
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[async_trait]
@@ -674,12 +661,6 @@ impl Backend for MockBackend {
                 (MessageType::Contact, name, String::new(), vec![], Attachment::Contact(c))
             }
             Outgoing::File(fb) => {
-                if let FileBoxSource::Uuid(u) = &fb.source {
-                    return Err(BackendError::FailedPrecondition(format!(
-                        "Uuid FileBox `{u}` refers to an upload, and this build has no blob store yet; send the \
-                         file inline (Base64) or as a Url"
-                    )));
-                }
                 let kind = file_message_type(&fb.name);
                 (kind, String::new(), fb.name.clone(), vec![], Attachment::File(fb))
             }
@@ -989,15 +970,6 @@ fn file_message_type(name: &str) -> MessageType {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_the_standard_alphabet() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foo"), "Zm9v");
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
-    }
 
     #[test]
     fn files_become_the_right_message_type() {
