@@ -27,16 +27,21 @@ pub fn server_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("PUPPET_SERVER_BIN") {
         return PathBuf::from(p);
     }
-    // target/<profile>/deps/<test-binary> or target/<profile>/<bench-binary> → target/<profile>/puppet-server
+    workspace_binary("puppet-server")
+}
+
+/// A binary of this workspace, from the target dir this test runs in.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    // target/<profile>/deps/<test-binary> or target/<profile>/<bench-binary> → target/<profile>/<name>
     let exe = std::env::current_exe().expect("current_exe");
     let mut dir = exe.parent().expect("target profile dir");
     if dir.ends_with("deps") {
         dir = dir.parent().expect("target profile dir");
     }
-    let bin = dir.join(format!("puppet-server{}", std::env::consts::EXE_SUFFIX));
+    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
-        "{} does not exist: build it first (`cargo build -p puppet-server`; scripts/test does) or set PUPPET_SERVER_BIN",
+        "{} does not exist: build it first (`cargo build --workspace --bins`; scripts/test does)",
         bin.display()
     );
     bin

@@ -35,7 +35,8 @@ fn chunk(i: u64) -> Vec<u8> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let limit = (args.mib + 1).to_string();
-    let server = Server::start(&["--autostart", "false", "--blob-max-file-mib", &limit, "--blob-max-total-mib", &limit]);
+    let server =
+        Server::start(&["--autostart", "false", "--blob-max-file-mib", &limit, "--blob-max-total-mib", &limit]);
     let mut client = server.puppet().await;
     let idle = rss_kib(server.pid());
     let chunks = args.mib * (1 << 20) / CHUNK as u64;
@@ -82,6 +83,8 @@ async fn main() -> anyhow::Result<()> {
 fn rss_peak(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
         .unwrap_or(0)
 }

@@ -5,4 +5,5 @@ mod events;
 mod files;
 mod foundation;
 mod mock;
+mod puppetctl;
 mod python_auth;

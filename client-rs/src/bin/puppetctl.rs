@@ -1,0 +1,209 @@
+//! puppetctl: poke a puppet service from the shell.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use base64::Engine;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use puppet_client::{Client, Error};
+use puppet_proto::event::EventKind;
+use puppet_proto::filebox::{FileBox, FileBoxSource};
+use puppet_proto::pb::puppet_rs::v1 as ext;
+use puppet_proto::pb::wechaty::puppet as pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Talk to a puppet service (puppet-rs or any wechaty.Puppet server) from the shell.
+///
+/// Endpoint and token come from the flags or from the environment variables the Wechaty clients
+/// use, so a shell set up for a bot works as is.
+#[derive(Parser)]
+#[command(name = "puppetctl", version)]
+struct Cli {
+    /// Server address (host:port or http://host:port).
+    #[arg(long, env = "WECHATY_PUPPET_SERVICE_ENDPOINT", default_value = "127.0.0.1:8788", global = true)]
+    endpoint: String,
+    /// The server's token (printed by puppet-server at start-up).
+    #[arg(long, env = "WECHATY_PUPPET_SERVICE_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the server's version.
+    Version,
+    /// Send a text message to a contact or room id.
+    Say {
+        /// Contact id or room id.
+        conversation: String,
+        /// The text.
+        text: String,
+    },
+    /// Upload a file (with a progress bar) and send it to a contact or room.
+    SendFile {
+        /// Contact id or room id.
+        conversation: String,
+        /// The file to send.
+        path: PathBuf,
+    },
+    /// Save the file of a message (with a progress bar).
+    Download {
+        /// The message id.
+        message_id: String,
+        /// Where to write it (default: the file's own name, in the current directory).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Follow events as JSON lines: {"seq", "type", "payload"}.
+    Events {
+        /// Start after this sequence number (resume) instead of with live events.
+        #[arg(long)]
+        since: Option<u64>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("puppetctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    let token = cli.token.ok_or_else(|| {
+        Error::Config("no token: pass --token or set WECHATY_PUPPET_SERVICE_TOKEN (puppet-server prints it)".into())
+    })?;
+    let client = Client::connect(&cli.endpoint, &token).await?;
+    match cli.command {
+        Command::Version => {
+            println!("{}", client.puppet().version(pb::VersionRequest {}).await?.into_inner().version);
+        }
+        Command::Say { conversation, text } => {
+            let req = pb::MessageSendTextRequest { conversation_id: conversation, text, mentional_ids: vec![] };
+            println!("{}", client.puppet().message_send_text(req).await?.into_inner().id);
+        }
+        Command::SendFile { conversation, path } => send_file(&client, conversation, path).await?,
+        Command::Download { message_id, output } => download(&client, message_id, output).await?,
+        Command::Events { since, count } => events(&client, since, count).await?,
+    }
+    Ok(())
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    // indicatif draws on stderr only when it is a terminal.
+    let bar = ProgressBar::new(len);
+    let style = ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style.progress_chars("=> "));
+    bar.set_message(what.to_owned());
+    bar
+}
+
+fn io(what: &str, path: &std::path::Path, e: std::io::Error) -> Error {
+    Error::Config(format!("{what} {}: {e}", path.display()))
+}
+
+async fn send_file(client: &Client, conversation: String, path: PathBuf) -> Result<(), Error> {
+    let mut file = tokio::fs::File::open(&path).await.map_err(|e| io("cannot open", &path, e))?;
+    let size = file.metadata().await.map_err(|e| io("cannot stat", &path, e))?.len();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+    let progress = bar(size, "upload");
+    let (tx, rx) = mpsc::channel(4);
+    let reader = {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut chunk = vec![0u8; 256 * 1024];
+                let n = file.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok::<(), std::io::Error>(());
+                }
+                chunk.truncate(n);
+                progress.inc(n as u64);
+                if tx.send(pb::UploadRequest { chunk }).await.is_err() {
+                    return Ok(());
+                }
+            }
+        })
+    };
+    let id = client.puppet().upload(ReceiverStream::new(rx)).await?.into_inner().id;
+    reader.await.map_err(|e| Error::Config(e.to_string()))?.map_err(|e| io("cannot read", &path, e))?;
+    progress.finish_and_clear();
+    let mut fb = FileBox::new(name, FileBoxSource::Uuid(id));
+    fb.size = Some(size);
+    let req = pb::MessageSendFileRequest { conversation_id: conversation, file_box: fb.to_json() };
+    println!("{}", client.puppet().message_send_file(req).await?.into_inner().id);
+    Ok(())
+}
+
+async fn download(client: &Client, message_id: String, output: Option<PathBuf>) -> Result<(), Error> {
+    let json = client.puppet().message_file(pb::MessageFileRequest { id: message_id }).await?.into_inner().file_box;
+    let fb = FileBox::from_json(&json).map_err(|e| Error::Config(format!("the server sent {e}")))?;
+    let path = output.unwrap_or_else(|| PathBuf::from(if fb.name.is_empty() { "download" } else { &fb.name }));
+    let mut out = tokio::fs::File::create(&path).await.map_err(|e| io("cannot create", &path, e))?;
+    let written = match &fb.source {
+        FileBoxSource::Base64(b) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| Error::Config(format!("the server sent bad base64: {e}")))?;
+            out.write_all(&bytes).await.map_err(|e| io("cannot write", &path, e))?;
+            bytes.len() as u64
+        }
+        FileBoxSource::Uuid(id) => {
+            let progress = bar(fb.size.unwrap_or(0), "download");
+            let mut stream = client.puppet().download(pb::DownloadRequest { id: id.clone() }).await?.into_inner();
+            let mut n = 0u64;
+            while let Some(m) = stream.message().await? {
+                out.write_all(&m.chunk).await.map_err(|e| io("cannot write", &path, e))?;
+                n += m.chunk.len() as u64;
+                progress.inc(m.chunk.len() as u64);
+            }
+            progress.finish_and_clear();
+            n
+        }
+        FileBoxSource::Url { url, .. } => {
+            return Err(Error::Config(format!("this file is at a URL, fetch it directly: {url}")));
+        }
+        FileBoxSource::QrCode(q) => return Err(Error::Config(format!("this is a QR code, not a file: {q}"))),
+    };
+    out.flush().await.map_err(|e| io("cannot write", &path, e))?;
+    println!("{} ({written} bytes)", path.display());
+    Ok(())
+}
+
+async fn events(client: &Client, since: Option<u64>, count: Option<u64>) -> Result<(), Error> {
+    let req = ext::SubscribeRequest { after_seq: since, replay_state: since.is_none() };
+    let mut stream = client.feed().subscribe(req).await?.into_inner();
+    let mut seen = 0;
+    let mut stdout = std::io::stdout().lock();
+    while let Some(e) = stream.message().await? {
+        if e.seq == 0 {
+            continue; // heartbeat
+        }
+        let kind = EventKind::from_wire(e.r#type).map(EventKind::name).unwrap_or("unknown");
+        let payload: serde_json::Value =
+            serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::String(e.payload));
+        let line = serde_json::json!({ "seq": e.seq, "type": kind, "payload": payload });
+        if writeln!(stdout, "{line}").and_then(|_| stdout.flush()).is_err() {
+            return Ok(()); // stdout closed (e.g. piped into head)
+        }
+        seen += 1;
+        if count.is_some_and(|c| seen >= c) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
