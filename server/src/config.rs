@@ -39,6 +39,24 @@ pub struct Config {
     #[arg(long, env = "PUPPET_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// TLS server certificate chain: PEM text (a literal `\n` counts as a newline) or a file path.
+    /// With a key, the gRPC port serves TLS and plaintext HTTP/2 side by side.
+    #[arg(long, env = "WECHATY_PUPPET_SERVICE_TLS_SERVER_CERT", hide_env_values = true, requires = "tls_key")]
+    pub tls_cert: Option<String>,
+
+    /// TLS private key for `--tls-cert`: PEM text or a file path.
+    #[arg(long, env = "WECHATY_PUPPET_SERVICE_TLS_SERVER_KEY", hide_env_values = true, requires = "tls_cert")]
+    pub tls_key: Option<String>,
+
+    /// Serve TLS with a certificate for NAME signed by a local CA, both generated on first start
+    /// and kept in `<data-dir>/tls/`. The start-up banner prints the client settings.
+    #[arg(long, env = "PUPPET_TLS_SELF_SIGNED", value_name = "NAME", conflicts_with = "tls_cert")]
+    pub tls_self_signed: Option<String>,
+
+    /// Plaintext only, even when a certificate is configured (`true`/`false`).
+    #[arg(long, env = "WECHATY_PUPPET_SERVICE_NO_TLS_INSECURE_SERVER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub no_tls: bool,
+
     /// Side HTTP port for liveness/readiness and the login QR page (off when not given).
     #[arg(long, env = "PUPPET_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
@@ -61,8 +79,8 @@ pub struct Config {
     pub heartbeat_secs: u64,
 
     /// Largest message accepted from clients, in MiB (Python sends files inline, so this is large).
-    #[arg(long, env = "PUPPET_MAX_MESSAGE_MIB", default_value_t = 150)]
-    pub max_message_mib: usize,
+    #[arg(long, env = "PUPPET_MAX_MESSAGE_MIB", default_value_t = 150, value_parser = clap::value_parser!(u64).range(4..=2048))]
+    pub max_message_mib: u64,
 
     /// Where uploaded and in-transit files are kept (emptied at start). Default: `<data-dir>/blobs`.
     #[arg(long, env = "PUPPET_BLOB_DIR")]
@@ -194,7 +212,7 @@ fn load_or_generate_token(dir: &Path) -> anyhow::Result<(String, TokenSource)> {
     Ok((token, TokenSource::Generated))
 }
 
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);

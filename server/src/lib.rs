@@ -11,6 +11,7 @@ pub mod config;
 pub mod events;
 pub mod grpc;
 pub mod http;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +22,6 @@ use puppet_proto::pb::puppet_rs::v1::event_feed_server::EventFeedServer;
 use puppet_proto::pb::puppet_rs::v1::mock_world_server::MockWorldServer;
 use puppet_proto::pb::wechaty::puppet_server::PuppetServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::{Config, TokenSource};
 use crate::events::EventBus;
@@ -62,14 +62,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let max_message = config.max_message_mib.saturating_mul(1024 * 1024);
+    let max_message = (config.max_message_mib as usize).saturating_mul(1024 * 1024);
+    let tls = tls_setup(&config)?;
     let token: Arc<str> = token.into();
     let puppet = PuppetServer::new(PuppetService::new(backend.clone(), bus.clone(), blobs, heartbeat))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     let feed = EventFeedServer::new(EventFeedService::new(bus.clone(), heartbeat));
 
-    print_banner(&config, grpc_addr, http_addr, &token, token_source, backend.name());
+    print_banner(&config, grpc_addr, http_addr, &token, token_source, backend.name(), &tls);
 
     let shutdown = shutdown_signal();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -104,7 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(RequireToken::new(puppet, token.clone()))
         .add_service(RequireToken::new(feed, token.clone()))
         .add_optional_service(mock.map(|m| RequireToken::new(MockWorldServer::new(MockWorldService::new(m)), token)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+        .serve_with_incoming_shutdown(tls::incoming(grpc_listener, tls.acceptor), async move {
             _ = stop_grpc.wait_for(|s| *s).await;
         });
     let serving = tokio::spawn(server);
@@ -122,6 +123,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How the gRPC port speaks, and what to tell clients about it.
+struct TlsSetup {
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// One line for the banner.
+    mode: String,
+    /// Client settings to print (self-signed mode).
+    client_env: Vec<String>,
+}
+
+fn tls_setup(config: &Config) -> anyhow::Result<TlsSetup> {
+    let plaintext = |mode: &str| TlsSetup { acceptor: None, mode: mode.to_owned(), client_env: vec![] };
+    if config.no_tls {
+        return Ok(plaintext("plaintext HTTP/2 only (TLS switched off)"));
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        let acceptor = tls::acceptor(&tls::pem_text(cert, "--tls-cert")?, &tls::pem_text(key, "--tls-key")?)?;
+        return Ok(TlsSetup {
+            acceptor: Some(acceptor),
+            mode: "TLS (ALPN h2) and plaintext HTTP/2 on one port".into(),
+            client_env: vec![],
+        });
+    }
+    if let Some(name) = &config.tls_self_signed {
+        let dir = config.data_dir().join("tls");
+        let certs = tls::self_signed(&dir, name)?;
+        let acceptor = tls::acceptor(&certs.cert_pem, &certs.key_pem)?;
+        return Ok(TlsSetup {
+            acceptor: Some(acceptor),
+            mode: format!("TLS (ALPN h2, self-signed for {name}) and plaintext HTTP/2 on one port"),
+            client_env: vec![
+                format!("WECHATY_PUPPET_SERVICE_TLS_CA_CERT=\"$(cat {})\"", dir.join("ca.pem").display()),
+                format!("WECHATY_PUPPET_SERVICE_TLS_SERVER_NAME={name}"),
+            ],
+        });
+    }
+    Ok(plaintext("plaintext HTTP/2 (no TLS: give --tls-cert/--tls-key or --tls-self-signed NAME)"))
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -164,6 +203,7 @@ fn print_banner(
     token: &str,
     source: TokenSource,
     backend: &str,
+    tls: &TlsSetup,
 ) {
     // The banner is for the person who started the server; tracing logs never carry the token.
     let (shown, note, tok) = match source {
@@ -179,7 +219,7 @@ fn print_banner(
     };
     let mut out = String::new();
     out.push_str(&format!("puppet-rs {} — wechaty.Puppet service\n", env!("CARGO_PKG_VERSION")));
-    out.push_str(&format!("  listening  grpc://{grpc}  (plaintext HTTP/2)\n"));
+    out.push_str(&format!("  listening  grpc://{grpc}  ({})\n", tls.mode));
     out.push_str(&format!("  token      {shown}  ({note})\n"));
     out.push_str(&format!("  backend    {backend}\n"));
     if let Some(h) = http {
@@ -196,6 +236,12 @@ fn print_banner(
     out.push_str(&format!(
         "  python   WECHATY_PUPPET_SERVICE_ENDPOINT={grpc} WECHATY_PUPPET_SERVICE_TOKEN={tok} python bot.py\n"
     ));
+    if !tls.client_env.is_empty() {
+        out.push_str(&format!(
+            "  node over TLS: instead of ..._NO_TLS_INSECURE_CLIENT=true, set {}\n",
+            tls.client_env.join(" ")
+        ));
+    }
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     _ = stdout.write_all(out.as_bytes());

@@ -59,6 +59,9 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Drive the mock backend's simulated world.
+    #[command(subcommand)]
+    Mock(Mock),
     /// Follow events as JSON lines: {"seq", "type", "payload"}.
     Events {
         /// Start after this sequence number (resume) instead of with live events.
@@ -67,6 +70,74 @@ enum Command {
         /// Stop after this many events.
         #[arg(long)]
         count: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Mock {
+    /// A contact says something to the bot (or into a room).
+    Say {
+        /// Who speaks.
+        from: String,
+        /// What they say.
+        text: String,
+        /// Say it in this room instead of to the bot.
+        #[arg(long)]
+        room: Option<String>,
+        /// @-mention these members (repeatable).
+        #[arg(long = "mention")]
+        mentions: Vec<String>,
+    },
+    /// A contact sends a file to the bot (or into a room).
+    SendFile {
+        /// Who sends it.
+        from: String,
+        /// The file; its name decides the message type.
+        path: PathBuf,
+        /// Send it in this room instead of to the bot.
+        #[arg(long)]
+        room: Option<String>,
+    },
+    /// Someone asks the bot to be friends (an unknown id becomes a new stranger).
+    FriendRequest {
+        /// Who asks.
+        contact: String,
+        /// Their greeting.
+        #[arg(long, default_value = "")]
+        hello: String,
+    },
+    /// Contacts join a room.
+    Join {
+        /// The room.
+        room: String,
+        /// Who invites them.
+        #[arg(long)]
+        inviter: String,
+        /// Who joins.
+        #[arg(required = true)]
+        contacts: Vec<String>,
+    },
+    /// Members leave a room, or an owner/admin removes them.
+    Leave {
+        /// The room.
+        room: String,
+        /// Who removes them (default: they leave).
+        #[arg(long)]
+        remover: Option<String>,
+        /// Who leaves.
+        #[arg(required = true)]
+        contacts: Vec<String>,
+    },
+    /// The platform logs the bot out.
+    Logout {
+        /// Why.
+        #[arg(default_value = "")]
+        reason: String,
+    },
+    /// A conversation as the world saw it, one JSON line per message.
+    Messages {
+        /// A contact id (its chat with the bot) or a room id.
+        conversation: String,
     },
 }
 
@@ -98,6 +169,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::SendFile { conversation, path } => send_file(&client, conversation, path).await?,
         Command::Download { message_id, output } => download(&client, message_id, output).await?,
         Command::Events { since, count } => events(&client, since, count).await?,
+        Command::Mock(m) => mock(&client, m).await?,
     }
     Ok(())
 }
@@ -203,6 +275,48 @@ async fn events(client: &Client, since: Option<u64>, count: Option<u64>) -> Resu
         seen += 1;
         if count.is_some_and(|c| seen >= c) {
             return Ok(());
+        }
+    }
+    Ok(())
+}
+
+async fn mock(client: &Client, command: Mock) -> Result<(), Error> {
+    let mut world = client.world();
+    match command {
+        Mock::Say { from, text, room, mentions } => {
+            let req = ext::SayRequest { from_id: from, room_id: room.unwrap_or_default(), text, mention_ids: mentions };
+            println!("{}", world.say(req).await?.into_inner().message_id);
+        }
+        Mock::SendFile { from, path, room } => {
+            let data = tokio::fs::read(&path).await.map_err(|e| io("cannot read", &path, e))?;
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+            let req = ext::SendFileRequest { from_id: from, room_id: room.unwrap_or_default(), name, data };
+            println!("{}", world.send_file(req).await?.into_inner().message_id);
+        }
+        Mock::FriendRequest { contact, hello } => {
+            let req = ext::RequestFriendshipRequest { contact_id: contact, name: String::new(), hello };
+            println!("{}", world.request_friendship(req).await?.into_inner().friendship_id);
+        }
+        Mock::Join { room, inviter, contacts } => {
+            world.join_room(ext::JoinRoomRequest { room_id: room, contact_ids: contacts, inviter_id: inviter }).await?;
+        }
+        Mock::Leave { room, remover, contacts } => {
+            let req =
+                ext::LeaveRoomRequest { room_id: room, contact_ids: contacts, remover_id: remover.unwrap_or_default() };
+            world.leave_room(req).await?;
+        }
+        Mock::Logout { reason } => {
+            world.force_logout(ext::ForceLogoutRequest { reason }).await?;
+        }
+        Mock::Messages { conversation } => {
+            let messages = world.list_messages(ext::ListMessagesRequest { conversation_id: conversation }).await?;
+            for m in messages.into_inner().messages {
+                let line = serde_json::json!({
+                    "id": m.id, "type": m.r#type, "talkerId": m.talker_id, "listenerId": m.listener_id,
+                    "roomId": m.room_id, "text": m.text, "filename": m.filename, "mentionIds": m.mention_ids,
+                });
+                println!("{line}");
+            }
         }
     }
     Ok(())
