@@ -6,5 +6,6 @@ mod events;
 mod files;
 mod foundation;
 mod mock;
+mod polyglot;
 mod puppetctl;
 mod python_auth;
