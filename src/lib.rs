@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod convert;
 pub mod event;
 pub mod filebox;
 pub mod ids;

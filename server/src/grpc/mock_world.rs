@@ -4,7 +4,7 @@ use puppet_proto::ids::{ContactId, ConversationId, FriendshipId, RoomId};
 use puppet_proto::pb::puppet_rs::v1 as ext;
 use tonic::{Request, Response, Status};
 
-use super::convert::{self, non_empty, required};
+use super::convert::{non_empty, required};
 use crate::backend::BackendError;
 use crate::backend::mock::MockBackend;
 use crate::backend::mock::control::ContactUpdate;
@@ -122,7 +122,7 @@ impl ext::mock_world_server::MockWorld for MockWorldService {
     async fn list_messages(&self, req: Request<ext::ListMessagesRequest>) -> RpcResult<ext::ListMessagesResponse> {
         let id = ConversationId(required("conversation_id", req.into_inner().conversation_id)?);
         let messages = self.mock.list_messages(&id).map_err(err)?;
-        Ok(Response::new(ext::ListMessagesResponse { messages: messages.into_iter().map(convert::message).collect() }))
+        Ok(Response::new(ext::ListMessagesResponse { messages: messages.into_iter().map(Into::into).collect() }))
     }
 
     async fn flood(&self, req: Request<ext::FloodRequest>) -> RpcResult<ext::FloodResponse> {

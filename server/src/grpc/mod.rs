@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use puppet_proto::ids::{ContactId, ConversationId, FriendshipId, MessageId, RoomId, RoomInvitationId, TagId};
-use puppet_proto::model::{ImageType, PayloadType};
+use puppet_proto::model::{ImageType, MiniProgram, PayloadType, UrlLink};
 use puppet_proto::pb::puppet_rs::v1 as ext;
 use puppet_proto::pb::wechaty::puppet as pb;
 use puppet_proto::pb::wechaty::puppet_server::Puppet;
@@ -230,7 +230,7 @@ impl Puppet for PuppetService {
     async fn contact_payload(&self, req: Request<pb::ContactPayloadRequest>) -> RpcResult<pb::ContactPayloadResponse> {
         let id = contact_id("id", req.into_inner().id)?;
         let c = self.backend.contact(&id).await.map_err(|e| self.err(e))?;
-        ok(convert::contact(c))
+        ok(c.into())
     }
 
     #[allow(deprecated)]
@@ -307,7 +307,7 @@ impl Puppet for PuppetService {
         // The payload fields (Python sends the literal "null") are an old write path nobody needs.
         let id = FriendshipId(required("id", req.into_inner().id)?);
         let f = self.backend.friendship(&id).await.map_err(|e| self.err(e))?;
-        ok(convert::friendship(f))
+        ok(f.into())
     }
 
     #[allow(deprecated)]
@@ -400,7 +400,7 @@ impl Puppet for PuppetService {
     async fn message_payload(&self, req: Request<pb::MessagePayloadRequest>) -> RpcResult<pb::MessagePayloadResponse> {
         let id = message_id("id", req.into_inner().id)?;
         let m = self.backend.message(&id).await.map_err(|e| self.err(e))?;
-        ok(convert::message(m))
+        ok(m.into())
     }
 
     async fn message_contact(&self, req: Request<pb::MessageContactRequest>) -> RpcResult<pb::MessageContactResponse> {
@@ -416,17 +416,14 @@ impl Puppet for PuppetService {
     ) -> RpcResult<pb::MessageMiniProgramResponse> {
         let id = message_id("id", req.into_inner().id)?;
         let m = self.backend.message_mini_program(&id).await.map_err(|e| self.err(e))?;
-        ok(pb::MessageMiniProgramResponse {
-            mini_program_deprecated: legacy_json(&m),
-            mini_program: Some(convert::mini_program(m)),
-        })
+        ok(pb::MessageMiniProgramResponse { mini_program_deprecated: legacy_json(&m), mini_program: Some(m.into()) })
     }
 
     #[allow(deprecated)]
     async fn message_url(&self, req: Request<pb::MessageUrlRequest>) -> RpcResult<pb::MessageUrlResponse> {
         let id = message_id("id", req.into_inner().id)?;
         let u = self.backend.message_url(&id).await.map_err(|e| self.err(e))?;
-        ok(pb::MessageUrlResponse { url_link_deprecated: legacy_json(&u), url_link: Some(convert::url_link(u)) })
+        ok(pb::MessageUrlResponse { url_link_deprecated: legacy_json(&u), url_link: Some(u.into()) })
     }
 
     async fn message_recall(&self, req: Request<pb::MessageRecallRequest>) -> RpcResult<pb::MessageRecallResponse> {
@@ -449,7 +446,7 @@ impl Puppet for PuppetService {
     ) -> RpcResult<pb::MessageLocationResponse> {
         let id = message_id("id", req.into_inner().id)?;
         let l = self.backend.message_location(&id).await.map_err(|e| self.err(e))?;
-        ok(pb::MessageLocationResponse { location: Some(convert::location(l)) })
+        ok(pb::MessageLocationResponse { location: Some(l.into()) })
     }
 
     async fn message_send_contact(
@@ -481,7 +478,7 @@ impl Puppet for PuppetService {
     ) -> RpcResult<pb::MessageSendMiniProgramResponse> {
         let r = req.into_inner();
         let to = conversation(r.conversation_id)?;
-        let m = card("mini_program", r.mini_program, &r.mini_program_deprecated, convert::mini_program_from)?;
+        let m = card("mini_program", r.mini_program, &r.mini_program_deprecated, MiniProgram::from)?;
         let id = self.backend.send(&to, Outgoing::MiniProgram(m)).await.map_err(|e| self.err(e))?;
         ok(sent!(MessageSendMiniProgramResponse, id))
     }
@@ -490,7 +487,7 @@ impl Puppet for PuppetService {
     async fn message_send_url(&self, req: Request<pb::MessageSendUrlRequest>) -> RpcResult<pb::MessageSendUrlResponse> {
         let r = req.into_inner();
         let to = conversation(r.conversation_id)?;
-        let u = card("url_link", r.url_link, &r.url_link_deprecated, convert::url_link_from)?;
+        let u = card("url_link", r.url_link, &r.url_link_deprecated, UrlLink::from)?;
         let id = self.backend.send(&to, Outgoing::Url(u)).await.map_err(|e| self.err(e))?;
         ok(sent!(MessageSendUrlResponse, id))
     }
@@ -502,8 +499,7 @@ impl Puppet for PuppetService {
         let r = req.into_inner();
         let to = conversation(r.conversation_id)?;
         let l = r.location.ok_or_else(|| Status::invalid_argument("`location` is required"))?;
-        let id =
-            self.backend.send(&to, Outgoing::Location(convert::location_from(l))).await.map_err(|e| self.err(e))?;
+        let id = self.backend.send(&to, Outgoing::Location(l.into())).await.map_err(|e| self.err(e))?;
         ok(pb::MessageSendLocationResponse { id: id.map(|m| m.0).unwrap_or_default() })
     }
 
@@ -512,7 +508,7 @@ impl Puppet for PuppetService {
     async fn room_payload(&self, req: Request<pb::RoomPayloadRequest>) -> RpcResult<pb::RoomPayloadResponse> {
         let id = room_id("id", req.into_inner().id)?;
         let r = self.backend.room(&id).await.map_err(|e| self.err(e))?;
-        ok(convert::room(r))
+        ok(r.into())
     }
 
     async fn room_list(&self, _: Request<pb::RoomListRequest>) -> RpcResult<pb::RoomListResponse> {
@@ -596,7 +592,7 @@ impl Puppet for PuppetService {
         let room = room_id("id", r.id)?;
         let member = contact_id("member_id", r.member_id)?;
         let m = self.backend.room_member(&room, &member).await.map_err(|e| self.err(e))?;
-        ok(convert::room_member(m))
+        ok(m.into())
     }
 
     async fn room_member_list(&self, req: Request<pb::RoomMemberListRequest>) -> RpcResult<pb::RoomMemberListResponse> {
@@ -611,7 +607,7 @@ impl Puppet for PuppetService {
     ) -> RpcResult<pb::RoomInvitationPayloadResponse> {
         let id = RoomInvitationId(required("id", req.into_inner().id)?);
         let i = self.backend.room_invitation(&id).await.map_err(|e| self.err(e))?;
-        ok(convert::room_invitation(i))
+        ok(i.into())
     }
 
     async fn room_invitation_accept(
