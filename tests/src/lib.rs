@@ -328,3 +328,56 @@ pub fn sha256<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> String {
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A TCP proxy in front of the server whose connections a test can cut at will.
+pub struct Proxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    blocked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Forwards a free loopback port to `target`.
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().unwrap();
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Default::default();
+        let blocked: std::sync::Arc<std::sync::atomic::AtomicBool> = Default::default();
+        let (c, b) = (conns.clone(), blocked.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if b.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection close
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                c.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self { addr, conns, blocked, accept }
+    }
+
+    /// Cuts every open connection (both sides see it close).
+    pub fn sever(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    /// While blocked, new connections are closed at once.
+    pub fn block(&self, on: bool) {
+        self.blocked.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.sever();
+        self.accept.abort();
+    }
+}

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const BOT: &str = "wxid_puppet_bot";
 
 /// Starts a bot, waits until it listens, has Alice say "ding", and waits for its "dong".
-async fn ding_dong(mut cmd: tokio::process::Command) {
+pub(crate) async fn ding_dong(mut cmd: tokio::process::Command, ready_marker: &str) {
     let server = Server::start(&[]);
     let mut events = Events::open(&mut server.puppet().await).await;
     events.wait_for(kind::READY).await;
@@ -30,7 +30,7 @@ async fn ding_dong(mut cmd: tokio::process::Command) {
     let mut seen = Vec::new();
     let listening = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(Ok(line)) = tokio_stream::StreamExt::next(&mut lines).await {
-            let ready = line.contains("listening for events");
+            let ready = line.contains(ready_marker);
             seen.push(line);
             if ready {
                 return;
@@ -75,7 +75,7 @@ async fn python_ding_dong_bot() {
     let python = installed("PUPPET_EXAMPLES_PYTHON", "the Python example's venv (grpcio)");
     let mut cmd = tokio::process::Command::new(python);
     cmd.arg(repo_root().join("examples/python/bot.py"));
-    ding_dong(cmd).await;
+    ding_dong(cmd, "listening for events").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,12 +83,13 @@ async fn node_ding_dong_bot() {
     let modules = installed("PUPPET_EXAMPLES_NODE_MODULES", "the Node example's packages");
     let mut cmd = tokio::process::Command::new("node");
     cmd.arg(repo_root().join("examples/node/bot.js")).env("NODE_PATH", modules);
-    ding_dong(cmd).await;
+    ding_dong(cmd, "listening for events").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_ding_dong_bot() {
-    ding_dong(tokio::process::Command::new(installed("PUPPET_DINGDONG_GO", "the Go example, built"))).await;
+    let go = installed("PUPPET_DINGDONG_GO", "the Go example, built");
+    ding_dong(tokio::process::Command::new(go), "listening for events").await;
 }
 
 /// The `grpcurl …` lines of the README's grpcurl section, exactly as written there.
