@@ -5,9 +5,9 @@ use puppet_client::bot::Bot;
 #[tokio::main]
 async fn main() -> Result<(), puppet_client::Error> {
     Bot::from_env()?
-        .on_scan(|qr, status| async move { Ok(println!("scan ({status:?}): {qr}")) })
-        .on_login(|me| async move { Ok(println!("logged in as {}", me.id())) })
-        .on_message(|msg| async move { Ok(println!("{msg}")) })
+        .on_scan(|qr, status| async move { println!("scan ({status:?}): {qr}") })
+        .on_login(|me| async move { println!("logged in as {}", me.id()) })
+        .on_message(|msg| async move { println!("{msg}") })
         .on_text("ding", |msg| async move { msg.say("dong").await.map(drop) })
         .run()
         .await

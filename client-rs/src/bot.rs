@@ -43,12 +43,34 @@ use crate::{Client, ConnectOptions, Error};
 type BoxFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 type Handler<A> = Box<dyn Fn(A) -> BoxFuture + Send + Sync>;
 
+/// What a handler may return: nothing, or a `Result` whose error goes to the error handlers.
+pub trait HandlerOutput: Send + 'static {
+    /// As a result.
+    fn into_result(self) -> Result<(), Error>;
+}
+
+impl HandlerOutput for () {
+    fn into_result(self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+impl HandlerOutput for Result<(), Error> {
+    fn into_result(self) -> Result<(), Error> {
+        self
+    }
+}
+
 fn boxed<A, F, Fut>(f: F) -> Handler<A>
 where
     F: Fn(A) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), Error>> + Send + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: HandlerOutput,
 {
-    Box::new(move |a| Box::pin(f(a)))
+    Box::new(move |a| {
+        let fut = f(a);
+        Box::pin(async move { fut.await.into_result() })
+    })
 }
 
 enum Matcher {
@@ -464,7 +486,8 @@ macro_rules! registrar {
         pub fn $name<F, Fut>(mut self, f: F) -> Self
         where
             F: Fn($arg) -> Fut + Send + Sync + 'static,
-            Fut: Future<Output = Result<(), Error>> + Send + 'static,
+            Fut: Future + Send + 'static,
+            Fut::Output: HandlerOutput,
         {
             self.handlers.$field.push(boxed(f));
             self
@@ -487,7 +510,8 @@ impl Bot {
     pub fn on_scan<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn(String, ScanStatus) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerOutput,
     {
         self.handlers.scan.push(boxed(move |(qr, status)| f(qr, status)));
         self
@@ -531,7 +555,8 @@ impl Bot {
     pub fn on_logout<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn(Contact, String) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerOutput,
     {
         self.handlers.logout.push(boxed(move |(c, reason)| f(c, reason)));
         self
@@ -541,7 +566,8 @@ impl Bot {
     pub fn on_text<F, Fut>(mut self, text: &str, f: F) -> Self
     where
         F: Fn(Message) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerOutput,
     {
         self.handlers.routes.push(Route::Plain(Matcher::Text(text.to_owned()), boxed(f)));
         self
@@ -551,7 +577,8 @@ impl Bot {
     pub fn on_kind<F, Fut>(mut self, kind: MessageType, f: F) -> Self
     where
         F: Fn(Message) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerOutput,
     {
         self.handlers.routes.push(Route::Plain(Matcher::Kind(kind), boxed(f)));
         self
@@ -563,7 +590,8 @@ impl Bot {
     pub fn on_regex<F, Fut>(mut self, pattern: &str, f: F) -> Self
     where
         F: Fn(Message, Vec<String>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerOutput,
     {
         let re = regex::Regex::new(pattern).unwrap_or_else(|e| panic!("on_regex: invalid pattern {pattern:?}: {e}"));
         self.handlers.routes.push(Route::Captures(re, boxed(move |(m, caps)| f(m, caps))));
