@@ -37,6 +37,30 @@ struct Cli {
 enum Command {
     /// Print the server's version.
     Version,
+    /// Check the server's health (grpc.health.v1); exits 1 unless SERVING.
+    Health,
+    /// List contacts (a table, or JSON with --json).
+    Contacts {
+        /// One JSON array of full payloads.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the rooms the bot is in (a table, or JSON with --json).
+    Rooms {
+        /// One JSON array of full payloads.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one contact as JSON.
+    Contact {
+        /// The contact id.
+        id: String,
+    },
+    /// Show one room (and its members) as JSON.
+    Room {
+        /// The room id.
+        id: String,
+    },
     /// Send a text message to a contact or room id.
     Say {
         /// Contact id or room id.
@@ -159,9 +183,46 @@ async fn run(cli: Cli) -> Result<(), Error> {
     })?;
     let client = Client::connect(&cli.endpoint, &token).await?;
     match cli.command {
-        Command::Version => {
-            println!("{}", client.puppet().version(pb::VersionRequest {}).await?.into_inner().version);
+        Command::Version => println!("{}", client.version().await?),
+        Command::Health => {
+            use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+            let r = HealthClient::new(client.channel()).check(HealthCheckRequest { service: String::new() }).await?;
+            let status = r.into_inner().status();
+            println!("{}", status.as_str_name());
+            if status != tonic_health::pb::health_check_response::ServingStatus::Serving {
+                return Err(Error::Handler(format!("the server is {}", status.as_str_name())));
+            }
         }
+        Command::Contacts { json } => {
+            let mut all = Vec::new();
+            for id in client.contact_list().await? {
+                all.push(client.contact(&id).await?);
+            }
+            if json {
+                println!("{}", to_json(&all));
+            } else {
+                println!("{:<24} {:<20} {:<20} TYPE", "ID", "NAME", "ALIAS");
+                for c in all {
+                    println!("{:<24} {:<20} {:<20} {:?}", c.id, c.name, c.alias, c.kind);
+                }
+            }
+        }
+        Command::Rooms { json } => {
+            let mut all = Vec::new();
+            for id in client.room_list().await? {
+                all.push(client.room(&id).await?);
+            }
+            if json {
+                println!("{}", to_json(&all));
+            } else {
+                println!("{:<24} {:<30} MEMBERS", "ID", "TOPIC");
+                for r in all {
+                    println!("{:<24} {:<30} {}", r.id, r.topic, r.member_ids.len());
+                }
+            }
+        }
+        Command::Contact { id } => println!("{}", to_json(&client.contact(&id.into()).await?)),
+        Command::Room { id } => println!("{}", to_json(&client.room(&id.into()).await?)),
         Command::Say { conversation, text } => {
             let req = pb::MessageSendTextRequest { conversation_id: conversation, text, mentional_ids: vec![] };
             println!("{}", client.puppet().message_send_text(req).await?.into_inner().id);
@@ -172,6 +233,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Mock(m) => mock(&client, m).await?,
     }
     Ok(())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {

@@ -26,6 +26,24 @@ async fn puppetctl_says_sends_downloads_and_follows() {
     events.wait_for(kind::READY).await;
 
     assert!(stdout(&puppetctl(&server, &["version"])).starts_with("puppet-rs/"));
+    assert_eq!(stdout(&puppetctl(&server, &["health"])).trim(), "SERVING");
+
+    let table = stdout(&puppetctl(&server, &["contacts"]));
+    let alice = table.lines().find(|l| l.starts_with("wxid_alice ")).expect("alice in the table");
+    assert!(alice.contains("Alice") && alice.contains("Alice (work)"), "{alice}");
+    let json: Vec<serde_json::Value> =
+        serde_json::from_str(&stdout(&puppetctl(&server, &["contacts", "--json"]))).unwrap();
+    assert!(json.len() >= 30 && json.iter().any(|c| c["id"] == "gh_news_daily" && c["type"] == "official"));
+    let one: serde_json::Value = serde_json::from_str(&stdout(&puppetctl(&server, &["contact", "wxid_bob"]))).unwrap();
+    assert_eq!((one["name"].as_str(), one["star"].as_bool()), (Some("Bob"), Some(true)));
+    let rooms = stdout(&puppetctl(&server, &["rooms"]));
+    assert_eq!(rooms.lines().count(), 6, "a header and five rooms:\n{rooms}");
+    let tea: serde_json::Value =
+        serde_json::from_str(&stdout(&puppetctl(&server, &["room", "10001@chatroom"]))).unwrap();
+    assert_eq!((tea["topic"].as_str(), tea["memberIds"].as_array().map(Vec::len)), (Some("Tea Lovers"), Some(5)));
+    let missing = puppetctl(&server, &["contact", "wxid_nobody"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
 
     let id = stdout(&puppetctl(&server, &["say", "wxid_alice", "hello from the shell"])).trim().to_owned();
     assert!(id.starts_with("msg_"), "{id}");
