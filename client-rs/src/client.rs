@@ -248,6 +248,16 @@ impl Client {
         let req = pb::ContactPhoneRequest { contact_id: id.0.clone(), phones };
         ok(self.puppet().contact_phone(req).await).map(drop)
     }
+    /// Sets or (`None`) clears a WeCom corporation remark.
+    #[allow(deprecated)]
+    pub async fn set_contact_corporation_remark(&self, id: &ContactId, remark: Option<&str>) -> Result<(), Error> {
+        let req = pb::ContactCorporationRemarkRequest {
+            contact_id: id.0.clone(),
+            corporation_remark_string_value_deprecated: remark.map(str::to_owned),
+            corporation_remark: remark.unwrap_or_default().into(),
+        };
+        ok(self.puppet().contact_corporation_remark(req).await).map(drop)
+    }
     /// Sets or (`None`) clears a contact's description.
     #[allow(deprecated)]
     pub async fn set_contact_description(&self, id: &ContactId, description: Option<&str>) -> Result<(), Error> {
@@ -271,6 +281,13 @@ impl Client {
     pub async fn friendship_search_phone(&self, phone: &str) -> Result<Option<ContactId>, Error> {
         let r =
             ok(self.puppet().friendship_search_phone(pb::FriendshipSearchPhoneRequest { phone: phone.into() }).await)?;
+        Ok(Some(r.contact_id).filter(|c| !c.is_empty()).or(r.contact_id_string_value_deprecated).map(ContactId))
+    }
+    /// A stranger by WeChat handle.
+    #[allow(deprecated)]
+    pub async fn friendship_search_handle(&self, handle: &str) -> Result<Option<ContactId>, Error> {
+        let req = pb::FriendshipSearchHandleRequest { weixin: handle.into() };
+        let r = ok(self.puppet().friendship_search_handle(req).await)?;
         Ok(Some(r.contact_id).filter(|c| !c.is_empty()).or(r.contact_id_string_value_deprecated).map(ContactId))
     }
     /// Sends a friend request.
@@ -502,6 +519,14 @@ impl Client {
             contact_id_string_value_deprecated: contact.map(|c| c.0.clone()),
         };
         ok(self.puppet().tag_contact_list(req).await).map(|r| r.ids.into_iter().map(TagId).collect())
+    }
+
+    // ---- conversations --------------------------------------------------------------------------
+
+    /// Marks a conversation read (or unread); the resulting state.
+    pub async fn conversation_read(&self, id: &ConversationId, has_read: bool) -> Result<bool, Error> {
+        let req = pb::ConversationReadRequest { conversation_id: id.0.clone(), has_read };
+        ok(self.puppet().conversation_read(req).await).map(|r| r.has_read)
     }
 
     // ---- files ----------------------------------------------------------------------------------

@@ -86,8 +86,11 @@ enum Command {
     /// Drive the mock backend's simulated world.
     #[command(subcommand)]
     Mock(Mock),
-    /// Follow events as JSON lines: {"seq", "type", "payload"}.
+    /// Follow events: JSON lines {"seq", "type", "payload"}, or readable lines with --text.
     Events {
+        /// One readable line per event instead of JSON.
+        #[arg(long)]
+        text: bool,
         /// Start after this sequence number (resume) instead of with live events.
         #[arg(long)]
         since: Option<u64>,
@@ -229,7 +232,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::SendFile { conversation, path } => send_file(&client, conversation, path).await?,
         Command::Download { message_id, output } => download(&client, message_id, output).await?,
-        Command::Events { since, count } => events(&client, since, count).await?,
+        Command::Events { since, count, text } => events(&client, since, count, text).await?,
         Command::Mock(m) => mock(&client, m).await?,
     }
     Ok(())
@@ -321,7 +324,7 @@ async fn download(client: &Client, message_id: String, output: Option<PathBuf>) 
     Ok(())
 }
 
-async fn events(client: &Client, since: Option<u64>, count: Option<u64>) -> Result<(), Error> {
+async fn events(client: &Client, since: Option<u64>, count: Option<u64>, text: bool) -> Result<(), Error> {
     let req = ext::SubscribeRequest { after_seq: since, replay_state: since.is_none() };
     let mut stream = client.feed().subscribe(req).await?.into_inner();
     let mut seen = 0;
@@ -333,7 +336,11 @@ async fn events(client: &Client, since: Option<u64>, count: Option<u64>) -> Resu
         let kind = EventKind::from_wire(e.r#type).map(EventKind::name).unwrap_or("unknown");
         let payload: serde_json::Value =
             serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::String(e.payload));
-        let line = serde_json::json!({ "seq": e.seq, "type": kind, "payload": payload });
+        let line = if text {
+            format!("#{:<6} {:<12} {payload}", e.seq, kind)
+        } else {
+            serde_json::json!({ "seq": e.seq, "type": kind, "payload": payload }).to_string()
+        };
         if writeln!(stdout, "{line}").and_then(|_| stdout.flush()).is_err() {
             return Ok(()); // stdout closed (e.g. piped into head)
         }

@@ -123,7 +123,32 @@ async fn files_sent_every_way_arrive_intact() {
     );
     assert_eq!(download(&mut p, fb["uuid"].as_str().unwrap()).await.unwrap().0, digest, "the world got the same bytes");
 
-    // The deprecated chunked stream, both ways.
+    // The deprecated chunked streams, both ways, at several sizes.
+    for len in [1, 20 * 1024, 5 << 20] {
+        let data: Vec<Vec<u8>> = pattern_chunks(len as u8, len, 64 * 1024).collect();
+        let digest = sha256(data.iter().map(Vec::as_slice));
+        let mut msgs = vec![
+            pb::MessageSendFileStreamRequest { conversation_id: Some("wxid_bob".into()), file_box_chunk: None },
+            pb::MessageSendFileStreamRequest {
+                conversation_id: None,
+                file_box_chunk: Some(pb::FileBoxChunk { data: None, name: Some(format!("f{len}.bin")) }),
+            },
+        ];
+        msgs.extend(data.into_iter().map(|d| pb::MessageSendFileStreamRequest {
+            conversation_id: None,
+            file_box_chunk: Some(pb::FileBoxChunk { data: Some(d), name: None }),
+        }));
+        let id = p.message_send_file_stream(tokio_stream::iter(msgs)).await.unwrap().into_inner().id;
+        let mut stream = p.message_file_stream(pb::MessageFileStreamRequest { id }).await.unwrap().into_inner();
+        assert_eq!(stream.message().await.unwrap().unwrap().file_box_chunk.unwrap().name, Some(format!("f{len}.bin")));
+        let mut got = Vec::new();
+        while let Some(m) = stream.message().await.unwrap() {
+            got.push(m.file_box_chunk.unwrap().data.unwrap());
+        }
+        assert_eq!(sha256(got.iter().map(Vec::as_slice)), digest, "{len} bytes through the deprecated streams");
+    }
+
+    // The Node client's exact shape, into a room: a video.
     let data: Vec<Vec<u8>> = pattern_chunks(9, 3 << 20, 64 * 1024).collect();
     let digest = sha256(data.iter().map(Vec::as_slice));
     let mut msgs = vec![

@@ -75,6 +75,8 @@ async fn puppetctl_says_sends_downloads_and_follows() {
     assert_eq!(lines[0]["seq"], last + 1);
     assert_eq!(lines[0]["type"], "dong");
     assert_eq!(lines[1]["payload"]["data"], "flood-1");
+    let readable = stdout(&puppetctl(&server, &["events", "--since", &last.to_string(), "--count", "1", "--text"]));
+    assert_eq!(readable.trim(), format!("#{:<6} {:<12} {{\"data\":\"flood-0\"}}", last + 1, "dong"));
 }
 
 #[test]
