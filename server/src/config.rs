@@ -16,6 +16,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// When the `wechaty.Puppet` health status (the readiness probe) says SERVING.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadyWhen {
+    /// As soon as the server accepts calls.
+    Started,
+    /// While the account is logged in.
+    LoggedIn,
+}
+
 /// puppet-server: one WeChat bot account served over the wechaty.Puppet gRPC contract.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "puppet-server", version, about)]
@@ -97,6 +106,12 @@ pub struct Config {
     /// Seconds a file is kept after it was last written or read.
     #[arg(long, env = "PUPPET_BLOB_TTL_SECS", default_value_t = 3600)]
     pub blob_ttl_secs: u64,
+
+    /// Readiness (`grpc.health.v1` service `wechaty.Puppet`, and `/readyz`): SERVING once started,
+    /// or only while logged in. The overall status (service "") is liveness: SERVING while the
+    /// process runs.
+    #[arg(long, env = "PUPPET_READY_WHEN", value_enum, default_value = "logged-in")]
+    pub ready_when: ReadyWhen,
 
     /// Seconds to wait on SIGTERM/SIGINT for open calls and connections to finish before exiting.
     #[arg(long, env = "PUPPET_SHUTDOWN_GRACE_SECS", default_value_t = 10)]

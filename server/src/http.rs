@@ -13,6 +13,8 @@ use crate::events::EventBus;
 pub struct HttpState {
     /// The event bus, which knows the login state.
     pub bus: EventBus,
+    /// What readiness means.
+    pub ready_when: crate::config::ReadyWhen,
 }
 
 /// Serves until `shutdown` completes.
@@ -26,7 +28,7 @@ pub async fn serve(
 }
 
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
-    if s.bus.logged_in() {
+    if s.ready_when == crate::config::ReadyWhen::Started || s.bus.logged_in() {
         (StatusCode::OK, "logged in\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not logged in\n")

@@ -10,6 +10,7 @@ pub mod blobs;
 pub mod config;
 pub mod events;
 pub mod grpc;
+pub mod health;
 pub mod http;
 pub mod tls;
 
@@ -52,7 +53,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<PuppetServer<PuppetService>>().await;
+    tokio::spawn(health::follow_login(bus.clone(), health.clone(), config.ready_when));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(puppet_proto::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -75,7 +76,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(listener) = http_listener {
-        let state = http::HttpState { bus: bus.clone() };
+        let state = http::HttpState { bus: bus.clone(), ready_when: config.ready_when };
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             if let Err(e) = http::serve(listener, state, async move { _ = stop.wait_for(|s| *s).await }).await {

@@ -9,14 +9,37 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+/// Follows `grpc.health.v1.Health/Watch` for `service` until it reports `want`.
+async fn health_becomes(channel: tonic::transport::Channel, service: &str, want: ServingStatus) {
+    let mut health = HealthClient::new(channel);
+    let mut watch = health.watch(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+    let reached = tokio::time::timeout(puppet_tests::EVENT_TIMEOUT, async {
+        while let Some(r) = watch.message().await.unwrap() {
+            if r.status() == want {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "{service:?} never became {want:?}");
+}
+
 #[tokio::test]
-async fn health_is_open_and_serving() {
-    let server = Server::start(&[]);
+async fn liveness_is_open_and_readiness_follows_the_login() {
+    let server = Server::start(&["--autostart", "false"]);
     let mut health = HealthClient::new(server.channel().await);
-    for service in ["", "wechaty.Puppet"] {
-        let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
-        assert_eq!(r.status(), ServingStatus::Serving, "service {service:?}");
-    }
+    let live = health.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    assert_eq!(live.status(), ServingStatus::Serving, "liveness needs no token and no login");
+    health_becomes(server.channel().await, "wechaty.Puppet", ServingStatus::NotServing).await;
+
+    let mut puppet = server.puppet().await;
+    puppet.start(puppet_proto::pb::wechaty::puppet::StartRequest {}).await.unwrap();
+    health_becomes(server.channel().await, "wechaty.Puppet", ServingStatus::Serving).await;
+    puppet.logout(puppet_proto::pb::wechaty::puppet::LogoutRequest {}).await.unwrap();
+    health_becomes(server.channel().await, "wechaty.Puppet", ServingStatus::NotServing).await;
+
+    let started = Server::start(&["--autostart", "false", "--ready-when", "started"]);
+    health_becomes(started.channel().await, "wechaty.Puppet", ServingStatus::Serving).await;
 }
 
 #[tokio::test]
