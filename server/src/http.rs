@@ -1,4 +1,4 @@
-//! The side HTTP port: liveness and readiness for orchestrators and humans.
+//! The side HTTP port: liveness, readiness and metrics for orchestrators and humans.
 
 use axum::Router;
 use axum::extract::State;
@@ -15,6 +15,10 @@ pub struct HttpState {
     pub bus: EventBus,
     /// What readiness means.
     pub ready_when: crate::config::ReadyWhen,
+    /// The metrics registry.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The blob store, for its size.
+    pub blobs: crate::blobs::BlobStore,
 }
 
 /// Serves until `shutdown` completes.
@@ -23,7 +27,11 @@ pub async fn serve(
     state: HttpState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(readyz)).with_state(state);
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
@@ -33,4 +41,9 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not logged in\n")
     }
+}
+
+async fn metrics(State(s): State<HttpState>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    let text = s.metrics.render(&s.bus, &s.blobs);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }

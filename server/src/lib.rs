@@ -12,6 +12,7 @@ pub mod events;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -42,6 +43,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let blobs = blobs::BlobStore::open(&blob_dir, config.blob_limits())
         .map_err(|e| anyhow::anyhow!("cannot open the blob store at {}: {e}", blob_dir.display()))?;
     let backend::Built { backend, mock } = backend::build(&config, bus.sink(), blobs.clone())?;
+    let metrics = std::sync::Arc::new(metrics::Metrics::new());
     let heartbeat = Duration::from_secs(config.heartbeat_secs);
 
     let grpc_listener = bind(config.listen_addr()?, "gRPC").await?;
@@ -66,7 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let max_message = (config.max_message_mib as usize).saturating_mul(1024 * 1024);
     let tls = tls_setup(&config)?;
     let token: Arc<str> = token.into();
-    let puppet = PuppetServer::new(PuppetService::new(backend.clone(), bus.clone(), blobs, heartbeat))
+    let puppet = PuppetServer::new(PuppetService::new(backend.clone(), bus.clone(), blobs.clone(), heartbeat))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     let feed = EventFeedServer::new(EventFeedService::new(bus.clone(), heartbeat));
@@ -76,7 +78,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(listener) = http_listener {
-        let state = http::HttpState { bus: bus.clone(), ready_when: config.ready_when };
+        let state = http::HttpState {
+            bus: bus.clone(),
+            ready_when: config.ready_when,
+            metrics: metrics.clone(),
+            blobs: blobs.clone(),
+        };
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             if let Err(e) = http::serve(listener, state, async move { _ = stop.wait_for(|s| *s).await }).await {
@@ -99,6 +106,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         // HTTP/2's default 64 KiB windows cap uploads at ~100 MB/s on loopback; files want more in flight.
         .initial_stream_window_size(Some(FLOW_WINDOW))
         .initial_connection_window_size(Some(2 * FLOW_WINDOW))
+        .layer(metrics::RpcMetricsLayer(metrics.clone()))
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path(), request_id = %request_id(req.headers())))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -224,7 +232,7 @@ fn print_banner(
     out.push_str(&format!("  token      {shown}  ({note})\n"));
     out.push_str(&format!("  backend    {backend}\n"));
     if let Some(h) = http {
-        out.push_str(&format!("  http       http://{h}  (/healthz /readyz)\n"));
+        out.push_str(&format!("  http       http://{h}  (/healthz /readyz /metrics)\n"));
     }
     out.push_str("connect:\n");
     out.push_str(&format!(

@@ -12,6 +12,7 @@
 //!   told where the account stands, as the official server does.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -105,6 +106,20 @@ struct Shared {
     doorbell: watch::Sender<u64>,
     capacity: usize,
     max_lag: u64,
+    subscribers: AtomicU64,
+    cut_off: AtomicU64,
+    logged_in: watch::Sender<bool>,
+}
+
+/// Counters for monitoring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BusStats {
+    /// Events published since start.
+    pub emitted: u64,
+    /// Subscriptions alive now.
+    pub subscribers: u64,
+    /// Subscriptions ended because they fell behind.
+    pub cut_off: u64,
 }
 
 /// The bus. Cheap to clone; all clones share one log.
@@ -156,6 +171,9 @@ impl EventBus {
                 capacity,
                 // A lag beyond the window is caught as "left the window" anyway.
                 max_lag: max_lag.clamp(1, capacity) as u64,
+                subscribers: AtomicU64::new(0),
+                cut_off: AtomicU64::new(0),
+                logged_in: watch::Sender::new(false),
             }),
         }
     }
@@ -201,7 +219,17 @@ impl EventBus {
             seq
         };
         self.shared.doorbell.send_replace(seq);
+        match kind {
+            EventKind::Login => _ = self.shared.logged_in.send_replace(true),
+            EventKind::Logout => _ = self.shared.logged_in.send_replace(false),
+            _ => {}
+        }
         seq
+    }
+
+    /// Follows the login state (true from a LOGIN until a LOGOUT).
+    pub fn login_state(&self) -> watch::Receiver<bool> {
+        self.shared.logged_in.subscribe()
     }
 
     /// Current retention figures.
@@ -212,6 +240,15 @@ impl EventBus {
             first_seq: if empty { 0 } else { log.first_seq() },
             last_seq: log.last_seq(),
             capacity: self.shared.capacity as u64,
+        }
+    }
+
+    /// Counters for monitoring.
+    pub fn stats(&self) -> BusStats {
+        BusStats {
+            emitted: self.lock().last_seq(),
+            subscribers: self.shared.subscribers.load(Ordering::Relaxed),
+            cut_off: self.shared.cut_off.load(Ordering::Relaxed),
         }
     }
 
@@ -245,6 +282,7 @@ impl EventBus {
         };
         let last_delivered = replay.iter().map(|e| e.seq).max().unwrap_or(cursor - 1);
         drop(log);
+        self.shared.subscribers.fetch_add(1, Ordering::Relaxed);
         Ok(Subscription { bus: self.clone(), cursor, doorbell, replay: replay.into(), last_delivered })
     }
 }
@@ -257,6 +295,12 @@ pub struct Subscription {
     doorbell: watch::Receiver<u64>,
     replay: VecDeque<Arc<Envelope>>,
     last_delivered: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.bus.shared.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How many events one lock acquisition hands a subscriber.
@@ -279,6 +323,7 @@ impl Subscription {
                 let first = log.first_seq();
                 let behind = (last + 1).saturating_sub(self.cursor);
                 if self.cursor < first || behind > self.bus.shared.max_lag {
+                    self.bus.shared.cut_off.fetch_add(1, Ordering::Relaxed);
                     return Err(Lagged { behind, limit: self.bus.shared.max_lag, last_delivered: self.last_delivered });
                 }
                 if behind > 0 {
