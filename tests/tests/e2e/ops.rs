@@ -42,3 +42,55 @@ async fn the_side_port_serves_health_readiness_and_metrics() {
     assert!(sample(&after, "puppet_events_emitted").unwrap() >= 5.0, "scan x3, login, ready");
     assert!(sample(&after, "puppet_blob_bytes").is_some());
 }
+
+#[test]
+fn the_kubernetes_manifests_validate_offline() {
+    let validate = puppet_tests::installed("PUPPET_KUBE_VALIDATE", "kubernetes-validate");
+    let dir = puppet_tests::repo_root().join("deploy/k8s");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 5, "{files:?}");
+    let out = std::process::Command::new(validate).arg("--strict").args(&files).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    for kind in ["statefulset", "service", "configmap", "secret", "poddisruptionbudget"] {
+        assert!(text.contains(&format!("passed for resource {kind}/")), "{kind} not validated:\n{text}");
+    }
+}
+
+/// The ConfigMap's settings, as environment variables.
+fn configmap_env() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(puppet_tests::repo_root().join("deploy/k8s/configmap.yaml")).unwrap();
+    let data = text.split("\ndata:\n").nth(1).expect("a data section");
+    data.lines()
+        .filter_map(|l| l.strip_prefix("  ")?.split_once(": "))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_with_the_configmap_settings_and_answers_the_probes() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let env = configmap_env();
+    assert!(env.iter().any(|(k, _)| k == "PUPPET_READY_WHEN"), "{env:?}");
+    // Same settings, but loopback and free ports here, and a temporary data dir.
+    let env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "PUPPET_LISTEN" | "PUPPET_HTTP_LISTEN" | "PUPPET_DATA_DIR"))
+        .collect();
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = Server::start_with_env(&["--http-listen", "127.0.0.1:0"], &refs);
+    let mut events = Events::open(&mut server.puppet().await).await;
+    events.wait_for(kind::READY).await;
+    let mut health = HealthClient::new(server.channel().await);
+    for service in ["", "wechaty.Puppet"] {
+        let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving, "probe service {service:?}");
+    }
+    let (status, metrics) = http_get(server.http_addr.unwrap(), "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("puppet_logged_in 1"), "{metrics}");
+}
