@@ -7,8 +7,8 @@
 //!   new blob is added, the least recently used blobs are evicted until the total fits `max_total`.
 //! * **TTL.** A blob not read or written for `ttl` is gone (`NotFound`): expiry is checked on every
 //!   access, and expired blobs are swept whenever a blob is added.
-//! * A blob can be read any number of times until it is evicted. Blobs do not survive a restart:
-//!   the directory is emptied when the store opens.
+//! * A blob can be read any number of times until it is evicted. Finished blobs survive a restart
+//!   (a restarted pod still serves the ids it handed out); partial uploads do not.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -81,17 +81,36 @@ pub struct BlobStore {
 pub const READ_CHUNK: usize = 256 * 1024;
 
 impl BlobStore {
-    /// Opens (and empties) the store directory.
+    /// Opens the store directory, keeping the blobs a previous run finished (their idle time starts
+    /// again now) and deleting the partial uploads it left behind.
     pub fn open(dir: &Path, limits: BlobLimits) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let mut index = Index { blobs: HashMap::new(), total: 0 };
         for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            if path.is_file() {
-                std::fs::remove_file(&path)?;
+            let entry = entry?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !path.is_file() {
+                continue;
             }
+            if uuid::Uuid::parse_str(&name).is_err() {
+                // A partial upload (`<id>.part`) or something that is not ours to serve.
+                if name.ends_with(".part") {
+                    std::fs::remove_file(&path)?;
+                }
+                continue;
+            }
+            let size = entry.metadata()?.len();
+            index.total += size;
+            index.blobs.insert(name.clone(), BlobMeta { id: name, size, last_access: Instant::now() });
         }
-        let index = Index { blobs: HashMap::new(), total: 0 };
-        Ok(Self { inner: Arc::new(Inner { dir: dir.to_owned(), limits, index: Mutex::new(index) }) })
+        let store = Self { inner: Arc::new(Inner { dir: dir.to_owned(), limits, index: Mutex::new(index) }) };
+        {
+            let mut index = store.index();
+            // The limits may have shrunk since the last run.
+            let _ = store.admit(&mut index, 0);
+        }
+        Ok(store)
     }
 
     /// The limits in force.
@@ -304,6 +323,20 @@ mod tests {
         assert!(matches!(s.touch(&b.id), Err(BlobError::NotFound(_))), "b was least recently used");
         assert!(s.touch(&a.id).is_ok() && s.touch(&c.id).is_ok());
         assert_eq!(s.total_bytes(), 14);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn finished_blobs_survive_a_reopen_and_partial_ones_do_not() {
+        let (s, dir) = store(1 << 20, 1 << 20, Duration::from_secs(60));
+        let kept = s.put(b"kept").await.unwrap();
+        let mut partial = s.writer().await.unwrap();
+        partial.write(b"half").await.unwrap();
+        std::mem::forget(partial); // as if the process died mid-upload
+        let s = BlobStore::open(&dir, s.limits()).unwrap();
+        assert_eq!(s.read_all(&kept.id).await.unwrap(), b"kept");
+        assert_eq!(s.total_bytes(), 4);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "the partial upload is gone");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

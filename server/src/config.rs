@@ -91,7 +91,8 @@ pub struct Config {
     #[arg(long, env = "PUPPET_MAX_MESSAGE_MIB", default_value_t = 150, value_parser = clap::value_parser!(u64).range(4..=2048))]
     pub max_message_mib: u64,
 
-    /// Where uploaded and in-transit files are kept (emptied at start). Default: `<data-dir>/blobs`.
+    /// Where uploaded and in-transit files are kept (finished ones survive restarts). Default:
+    /// `<data-dir>/blobs`.
     #[arg(long, env = "PUPPET_BLOB_DIR")]
     pub blob_dir: Option<PathBuf>,
 

@@ -56,8 +56,9 @@ pub struct Server {
     pub http_addr: Option<SocketAddr>,
     /// Its stdout after the address line, one line per message (QR art, …).
     pub stdout: mpsc::Receiver<String>,
-    /// Its data directory (removed on drop).
+    /// Its data directory (removed on drop unless given with [`Server::start_in`]).
     pub data_dir: PathBuf,
+    keep_data_dir: bool,
 }
 
 impl Server {
@@ -69,6 +70,16 @@ impl Server {
     /// As [`Server::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let data_dir = std::env::temp_dir().join(format!("puppet-e2e-{}-{}", std::process::id(), unique()));
+        Self::launch(data_dir, false, args, env)
+    }
+
+    /// As [`Server::start`], with a data directory the caller owns (kept on drop), so a second
+    /// server can start where the first stopped.
+    pub fn start_in(data_dir: &std::path::Path, args: &[&str]) -> Self {
+        Self::launch(data_dir.to_owned(), true, args, &[])
+    }
+
+    fn launch(data_dir: PathBuf, keep_data_dir: bool, args: &[&str], env: &[(&str, &str)]) -> Self {
         std::fs::create_dir_all(&data_dir).expect("data dir");
         let mut cmd = Command::new(server_binary());
         cmd.args(["--listen", "127.0.0.1:0", "--token", TOKEN, "--data-dir"])
@@ -110,7 +121,7 @@ impl Server {
                 http_addr = Some(rest.split_whitespace().next().unwrap().parse().expect("http address"));
             }
         }
-        Self { child, addr: addr.unwrap(), http_addr, stdout: rx, data_dir }
+        Self { child, addr: addr.unwrap(), http_addr, stdout: rx, data_dir, keep_data_dir }
     }
 
     /// `http://host:port`.
@@ -170,7 +181,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         _ = self.child.kill();
         _ = self.child.wait();
-        _ = std::fs::remove_dir_all(&self.data_dir);
+        if !self.keep_data_dir {
+            _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 

@@ -94,3 +94,53 @@ async fn the_binary_runs_with_the_configmap_settings_and_answers_the_probes() {
     assert_eq!(status, 200);
     assert!(metrics.contains("puppet_logged_in 1"), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_streams_and_in_flight_uploads_and_keeps_what_was_accepted() {
+    use puppet_tests::{pattern_chunks, sha256};
+    let dir = std::env::temp_dir().join(format!("puppet-drain-{}", std::process::id()));
+    _ = std::fs::remove_dir_all(&dir);
+    let mut server = Server::start_in(&dir, &["--shutdown-grace-secs", "20"]);
+    let mut puppet = server.puppet().await;
+    let mut events = Events::open(&mut puppet).await.into_inner();
+
+    // An upload whose chunks are still coming when SIGTERM arrives.
+    let chunks: Vec<Vec<u8>> = pattern_chunks(42, 4 << 20, 256 * 1024).collect();
+    let digest = sha256(chunks.iter().map(Vec::as_slice));
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut uploader = server.puppet().await;
+    let upload = tokio::spawn(async move { uploader.upload(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    let mut chunks = chunks.into_iter();
+    tx.send(pb::UploadRequest { chunk: chunks.next().unwrap() }).await.unwrap();
+    tx.send(pb::UploadRequest { chunk: chunks.next().unwrap() }).await.unwrap(); // the first is in the server
+
+    let pid = server.pid().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    // The event stream ends with OK.
+    loop {
+        match tokio::time::timeout(puppet_tests::EVENT_TIMEOUT, events.message()).await.expect("stream end") {
+            Ok(Some(_)) => continue,
+            Ok(None) => break,
+            Err(e) => panic!("the event stream ended with {e:?}, not OK"),
+        }
+    }
+    for chunk in chunks {
+        tx.send(pb::UploadRequest { chunk }).await.unwrap();
+    }
+    drop(tx);
+    let id = upload.await.unwrap().expect("the in-flight upload completes during the drain").into_inner().id;
+    let status = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+
+    // A new process on the same data dir still has what was accepted.
+    let again = Server::start_in(&dir, &[]);
+    let mut p = again.puppet().await;
+    let mut stream = p.download(pb::DownloadRequest { id }).await.unwrap().into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        got.push(m.chunk);
+    }
+    assert_eq!(sha256(got.iter().map(Vec::as_slice)), digest);
+    drop(again);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
