@@ -130,6 +130,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!(grace_secs = grace.as_secs(), "connections still open after the grace period; exiting")
         }
     }
+    if let Err(e) = backend.shutdown().await {
+        tracing::error!(error = %e, "saving state at shutdown failed");
+    }
     tracing::info!("stopped");
     Ok(())
 }

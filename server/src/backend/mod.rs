@@ -101,6 +101,10 @@ pub trait Backend: Send + Sync + 'static {
     async fn stop(&self) -> BackendResult<()> {
         Err(BackendError::Unsupported("stop"))
     }
+    /// The server is stopping: save whatever must survive the restart.
+    async fn shutdown(&self) -> BackendResult<()> {
+        Ok(())
+    }
     /// End the WeChat session. Idempotent.
     async fn logout(&self) -> BackendResult<()> {
         Err(BackendError::Unsupported("logout"))

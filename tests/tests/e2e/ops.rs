@@ -144,3 +144,67 @@ async fn sigterm_drains_streams_and_in_flight_uploads_and_keeps_what_was_accepte
     drop(again);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_the_same_data_dir_keeps_the_login_and_the_world_and_survives_a_corrupt_file() {
+    use puppet_proto::pb::puppet_rs::v1 as ext;
+    let dir = std::env::temp_dir().join(format!("puppet-restart-{}", std::process::id()));
+    _ = std::fs::remove_dir_all(&dir);
+    let bob_alias = |alias: Option<&str>| {
+        #[allow(deprecated)]
+        let r = pb::ContactAliasRequest {
+            id: "wxid_bob".into(),
+            alias: alias.map(str::to_owned),
+            alias_string_value_deprecated: alias.map(str::to_owned),
+        };
+        r
+    };
+
+    let mut first = Server::start_in(&dir, &[]);
+    let mut p = first.puppet().await;
+    Events::open(&mut p).await.wait_for(kind::READY).await;
+    p.contact_alias(bob_alias(Some("Bobby"))).await.unwrap();
+    #[allow(deprecated)]
+    let topic =
+        pb::RoomTopicRequest { id: "10002@chatroom".into(), topic: Some("Persisted".into()), ..Default::default() };
+    p.room_topic(topic).await.unwrap();
+    let mut w = puppet_tests::world(&first).await;
+    w.request_friendship(ext::RequestFriendshipRequest {
+        contact_id: "wxid_zoe".into(),
+        name: "Zoe".into(),
+        hello: "hi".into(),
+    })
+    .await
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || first.terminate()).await.unwrap();
+    assert!(status.success());
+
+    // Back logged in, without a scan, in the world as it was.
+    let second = Server::start_in(&dir, &[]);
+    let mut p = second.puppet().await;
+    let mut events = Events::open(&mut p).await;
+    assert_eq!(events.next().await.0, kind::LOGIN, "no SCAN before the login");
+    assert_eq!(events.next().await.0, kind::READY);
+    assert_eq!(p.contact_alias(bob_alias(None)).await.unwrap().into_inner().alias, "Bobby");
+    let room = p.room_payload(pb::RoomPayloadRequest { id: "10002@chatroom".into() }).await.unwrap().into_inner();
+    assert_eq!(room.topic, "Persisted");
+    let zoe = p.contact_payload(pb::ContactPayloadRequest { id: "wxid_zoe".into() }).await.unwrap().into_inner();
+    assert_eq!(zoe.name, "Zoe");
+    drop(second);
+
+    // A damaged state file: moved aside, and a fresh world (with a fresh login) instead.
+    std::fs::write(dir.join("mock-world.json"), b"{ this is not json").unwrap();
+    let third = Server::start_in(&dir, &[]);
+    let mut p = third.puppet().await;
+    let mut events = Events::open(&mut p).await;
+    assert_eq!(events.next().await.0, kind::SCAN);
+    events.wait_for(kind::READY).await;
+    assert_eq!(p.contact_alias(bob_alias(None)).await.unwrap().into_inner().alias, "");
+    let aside = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).any(|e| {
+        let n = e.file_name().to_string_lossy().into_owned();
+        n.starts_with("mock-world.corrupt-")
+    });
+    assert!(aside, "the damaged file was kept aside");
+    drop(third);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -6,6 +6,7 @@
 //! `NOT_FOUND`. Everything else grows only with what the world or the bot creates.
 
 pub mod control;
+pub mod state;
 pub mod world;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -46,6 +47,8 @@ pub struct MockOptions {
     pub login_step: Duration,
     /// Print the login QR code on stdout.
     pub print_qr: bool,
+    /// Where the world's state is kept across restarts (none: nothing is kept).
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl MockOptions {
@@ -55,7 +58,12 @@ impl MockOptions {
             Some(path) => WorldSpec::load(path)?,
             None => WorldSpec::builtin(),
         };
-        Ok(Self { world, login_step: Duration::from_millis(config.login_step_ms), print_qr: true })
+        Ok(Self {
+            world,
+            login_step: Duration::from_millis(config.login_step_ms),
+            print_qr: true,
+            state_file: Some(config.data_dir().join("mock-world.json")),
+        })
     }
 }
 
@@ -104,6 +112,8 @@ struct World {
     /// Bumped on every login attempt and logout, so a superseded login flow stops.
     login_generation: u64,
     next_id: u64,
+    /// Restored from a state file that was written while logged in: `start` logs in without a scan.
+    resume_login: bool,
 }
 
 struct Inner {
@@ -155,7 +165,56 @@ impl World {
             session: Session::Offline,
             login_generation: 0,
             next_id: 1,
+            resume_login: false,
         }
+    }
+
+    fn from_snapshot(s: state::Snapshot) -> Self {
+        let spec = WorldSpec {
+            me: s
+                .contacts
+                .iter()
+                .find(|c| c.id == s.me)
+                .cloned()
+                .unwrap_or_else(|| Contact { id: s.me.clone(), ..Default::default() }),
+            contacts: s.contacts.into_iter().filter(|c| c.id != s.me).collect(),
+            rooms: s.rooms,
+            tags: s.tags,
+        };
+        let mut w = Self::new(spec);
+        w.friendships = s.friendships.into_iter().map(|f| (f.id.clone(), f)).collect();
+        w.invitations = s.invitations.into_iter().map(|i| (i.id.clone(), i)).collect();
+        w.next_id = s.next_id.max(1);
+        w.resume_login = s.logged_in;
+        w
+    }
+
+    fn snapshot(&self) -> state::Snapshot {
+        let mut friendships: Vec<Friendship> = self.friendships.values().cloned().collect();
+        friendships.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut invitations: Vec<RoomInvitation> = self.invitations.values().cloned().collect();
+        invitations.sort_by(|a, b| a.id.cmp(&b.id));
+        state::Snapshot {
+            version: 0,
+            me: self.me.clone(),
+            contacts: self.contacts.values().cloned().collect(),
+            rooms: self
+                .rooms
+                .values()
+                .map(|r| RoomSpec {
+                    room: r.room.clone(),
+                    member_aliases: r.aliases.clone(),
+                    inviters: r.inviters.clone(),
+                    announce: r.announce.clone(),
+                })
+                .collect(),
+            tags: self.tags.iter().map(|(t, ids)| (t.clone(), ids.iter().cloned().collect())).collect(),
+            friendships,
+            invitations,
+            logged_in: self.session == Session::Online,
+            next_id: self.next_id,
+        }
+        .versioned()
     }
 
     fn fresh_id(&mut self, prefix: &str) -> String {
@@ -220,14 +279,56 @@ impl MockBackend {
     /// A mock account in the given world, publishing into `sink`.
     pub fn new(options: MockOptions, sink: EventSink, blobs: BlobStore) -> anyhow::Result<Self> {
         options.world.validate().map_err(|e| anyhow::anyhow!("mock world: {e}"))?;
-        let world = World::new(options.world.clone());
-        Ok(Self { inner: Arc::new(Inner { world: Mutex::new(world), sink, blobs, options }) })
+        let restored = match &options.state_file {
+            Some(path) => state::load(path).unwrap_or_else(|why| {
+                tracing::error!("{why}; starting from the world description");
+                None
+            }),
+            None => None,
+        };
+        let world = match restored {
+            Some(snapshot) => {
+                tracing::info!(logged_in = snapshot.logged_in, "mock world restored from the data dir");
+                World::from_snapshot(snapshot)
+            }
+            None => World::new(options.world.clone()),
+        };
+        let backend = Self { inner: Arc::new(Inner { world: Mutex::new(world), sink, blobs, options }) };
+        if let Some(path) = backend.inner.options.state_file.clone() {
+            tokio::spawn(backend.clone().keep_state(path));
+        }
+        Ok(backend)
     }
 
     fn world(&self) -> MutexGuard<'_, World> {
         // Every mutation below validates before it changes anything, so a poisoned lock still
         // guards a consistent world.
         self.inner.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the state file whenever the world changed, checking once a second.
+    async fn keep_state(self, path: std::path::PathBuf) {
+        let mut written = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            // Only the backend and this task hold the world; when the server is gone, stop.
+            if Arc::strong_count(&self.inner) == 1 {
+                return;
+            }
+            self.save_if_changed(&path, &mut written);
+        }
+    }
+
+    fn save_if_changed(&self, path: &std::path::Path, written: &mut Vec<u8>) {
+        let snapshot = self.world().snapshot();
+        let Ok(bytes) = serde_json::to_vec_pretty(&snapshot) else { return };
+        if bytes != *written {
+            match state::write(path, &bytes) {
+                Ok(()) => *written = bytes,
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not save the mock world"),
+            }
+        }
     }
 
     fn emit(&self, event: PuppetEvent) {
@@ -363,6 +464,13 @@ impl Backend for MockBackend {
             if w.session != Session::Offline {
                 return Ok(());
             }
+            if std::mem::take(&mut w.resume_login) {
+                // Logged in when the server last stopped: come back without a scan.
+                w.session = Session::Online;
+                self.emit(PuppetEvent::Login(LoginEvent { contact_id: w.me.clone() }));
+                self.emit(PuppetEvent::ready());
+                return Ok(());
+            }
             w.session = Session::LoggingIn;
             w.login_generation += 1;
             w.login_generation
@@ -376,8 +484,18 @@ impl Backend for MockBackend {
         Ok(())
     }
 
+    async fn shutdown(&self) -> BackendResult<()> {
+        if let Some(path) = &self.inner.options.state_file {
+            let bytes = serde_json::to_vec_pretty(&self.world().snapshot())
+                .map_err(|e| BackendError::Internal(format!("serializing the mock world: {e}")))?;
+            state::write(path, &bytes).map_err(|e| BackendError::Internal(format!("{}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+
     async fn logout(&self) -> BackendResult<()> {
         let mut w = self.world();
+        w.resume_login = false;
         let was = w.session;
         w.session = Session::Offline;
         w.login_generation += 1;
