@@ -83,6 +83,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ready_when: config.ready_when,
             metrics: metrics.clone(),
             blobs: blobs.clone(),
+            backend: backend.clone(),
         };
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -235,7 +236,7 @@ fn print_banner(
     out.push_str(&format!("  token      {shown}  ({note})\n"));
     out.push_str(&format!("  backend    {backend}\n"));
     if let Some(h) = http {
-        out.push_str(&format!("  http       http://{h}  (/healthz /readyz /metrics)\n"));
+        out.push_str(&format!("  http       http://{h}  (/qrcode /healthz /readyz /metrics)\n"));
     }
     out.push_str("connect:\n");
     out.push_str(&format!(

@@ -111,6 +111,15 @@ struct Shared {
     logged_in: watch::Sender<bool>,
 }
 
+/// See [`EventBus::login_view`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoginView {
+    /// The QR text of the pending scan, if one is pending and still has a QR.
+    pub qrcode: Option<String>,
+    /// The logged-in account.
+    pub contact_id: Option<String>,
+}
+
 /// Counters for monitoring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BusStats {
@@ -225,6 +234,17 @@ impl EventBus {
             _ => {}
         }
         seq
+    }
+
+    /// Where the login stands: the pending QR text while scanning, the bot's id once logged in.
+    pub fn login_view(&self) -> LoginView {
+        let log = self.lock();
+        let field = |env: &Option<Arc<Envelope>>, key: &str| {
+            env.as_ref()
+                .and_then(|e| serde_json::from_str::<serde_json::Value>(&e.payload).ok())
+                .and_then(|v| v.get(key).and_then(|x| x.as_str()).map(str::to_owned))
+        };
+        LoginView { qrcode: field(&log.pending_scan, "qrcode"), contact_id: field(&log.login, "contactId") }
     }
 
     /// Follows the login state (true from a LOGIN until a LOGOUT).

@@ -208,3 +208,52 @@ async fn a_restart_on_the_same_data_dir_keeps_the_login_and_the_world_and_surviv
     drop(third);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The page as headless Chromium renders it (its DOM after load).
+async fn rendered(url: &str) -> String {
+    let chromium = puppet_tests::installed("PUPPET_CHROMIUM", "Debian's chromium");
+    let profile = std::env::temp_dir().join(format!("puppet-chromium-{}-{}", std::process::id(), url.len()));
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--no-first-run",
+                "--disable-sync",
+                "--disable-component-update",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(url)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium finished")
+    .expect("run chromium");
+    _ = std::fs::remove_dir_all(&profile);
+    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_qrcode_page_shows_the_qr_while_scanning_and_the_account_after_login() {
+    // Slow login steps: the QR stays pending while the browser looks.
+    let scanning = Server::start(&["--http-listen", "127.0.0.1:0", "--login-step-ms", "600000"]);
+    let mut events = Events::open(&mut scanning.puppet().await).await;
+    let scan = events.wait_for(kind::SCAN).await;
+    let dom = rendered(&format!("http://{}/qrcode", scanning.http_addr.unwrap())).await;
+    assert!(dom.contains(r#"<h1 id="state">Scan to log in</h1>"#), "{dom}");
+    assert!(dom.contains("<svg"), "a QR image: {dom}");
+    assert!(dom.contains(scan["qrcode"].as_str().unwrap()), "the QR text under it");
+    assert!(dom.contains(r#"http-equiv="refresh""#), "the page reloads itself");
+
+    let online = Server::start(&["--http-listen", "127.0.0.1:0"]);
+    Events::open(&mut online.puppet().await).await.wait_for(kind::READY).await;
+    let dom = rendered(&format!("http://{}/qrcode", online.http_addr.unwrap())).await;
+    assert!(dom.contains(r#"<h1 id="state">Logged in as Puppet Bot</h1>"#), "{dom}");
+    assert!(!dom.contains("<svg"), "no QR once logged in");
+}
