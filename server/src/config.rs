@@ -114,6 +114,23 @@ pub struct Config {
     #[arg(long, env = "PUPPET_READY_WHEN", value_enum, default_value = "logged-in")]
     pub ready_when: ReadyWhen,
 
+    /// MQTT bridge (WeChatRemote protocol): `mqtt://[user:pass@]host[:port]` or `mqtts://…`; unset
+    /// means no bridge.
+    #[arg(long, env = "PUPPET_MQTT_URL", hide_env_values = true)]
+    pub mqtt_url: Option<String>,
+
+    /// MQTT: the `{clientId}` in the topics (default: `puppet-rs-` plus the end of the token).
+    #[arg(long, env = "PUPPET_MQTT_CLIENT_ID")]
+    pub mqtt_client_id: Option<String>,
+
+    /// MQTT: comma-separated event names to publish (default: all but heartbeat).
+    #[arg(long, env = "PUPPET_MQTT_EVENTS")]
+    pub mqtt_events: Option<String>,
+
+    /// MQTT: shared secret; payloads become base64(nonce || AES-256-GCM ciphertext), key SHA-256(secret).
+    #[arg(long, env = "PUPPET_MQTT_SECRET", hide_env_values = true)]
+    pub mqtt_secret: Option<String>,
+
     /// Seconds to wait on SIGTERM/SIGINT for open calls and connections to finish before exiting.
     #[arg(long, env = "PUPPET_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod mqtt;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -65,6 +66,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    let mqtt = config.mqtt_url.clone().map(|url| {
+        let tail: String = token.rsplit(['_', '-']).next().unwrap_or("bot").chars().take(12).collect();
+        mqtt::MqttConfig {
+            url,
+            client_id: config.mqtt_client_id.clone().unwrap_or_else(|| format!("puppet-rs-{tail}")),
+            events: config
+                .mqtt_events
+                .as_ref()
+                .map(|e| e.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()),
+            secret: config.mqtt_secret.clone().filter(|s| !s.is_empty()),
+        }
+    });
+    if let Some(m) = &mqtt {
+        mqtt::validate(m)?;
+    }
     let max_message = (config.max_message_mib as usize).saturating_mul(1024 * 1024);
     let tls = tls_setup(&config)?;
     let token: Arc<str> = token.into();
@@ -89,6 +105,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(async move {
             if let Err(e) = http::serve(listener, state, async move { _ = stop.wait_for(|s| *s).await }).await {
                 tracing::error!(error = %e, "HTTP side port failed");
+            }
+        });
+    }
+    if let Some(m) = mqtt {
+        let (backend, bus) = (backend.clone(), bus.clone());
+        tokio::spawn(async move {
+            if let Err(e) = mqtt::run(m, backend, bus).await {
+                tracing::error!(error = %e, "MQTT bridge stopped");
             }
         });
     }
