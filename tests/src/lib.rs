@@ -408,3 +408,69 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
 }
+
+/// A mosquitto broker on a free loopback port, stopped on drop.
+pub struct Mosquitto {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    conf: PathBuf,
+}
+
+impl Mosquitto {
+    /// Starts Debian's mosquitto (installed by scripts/test) with TCP_NODELAY on.
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(port)
+    }
+
+    /// Starts it on a given port (to restart a broker where clients expect it).
+    pub fn start_on(port: u16) -> Self {
+        let bin = installed("PUPPET_MOSQUITTO", "Debian's mosquitto");
+        let conf = std::env::temp_dir().join(format!("puppet-mosquitto-{}-{port}.conf", std::process::id()));
+        let text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\nlog_dest stderr\nlog_type information\n"
+        );
+        std::fs::write(&conf, text).unwrap();
+        let mut child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mosquitto");
+        // Ready once it says it listens (or: fail with what it said).
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(STARTUP_TIMEOUT) {
+                Ok(line) => {
+                    let ready = line.contains("running");
+                    seen.push(line);
+                    if ready {
+                        break;
+                    }
+                }
+                Err(_) => panic!("mosquitto did not start:\n{}", seen.join("\n")),
+            }
+        }
+        Self { child, port, conf }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        _ = self.child.kill();
+        _ = self.child.wait();
+        _ = std::fs::remove_file(&self.conf);
+    }
+}

@@ -101,9 +101,8 @@ impl Ctx {
         Ok(self.rooms().await?.into_iter().find(|r| r.topic == key))
     }
 
-    async fn send(&self, to: &str, params: &Value) -> Result<Option<MessageId>, String> {
-        let content = outgoing(params)?;
-        self.backend.send(&ConversationId(to.to_owned()), content).await.map_err(err)
+    async fn send(&self, to: &str, content: &Outgoing) -> Result<Option<MessageId>, String> {
+        self.backend.send(&ConversationId(to.to_owned()), content.clone()).await.map_err(err)
     }
 
     /// Answers one command; `Err` carries the reason for a non-200 response.
@@ -129,10 +128,11 @@ impl Ctx {
                 }
             }
             "contactSay" => {
+                let content = outgoing(params)?;
                 let mut result = json!({ "success": [], "fail": [] });
                 for key in param_list(params, "contacts")? {
                     let outcome = match self.find_contact(&key).await? {
-                        Some(c) => self.send(c.id.as_str(), params).await.map(|_| ()),
+                        Some(c) => self.send(c.id.as_str(), &content).await.map(|_| ()),
                         None => Err("联系人不存在".to_owned()),
                     };
                     push_outcome(&mut result, &key, outcome);
@@ -166,10 +166,11 @@ impl Ctx {
                 Ok(Value::Array(members))
             }
             "roomSay" => {
+                let content = outgoing(params)?;
                 let mut result = json!({ "success": [], "fail": [] });
                 for key in param_list(params, "rooms")? {
                     let outcome = match self.find_room(&key).await? {
-                        Some(r) => self.send(r.id.as_str(), params).await.map(|_| ()),
+                        Some(r) => self.send(r.id.as_str(), &content).await.map(|_| ()),
                         None => Err("群不存在".to_owned()),
                     };
                     push_outcome(&mut result, &key, outcome);
@@ -203,7 +204,7 @@ impl Ctx {
                 } else {
                     msg.room_id.0
                 };
-                let id = self.send(&to, params).await?;
+                let id = self.send(&to, &outgoing(params)?).await?;
                 Ok(json!({ "messageId": id }))
             }
             other => Err(format!("unknown command `{other}`")),

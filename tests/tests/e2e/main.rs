@@ -7,6 +7,7 @@ mod events;
 mod files;
 mod foundation;
 mod mock;
+mod mqtt;
 mod ops;
 mod polyglot;
 mod puppetctl;
