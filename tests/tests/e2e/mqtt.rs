@@ -229,3 +229,42 @@ async fn payloads_are_sealed_with_the_shared_secret() {
     let raw = tokio::time::timeout(Duration::from_secs(10), c.responses.recv()).await.expect("a response").unwrap();
     assert_eq!(raw, Value::Null, "the response is base64 ciphertext, not JSON");
 }
+
+/// The paho-mqtt controller (`tests/mqtt/controller.py`) against the bridge, plain and sealed.
+async fn paho(secret: Option<&str>) {
+    let python = puppet_tests::installed("PUPPET_TEST_PAHO_PYTHON", "a venv with paho-mqtt and cryptography");
+    let broker = Mosquitto::start();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let mut args = vec!["--mqtt-url", url.as_str(), "--mqtt-client-id", "py-bot"];
+    if let Some(s) = secret {
+        args.extend(["--mqtt-secret", s]);
+    }
+    let server = Server::start(&args);
+    Events::open(&mut server.puppet().await).await.wait_for(kind::READY).await;
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(puppet_tests::repo_root().join("tests/mqtt/controller.py")).arg(broker.port.to_string()).arg("py-bot");
+    if let Some(s) = secret {
+        cmd.arg(s);
+    }
+    let out =
+        tokio::time::timeout(Duration::from_secs(60), cmd.kill_on_drop(true).output()).await.expect("in time").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("MQTT OK"),
+        "controller.py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen =
+        world(&server).await.list_messages(ext::ListMessagesRequest { conversation_id: "wxid_bob".into() }).await;
+    assert_eq!(seen.unwrap().into_inner().messages.last().unwrap().text, "hi from python");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_paho_controller_drives_the_bot() {
+    paho(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_paho_controller_drives_the_bot_with_sealed_payloads() {
+    paho(Some("s3cret")).await;
+}
