@@ -426,7 +426,11 @@ impl Mosquitto {
 
     /// Starts it on a given port (to restart a broker where clients expect it).
     pub fn start_on(port: u16) -> Self {
-        let bin = installed("PUPPET_MOSQUITTO", "Debian's mosquitto");
+        Self::launch(&installed("PUPPET_MOSQUITTO", "Debian's mosquitto"), port)
+    }
+
+    /// Starts the mosquitto binary `bin` on `port`.
+    pub fn launch(bin: &std::path::Path, port: u16) -> Self {
         let conf = std::env::temp_dir().join(format!("puppet-mosquitto-{}-{port}.conf", std::process::id()));
         let text = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\nlog_dest stderr\nlog_type information\n"
