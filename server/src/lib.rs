@@ -89,7 +89,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .max_encoding_message_size(max_message);
     let feed = EventFeedServer::new(EventFeedService::new(bus.clone(), heartbeat));
 
-    print_banner(&config, grpc_addr, http_addr, &token, token_source, backend.name(), &tls);
+    print_banner(&Banner {
+        config: &config,
+        grpc: grpc_addr,
+        http: http_addr,
+        token: &token,
+        source: token_source,
+        backend: backend.name(),
+        tls: &tls,
+        mqtt: mqtt.as_ref(),
+    });
 
     let shutdown = shutdown_signal();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -233,15 +242,20 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-fn print_banner(
-    config: &Config,
+/// What the start-up banner shows.
+struct Banner<'a> {
+    config: &'a Config,
     grpc: SocketAddr,
     http: Option<SocketAddr>,
-    token: &str,
+    token: &'a str,
     source: TokenSource,
-    backend: &str,
-    tls: &TlsSetup,
-) {
+    backend: &'a str,
+    tls: &'a TlsSetup,
+    mqtt: Option<&'a mqtt::MqttConfig>,
+}
+
+fn print_banner(banner: &Banner<'_>) {
+    let Banner { config, grpc, http, token, source, backend, tls, mqtt } = *banner;
     // The banner is for the person who started the server; tracing logs never carry the token.
     let (shown, note, tok) = match source {
         TokenSource::Given => (mask(token), "given".to_owned(), "$WECHATY_PUPPET_SERVICE_TOKEN".to_owned()),
@@ -261,6 +275,11 @@ fn print_banner(
     out.push_str(&format!("  backend    {backend}\n"));
     if let Some(h) = http {
         out.push_str(&format!("  http       http://{h}  (/qrcode /healthz /readyz /metrics)\n"));
+    }
+    if let Some(m) = mqtt {
+        // The URL may carry credentials: show only where it goes.
+        let broker = m.url.rsplit('@').next().unwrap_or_default().rsplit("://").next().unwrap_or_default();
+        out.push_str(&format!("  mqtt       thing/chatbot/{}/…  via {broker}\n", m.client_id));
     }
     out.push_str("connect:\n");
     out.push_str(&format!(
