@@ -6,6 +6,7 @@
 //! and the operation, so a backend can grow one operation at a time.
 
 pub mod mock;
+pub mod official_account;
 
 use async_trait::async_trait;
 use puppet_proto::filebox::FileBox;

@@ -1,0 +1,5 @@
+//! The WeChat Official Account backend — groundwork. So far: the callback crypto ([`crypto`]),
+//! checked against every published vector. The webhook, the REST client and the `Backend`
+//! implementation are not built yet, and `--backend official-account` does not exist.
+
+pub mod crypto;
