@@ -5,7 +5,9 @@
 //! to `…/event/post`. QoS 1 throughout, TCP_NODELAY on, reconnection with backoff (rumqttc
 //! reconnects on the next poll; the command topic is subscribed again on every CONNACK).
 //!
-//! While the broker is unreachable, up to [`QUEUE`] outgoing messages wait in rumqttc's request
+//! At most [`CONCURRENT_COMMANDS`] commands run at once; a flood of commands waits on the broker
+//! connection rather than piling up tasks. While the broker is unreachable, up to [`QUEUE`] outgoing
+//! messages wait in rumqttc's request
 //! queue; the event forwarder then waits too, falls behind on the bus, is cut off, and starts over
 //! from live events: events from a long broker outage are dropped, not buffered without bound.
 
@@ -27,6 +29,8 @@ use envelope::{Envelope, Seal, Topics};
 
 /// Outgoing messages rumqttc may hold while the broker is away.
 pub const QUEUE: usize = 1024;
+/// Commands answered at once; further ones wait (and with them the broker connection's reading).
+pub const CONCURRENT_COMMANDS: usize = 64;
 
 /// Bridge settings (`PUPPET_MQTT_*`).
 #[derive(Clone, Debug)]
@@ -102,6 +106,7 @@ pub async fn run(cfg: MqttConfig, backend: Arc<dyn Backend>, bus: EventBus) -> a
         bus.clone(),
     ));
     let ctx = Arc::new(commands::Ctx { backend, bus });
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_COMMANDS));
     let mut backoff = Duration::from_millis(100);
     loop {
         match eventloop.poll().await {
@@ -113,8 +118,10 @@ pub async fn run(cfg: MqttConfig, backend: Arc<dyn Backend>, bus: EventBus) -> a
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topics.command => {
+                let Ok(permit) = permits.clone().acquire_owned().await else { continue };
                 let (client, topics, seal, ctx) = (client.clone(), topics.clone(), seal.clone(), ctx.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let response = answer(&ctx, &seal, &p.payload).await;
                     let topic = topics.response(if response.req_id.is_empty() { "unknown" } else { &response.req_id });
                     if let Err(e) = client.publish(topic, QoS::AtLeastOnce, false, seal.seal(&response)).await {
