@@ -6,10 +6,10 @@
 //! reconnects on the next poll; the command topic is subscribed again on every CONNACK).
 //!
 //! At most [`CONCURRENT_COMMANDS`] commands run at once; a flood of commands waits on the broker
-//! connection rather than piling up tasks. While the broker is unreachable, up to [`QUEUE`] outgoing
-//! messages wait in rumqttc's request
-//! queue; the event forwarder then waits too, falls behind on the bus, is cut off, and starts over
-//! from live events: events from a long broker outage are dropped, not buffered without bound.
+//! connection rather than piling up tasks. While the broker is unreachable, up to [`QUEUE`]
+//! outgoing messages wait in rumqttc's request queue; the event forwarder then waits too, falls
+//! behind on the bus, is cut off, and starts over from live events: events from a long broker
+//! outage are dropped, not buffered without bound.
 
 pub mod commands;
 pub mod envelope;
