@@ -224,10 +224,17 @@ async fn payloads_are_sealed_with_the_shared_secret() {
     let server = Server::start(&["--mqtt-url", &url, "--mqtt-client-id", CID, "--mqtt-secret", "s3cret"]);
     Events::open(&mut server.puppet().await).await.wait_for(kind::READY).await;
     let mut c = Controller::connect(broker.port).await;
-    // A plain command is refused: it does not decrypt. The response is sealed, so its JSON is unreadable.
-    c.publish_raw(br#"{"reqId":"x","method":"command","name":"wechatyLogonoff","params":{}}"#.to_vec()).await;
-    let raw = tokio::time::timeout(Duration::from_secs(10), c.responses.recv()).await.expect("a response").unwrap();
-    assert_eq!(raw, Value::Null, "the response is base64 ciphertext, not JSON");
+    // A plain command is refused: it does not decrypt. The response is sealed, so its JSON is
+    // unreadable. (Sent again until the bridge has subscribed and answers.)
+    let mut raw = None;
+    for _ in 0..50 {
+        c.publish_raw(br#"{"reqId":"x","method":"command","name":"wechatyLogonoff","params":{}}"#.to_vec()).await;
+        if let Ok(Some(r)) = tokio::time::timeout(Duration::from_millis(500), c.responses.recv()).await {
+            raw = Some(r);
+            break;
+        }
+    }
+    assert_eq!(raw.expect("a response"), Value::Null, "the response is base64 ciphertext, not JSON");
 }
 
 /// The paho-mqtt controller (`tests/mqtt/controller.py`) against the bridge, plain and sealed.
