@@ -12,7 +12,7 @@ const BOT: &str = "wxid_puppet_bot";
 
 /// Starts a bot, waits until it listens, has Alice say "ding", and waits for its "dong".
 pub(crate) async fn ding_dong(mut cmd: tokio::process::Command, ready_marker: &str) {
-    let server = Server::start(&[]);
+    let server = Server::start(&["--http-listen", "127.0.0.1:0"]);
     let mut events = Events::open(&mut server.puppet().await).await;
     events.wait_for(kind::READY).await;
 
@@ -39,6 +39,22 @@ pub(crate) async fn ding_dong(mut cmd: tokio::process::Command, ready_marker: &s
     })
     .await;
     assert!(listening.is_ok(), "the bot never said it was listening:\n{}", seen.join("\n"));
+
+    // A bot may log "listening" a moment before the server has its event stream: wait until the
+    // server counts two subscribers (this test's and the bot's).
+    let subscribed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let (_, metrics) = puppet_tests::http_get(server.http_addr.unwrap(), "/metrics").await;
+            let n =
+                metrics.lines().find_map(|l| l.strip_prefix("puppet_event_subscribers ")?.trim().parse::<f64>().ok());
+            if n.unwrap_or(0.0) >= 2.0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(subscribed.is_ok(), "the bot never opened its event stream:\n{}", seen.join("\n"));
 
     let mut w = world(&server).await;
     w.say(ext::SayRequest { from_id: "wxid_alice".into(), text: "ding".into(), ..Default::default() }).await.unwrap();
