@@ -148,6 +148,10 @@ pub struct Config {
     /// confirmed, logged in, ready).
     #[arg(long, env = "PUPPET_MOCK_LOGIN_STEP_MS", default_value_t = 50)]
     pub login_step_ms: u64,
+
+    /// `--backend official-account` settings.
+    #[command(flatten)]
+    pub oa: crate::backend::official_account::settings::OaFlags,
 }
 
 /// The default gRPC port (the official puppet service examples use 8788).

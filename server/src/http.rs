@@ -1,5 +1,6 @@
 //! The side HTTP port: liveness, readiness and metrics for orchestrators, and `/qrcode`, the login
-//! QR for people (a pod's terminal is not where anyone scans from).
+//! QR for people (a pod's terminal is not where anyone scans from), and the backend's webhook when
+//! it has one (the Official Account callback URL).
 
 use axum::Router;
 use axum::extract::State;
@@ -28,6 +29,7 @@ pub struct HttpState {
 pub async fn serve(
     listener: TcpListener,
     state: HttpState,
+    webhook: Option<Router>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -35,7 +37,8 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/qrcode", get(qrcode_page))
-        .with_state(state);
+        .with_state(state)
+        .merge(webhook.unwrap_or_default());
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 

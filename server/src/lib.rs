@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use puppet_proto::pb::puppet_rs::v1::event_feed_server::EventFeedServer;
 use puppet_proto::pb::puppet_rs::v1::mock_world_server::MockWorldServer;
+use puppet_proto::pb::puppet_rs::v1::official_account_server::OfficialAccountServer;
 use puppet_proto::pb::wechaty::puppet_server::PuppetServer;
 use tokio::net::TcpListener;
 
@@ -38,12 +39,14 @@ const FLOW_WINDOW: u32 = 4 << 20;
 /// Runs the server until SIGINT/SIGTERM, then drains: event streams end with OK, in-flight calls
 /// finish, and the process returns.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // One rustls provider for the whole process (gRPC TLS, MQTT, the Official Account API client).
+    _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let (token, token_source) = config.resolve_token()?;
     let bus = EventBus::new(config.event_retention, config.subscriber_max_lag);
     let blob_dir = config.blob_dir();
     let blobs = blobs::BlobStore::open(&blob_dir, config.blob_limits())
         .map_err(|e| anyhow::anyhow!("cannot open the blob store at {}: {e}", blob_dir.display()))?;
-    let backend::Built { backend, mock } = backend::build(&config, bus.sink(), blobs.clone())?;
+    let backend::Built { backend, mock, official_account } = backend::build(&config, bus.sink(), blobs.clone())?;
     let metrics = std::sync::Arc::new(metrics::Metrics::new());
     let heartbeat = Duration::from_secs(config.heartbeat_secs);
 
@@ -103,6 +106,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(listener) = http_listener {
+        let webhook = official_account.clone().map(backend::official_account::webhook::router);
         let state = http::HttpState {
             bus: bus.clone(),
             ready_when: config.ready_when,
@@ -112,7 +116,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         };
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = http::serve(listener, state, async move { _ = stop.wait_for(|s| *s).await }).await {
+            if let Err(e) = http::serve(listener, state, webhook, async move { _ = stop.wait_for(|s| *s).await }).await
+            {
                 tracing::error!(error = %e, "HTTP side port failed");
             }
         });
@@ -147,6 +152,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(reflection_v1alpha)
         .add_service(RequireToken::new(puppet, token.clone()))
         .add_service(RequireToken::new(feed, token.clone()))
+        .add_optional_service(official_account.map(|oa| {
+            let service = grpc::official_account::OfficialAccountService::new(oa, stop_rx.clone());
+            RequireToken::new(OfficialAccountServer::new(service), token.clone())
+        }))
         .add_optional_service(mock.map(|m| RequireToken::new(MockWorldServer::new(MockWorldService::new(m)), token)))
         .serve_with_incoming_shutdown(tls::incoming(grpc_listener, tls.acceptor), async move {
             _ = stop_grpc.wait_for(|s| *s).await;

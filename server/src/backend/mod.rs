@@ -44,6 +44,29 @@ pub enum BackendError {
     /// The backend failed for a reason of its own.
     #[error("{0}")]
     Internal(String),
+    /// The platform cannot do this at all, for the reason given (not a missing feature of ours).
+    #[error("`{op}` is impossible here: {reason}")]
+    PlatformLimit {
+        /// The operation.
+        op: &'static str,
+        /// Why the platform forbids it.
+        reason: &'static str,
+    },
+    /// The platform refused the backend's credentials, and a retry with fresh ones failed too.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The platform does not allow this account (or its address) to do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The thing to create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Something the request names does not exist, as the platform put it.
+    #[error("{0}")]
+    Absent(String),
+    /// The platform could not be reached or is busy; retrying later may work.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl BackendError {
@@ -323,6 +346,8 @@ pub trait Backend: Send + Sync + 'static {
 pub enum BackendKind {
     /// The embedded simulated WeChat world.
     Mock,
+    /// A WeChat Official Account (公众号): webhook on the side port, WeChat's REST API.
+    OfficialAccount,
 }
 
 /// A backend as built from the flags.
@@ -331,6 +356,8 @@ pub struct Built {
     pub backend: std::sync::Arc<dyn Backend>,
     /// The same backend when it is the mock, for the `MockWorld` control service.
     pub mock: Option<mock::MockBackend>,
+    /// The same backend when it is an Official Account, for its extension service and webhook.
+    pub official_account: Option<official_account::OfficialAccount>,
 }
 
 /// Builds the configured backend, wired to the event sink.
@@ -338,7 +365,19 @@ pub fn build(config: &crate::config::Config, sink: EventSink, blobs: crate::blob
     match config.backend {
         BackendKind::Mock => {
             let mock = mock::MockBackend::new(mock::MockOptions::from_config(config)?, sink, blobs)?;
-            Ok(Built { backend: std::sync::Arc::new(mock.clone()), mock: Some(mock) })
+            Ok(Built { backend: std::sync::Arc::new(mock.clone()), mock: Some(mock), official_account: None })
+        }
+        BackendKind::OfficialAccount => {
+            let settings = official_account::settings::OaSettings::from_flags(&config.oa)?;
+            if config.http_listen.is_none() {
+                anyhow::bail!(
+                    "PUPPET_HTTP_LISTEN is not set: the official-account backend serves its webhook ({}) on the \
+                     side port, e.g. PUPPET_HTTP_LISTEN=0.0.0.0:8080",
+                    settings.webhook_path
+                );
+            }
+            let oa = official_account::OfficialAccount::new(settings, sink, blobs)?;
+            Ok(Built { backend: std::sync::Arc::new(oa.clone()), mock: None, official_account: Some(oa) })
         }
     }
 }

@@ -6,6 +6,7 @@ mod convert;
 pub mod event;
 pub mod files;
 pub mod mock_world;
+pub mod official_account;
 pub mod status;
 
 use std::sync::Arc;

@@ -15,6 +15,12 @@ pub fn to_status(backend: &str, err: BackendError) -> Status {
         BackendError::FailedPrecondition(m) => Status::failed_precondition(m),
         BackendError::ResourceExhausted(m) => Status::resource_exhausted(m),
         BackendError::Internal(m) => Status::internal(format!("`{backend}` backend: {m}")),
+        e @ BackendError::PlatformLimit { .. } => Status::unimplemented(format!("`{backend}` backend: {e}")),
+        BackendError::Unauthenticated(m) => Status::unauthenticated(m),
+        BackendError::PermissionDenied(m) => Status::permission_denied(m),
+        BackendError::AlreadyExists(m) => Status::already_exists(m),
+        BackendError::Unavailable(m) => Status::unavailable(m),
+        BackendError::Absent(m) => Status::not_found(m),
     }
 }
 
@@ -34,5 +40,14 @@ mod tests {
         assert_eq!(to_status("m", BackendError::FailedPrecondition("x".into())).code(), Code::FailedPrecondition);
         assert_eq!(to_status("m", BackendError::ResourceExhausted("x".into())).code(), Code::ResourceExhausted);
         assert_eq!(to_status("m", BackendError::Internal("x".into())).code(), Code::Internal);
+        let s = to_status("oa", BackendError::PlatformLimit { op: "room_list", reason: "no groups" });
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::Unimplemented, "`oa` backend: `room_list` is impossible here: no groups")
+        );
+        assert_eq!(to_status("m", BackendError::Unauthenticated("x".into())).code(), Code::Unauthenticated);
+        assert_eq!(to_status("m", BackendError::PermissionDenied("x".into())).code(), Code::PermissionDenied);
+        assert_eq!(to_status("m", BackendError::AlreadyExists("x".into())).code(), Code::AlreadyExists);
+        assert_eq!(to_status("m", BackendError::Unavailable("x".into())).code(), Code::Unavailable);
     }
 }

@@ -252,6 +252,19 @@ pub enum Reply {
     Voice { media_id: String },
     /// A pre-uploaded video.
     Video { media_id: String, title: Option<String>, description: Option<String> },
+    /// Music: title, description, URL, high-quality URL (the URL when absent), thumbnail media id.
+    Music {
+        /// Title.
+        title: String,
+        /// Description.
+        description: String,
+        /// The music URL.
+        url: String,
+        /// The high-quality URL; `url` when `None` (as WeRoBot does).
+        hq_url: Option<String>,
+        /// A pre-uploaded thumbnail (WeChat's docs require it; WeRoBot omits it).
+        thumb_media_id: Option<String>,
+    },
     /// News articles (title, description, picture URL, URL); one when answering a user's message.
     News(Vec<[String; 4]>),
     /// Hand the session to human customer service.
@@ -278,6 +291,22 @@ pub fn render_reply(to: &str, from: &str, create_time: u64, reply: &Reply) -> St
                 v.push_str(&format!("<Description>{}</Description>", cdata(d)));
             }
             ("video", format!("<Video>{v}</Video>"))
+        }
+        Reply::Music { title, description, url, hq_url, thumb_media_id } => {
+            let thumb = thumb_media_id
+                .as_ref()
+                .map(|t| format!("<ThumbMediaId>{}</ThumbMediaId>", cdata(t)))
+                .unwrap_or_default();
+            (
+                "music",
+                format!(
+                    "<Music><Title>{}</Title><Description>{}</Description><MusicUrl>{}</MusicUrl><HQMusicUrl>{}</HQMusicUrl>{thumb}</Music>",
+                    cdata(title),
+                    cdata(description),
+                    cdata(url),
+                    cdata(hq_url.as_deref().unwrap_or(url))
+                ),
+            )
         }
         Reply::News(articles) => {
             let items: String = articles
@@ -427,6 +456,14 @@ mod tests {
             Reply::Video { media_id: "vid".into(), title: Some("T".into()), description: None },
             Reply::News(vec![["t".into(), "d".into(), "https://p".into(), "https://u".into()]]),
             Reply::TransferCustomerService { kf_account: Some("kf@x".into()) },
+            // WeRoBot's music case: hq_url defaults to url.
+            Reply::Music {
+                title: "tt".into(),
+                description: "ds".into(),
+                url: "u1".into(),
+                hq_url: None,
+                thumb_media_id: None,
+            },
         ];
         for reply in replies {
             let xml = render_reply("fromUser", "gh_oa", 1700000000, &reply);
@@ -452,6 +489,11 @@ mod tests {
                         (Some("transfer_customer_service"), Some("kf@x"))
                     )
                 }
+                Reply::Music { .. } => assert_eq!(
+                    ["Music/Title", "Music/Description", "Music/MusicUrl", "Music/HQMusicUrl", "Music/ThumbMediaId"]
+                        .map(|p| tree.get(p)),
+                    [Some("tt"), Some("ds"), Some("u1"), Some("u1"), None]
+                ),
             }
         }
     }

@@ -1,0 +1,216 @@
+//! `--backend official-account` settings: the flags (each with its `PUPPET_OA_…` variable) and
+//! their validation into [`OaSettings`]. A missing or malformed setting stops start-up with one line
+//! that names it.
+
+use std::time::Duration;
+
+use super::crypto::AesKey;
+
+/// The Official Account flags, as given.
+#[derive(Clone, Default, clap::Args)]
+pub struct OaFlags {
+    /// Official Account: the AppID (开发者ID, `wx…`).
+    #[arg(long = "oa-app-id", env = "PUPPET_OA_APP_ID")]
+    pub app_id: Option<String>,
+
+    /// Official Account: the AppSecret (开发者密码).
+    #[arg(long = "oa-app-secret", env = "PUPPET_OA_APP_SECRET", hide_env_values = true)]
+    pub app_secret: Option<String>,
+
+    /// Official Account: the server-configuration Token (3–32 letters and digits).
+    #[arg(long = "oa-token", env = "PUPPET_OA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Official Account: the EncodingAESKey (43 characters). Absent: plain mode only.
+    #[arg(long = "oa-aes-key", env = "PUPPET_OA_AES_KEY", hide_env_values = true)]
+    pub aes_key: Option<String>,
+
+    /// Official Account: the previous EncodingAESKey, tried when the current one fails (key rotation).
+    #[arg(long = "oa-aes-key-previous", env = "PUPPET_OA_AES_KEY_PREVIOUS", hide_env_values = true)]
+    pub aes_key_previous: Option<String>,
+
+    /// Official Account: the WeChat API base URL (tests point it at a local fake).
+    #[arg(long = "oa-api-base", env = "PUPPET_OA_API_BASE", default_value = "https://api.weixin.qq.com")]
+    pub api_base: String,
+
+    /// Official Account: the original id (`gh_…`). It becomes the bot's own contact id, and pushes
+    /// addressed to another account are refused. Default: the AppID stands for the bot.
+    #[arg(long = "oa-original-id", env = "PUPPET_OA_ORIGINAL_ID")]
+    pub original_id: Option<String>,
+
+    /// Official Account: the webhook path on the side port (`PUPPET_HTTP_LISTEN`).
+    #[arg(long = "oa-webhook-path", env = "PUPPET_OA_WEBHOOK_PATH", default_value = "/wechat")]
+    pub webhook_path: String,
+
+    /// Official Account: how long a follower's push waits for the bot's answer to go back as the
+    /// passive reply, in milliseconds (WeChat gives up after 5 s). After that the push is answered
+    /// `success` and the bot's answer goes through the customer-service API.
+    #[arg(long = "oa-reply-window-ms", env = "PUPPET_OA_REPLY_WINDOW_MS", default_value_t = 4500)]
+    pub reply_window_ms: u64,
+}
+
+// Hand-written so a `{:?}` can never print a secret.
+impl std::fmt::Debug for OaFlags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OaFlags")
+            .field("app_id", &self.app_id)
+            .field("api_base", &self.api_base)
+            .field("original_id", &self.original_id)
+            .field("webhook_path", &self.webhook_path)
+            .field("reply_window_ms", &self.reply_window_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Validated Official Account settings.
+#[derive(Clone)]
+pub struct OaSettings {
+    /// AppID.
+    pub app_id: String,
+    /// AppSecret (never logged).
+    pub app_secret: String,
+    /// The callback Token.
+    pub token: String,
+    /// The current EncodingAESKey; `None` in plain mode.
+    pub aes_key: Option<AesKey>,
+    /// The previous EncodingAESKey.
+    pub aes_key_previous: Option<AesKey>,
+    /// The API base, without a trailing `/`.
+    pub api_base: String,
+    /// The `gh_…` id, when configured.
+    pub original_id: Option<String>,
+    /// Where the webhook is served.
+    pub webhook_path: String,
+    /// See `--oa-reply-window-ms`.
+    pub reply_window: Duration,
+}
+
+impl std::fmt::Debug for OaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OaSettings")
+            .field("app_id", &self.app_id)
+            .field("safe_mode", &self.aes_key.is_some())
+            .field("api_base", &self.api_base)
+            .field("original_id", &self.original_id)
+            .field("webhook_path", &self.webhook_path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn required(value: &Option<String>, env: &str, what: &str) -> anyhow::Result<String> {
+    match value.as_deref().map(str::trim) {
+        Some(v) if !v.is_empty() => Ok(v.to_owned()),
+        _ => anyhow::bail!("{env} is not set: the official-account backend needs the account's {what}"),
+    }
+}
+
+impl OaSettings {
+    /// Checks every setting; the error is one line naming the first bad one.
+    pub fn from_flags(flags: &OaFlags) -> anyhow::Result<Self> {
+        let app_id = required(&flags.app_id, "PUPPET_OA_APP_ID", "AppID (开发者ID, wx…)")?;
+        if !app_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            anyhow::bail!("PUPPET_OA_APP_ID={app_id:?} is malformed: an AppID is letters and digits (wx…)");
+        }
+        let app_secret = required(&flags.app_secret, "PUPPET_OA_APP_SECRET", "AppSecret (开发者密码)")?;
+        let token = required(&flags.token, "PUPPET_OA_TOKEN", "server-configuration Token")?;
+        if !(3..=32).contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            anyhow::bail!("PUPPET_OA_TOKEN is malformed: WeChat accepts 3 to 32 letters and digits");
+        }
+        let key = |value: &Option<String>, env: &str| -> anyhow::Result<Option<AesKey>> {
+            match value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+                None => Ok(None),
+                Some(v) => AesKey::from_encoding_aes_key(v).map(Some).map_err(|_| {
+                    anyhow::anyhow!(
+                        "{env} is malformed: an EncodingAESKey is 43 letters and digits (got {} characters)",
+                        v.chars().count()
+                    )
+                }),
+            }
+        };
+        let aes_key = key(&flags.aes_key, "PUPPET_OA_AES_KEY")?;
+        let aes_key_previous = key(&flags.aes_key_previous, "PUPPET_OA_AES_KEY_PREVIOUS")?;
+        if aes_key.is_none() && aes_key_previous.is_some() {
+            anyhow::bail!("PUPPET_OA_AES_KEY_PREVIOUS is set without PUPPET_OA_AES_KEY: set the current key too");
+        }
+        let api_base = flags.api_base.trim().trim_end_matches('/').to_owned();
+        let parsed = reqwest::Url::parse(&api_base)
+            .map_err(|e| anyhow::anyhow!("PUPPET_OA_API_BASE={api_base:?} is not a URL ({e})"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            anyhow::bail!("PUPPET_OA_API_BASE={api_base:?} must be an http:// or https:// URL");
+        }
+        let original_id = flags.original_id.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+        if let Some(id) = &original_id
+            && !id.starts_with("gh_")
+        {
+            anyhow::bail!("PUPPET_OA_ORIGINAL_ID={id:?} is malformed: an original id starts with `gh_`");
+        }
+        if !flags.webhook_path.starts_with('/') {
+            anyhow::bail!("PUPPET_OA_WEBHOOK_PATH={:?} must start with `/`", flags.webhook_path);
+        }
+        if !(100..=4900).contains(&flags.reply_window_ms) {
+            anyhow::bail!(
+                "PUPPET_OA_REPLY_WINDOW_MS={} is out of range: WeChat waits 5 s, so use 100..=4900",
+                flags.reply_window_ms
+            );
+        }
+        Ok(Self {
+            app_id,
+            app_secret,
+            token,
+            aes_key,
+            aes_key_previous,
+            api_base,
+            original_id,
+            webhook_path: flags.webhook_path.clone(),
+            reply_window: Duration::from_millis(flags.reply_window_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> OaFlags {
+        OaFlags {
+            app_id: Some("wx0123456789abcdef".into()),
+            app_secret: Some("s3cret".into()),
+            token: Some("pamtest".into()),
+            aes_key: Some("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG".into()),
+            aes_key_previous: None,
+            api_base: "https://api.weixin.qq.com/".into(),
+            original_id: Some("gh_10f6c3c3ac5a".into()),
+            webhook_path: "/wechat".into(),
+            reply_window_ms: 4500,
+        }
+    }
+
+    fn error(f: OaFlags) -> String {
+        OaSettings::from_flags(&f).err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn good_settings_pass_and_debug_hides_secrets() {
+        let s = OaSettings::from_flags(&flags()).unwrap();
+        assert_eq!(s.api_base, "https://api.weixin.qq.com");
+        assert!(s.aes_key.is_some());
+        let shown = format!("{s:?} {:?}", flags());
+        assert!(!shown.contains("s3cret") && !shown.contains("pamtest") && !shown.contains("ABCDEFG"), "{shown}");
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        assert!(error(OaFlags { app_id: None, ..flags() }).starts_with("PUPPET_OA_APP_ID is not set"));
+        assert!(error(OaFlags { app_secret: Some(" ".into()), ..flags() }).starts_with("PUPPET_OA_APP_SECRET"));
+        assert!(error(OaFlags { token: Some("a-b".into()), ..flags() }).starts_with("PUPPET_OA_TOKEN is malformed"));
+        assert!(error(OaFlags { aes_key: Some("abcde".into()), ..flags() }).starts_with("PUPPET_OA_AES_KEY is"));
+        assert!(
+            error(OaFlags { aes_key_previous: Some("short".into()), ..flags() })
+                .starts_with("PUPPET_OA_AES_KEY_PREVIOUS is malformed")
+        );
+        assert!(error(OaFlags { api_base: "ftp://x".into(), ..flags() }).starts_with("PUPPET_OA_API_BASE"));
+        assert!(error(OaFlags { original_id: Some("wx1".into()), ..flags() }).starts_with("PUPPET_OA_ORIGINAL_ID"));
+        assert!(error(OaFlags { reply_window_ms: 6000, ..flags() }).starts_with("PUPPET_OA_REPLY_WINDOW_MS"));
+        assert!(OaSettings::from_flags(&OaFlags { aes_key: None, ..flags() }).unwrap().aes_key.is_none());
+    }
+}
