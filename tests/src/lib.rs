@@ -2,6 +2,7 @@
 //! connect typed gRPC clients to it, and find the client toolchains `scripts/test` installed.
 
 pub mod contract;
+pub mod fake_wechat;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -301,6 +302,7 @@ pub mod kind {
     pub const HEARTBEAT: i32 = 1;
     pub const MESSAGE: i32 = 2;
     pub const DONG: i32 = 3;
+    pub const ERROR: i32 = 16;
     pub const FRIENDSHIP: i32 = 17;
     pub const ROOM_INVITE: i32 = 18;
     pub const ROOM_JOIN: i32 = 19;
@@ -397,9 +399,18 @@ impl Drop for Proxy {
 
 /// A plain HTTP/1.1 GET on the side port: (status code, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, "").await
+}
+
+/// A plain HTTP/1.1 request with a body on the side port: (status code, body).
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the side port");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: text/xml\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await.expect("HTTP answer").unwrap();

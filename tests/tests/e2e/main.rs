@@ -8,6 +8,7 @@ mod files;
 mod foundation;
 mod mock;
 mod mqtt;
+mod official_account;
 mod ops;
 mod polyglot;
 mod puppetctl;

@@ -143,6 +143,8 @@ pub struct Api {
 impl Api {
     /// A client for `base` (no trailing `/`).
     pub fn new(base: &str, app_id: &str, secret: &str) -> anyhow::Result<Self> {
+        // reqwest is built without a rustls provider of its own; ring is the process's one.
+        _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
@@ -418,6 +420,15 @@ mod tests {
             check(serde_json::json!({"errcode": 1, "errmsg": "test"})),
             Err(ApiError::WeChat { errcode: 1, errmsg: "test".into() })
         );
+    }
+
+    #[tokio::test]
+    async fn transport_errors_never_carry_the_secret() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let api = Api::new(&format!("http://127.0.0.1:{port}"), "wxapp", "TOPSECRET").unwrap();
+        let e = api.access_token().await.unwrap_err();
+        assert!(matches!(e, ApiError::Transport(_)), "{e:?}");
+        assert!(!format!("{e} {e:?}").contains("TOPSECRET"), "{e:?}");
     }
 
     #[test]

@@ -10,42 +10,78 @@ use super::crypto::AesKey;
 #[derive(Clone, Default, clap::Args)]
 pub struct OaFlags {
     /// Official Account: the AppID (开发者ID, `wx…`).
-    #[arg(long = "oa-app-id", env = "PUPPET_OA_APP_ID")]
+    #[arg(id = "oa_app_id", value_name = "APPID", long = "oa-app-id", env = "PUPPET_OA_APP_ID")]
     pub app_id: Option<String>,
 
     /// Official Account: the AppSecret (开发者密码).
-    #[arg(long = "oa-app-secret", env = "PUPPET_OA_APP_SECRET", hide_env_values = true)]
+    #[arg(
+        id = "oa_app_secret",
+        value_name = "SECRET",
+        long = "oa-app-secret",
+        env = "PUPPET_OA_APP_SECRET",
+        hide_env_values = true
+    )]
     pub app_secret: Option<String>,
 
     /// Official Account: the server-configuration Token (3–32 letters and digits).
-    #[arg(long = "oa-token", env = "PUPPET_OA_TOKEN", hide_env_values = true)]
+    #[arg(id = "oa_token", value_name = "TOKEN", long = "oa-token", env = "PUPPET_OA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
     /// Official Account: the EncodingAESKey (43 characters). Absent: plain mode only.
-    #[arg(long = "oa-aes-key", env = "PUPPET_OA_AES_KEY", hide_env_values = true)]
+    #[arg(
+        id = "oa_aes_key",
+        value_name = "KEY",
+        long = "oa-aes-key",
+        env = "PUPPET_OA_AES_KEY",
+        hide_env_values = true
+    )]
     pub aes_key: Option<String>,
 
     /// Official Account: the previous EncodingAESKey, tried when the current one fails (key rotation).
-    #[arg(long = "oa-aes-key-previous", env = "PUPPET_OA_AES_KEY_PREVIOUS", hide_env_values = true)]
+    #[arg(
+        id = "oa_aes_key_previous",
+        value_name = "KEY",
+        long = "oa-aes-key-previous",
+        env = "PUPPET_OA_AES_KEY_PREVIOUS",
+        hide_env_values = true
+    )]
     pub aes_key_previous: Option<String>,
 
     /// Official Account: the WeChat API base URL (tests point it at a local fake).
-    #[arg(long = "oa-api-base", env = "PUPPET_OA_API_BASE", default_value = "https://api.weixin.qq.com")]
+    #[arg(
+        id = "oa_api_base",
+        value_name = "URL",
+        long = "oa-api-base",
+        env = "PUPPET_OA_API_BASE",
+        default_value = "https://api.weixin.qq.com"
+    )]
     pub api_base: String,
 
     /// Official Account: the original id (`gh_…`). It becomes the bot's own contact id, and pushes
     /// addressed to another account are refused. Default: the AppID stands for the bot.
-    #[arg(long = "oa-original-id", env = "PUPPET_OA_ORIGINAL_ID")]
+    #[arg(id = "oa_original_id", value_name = "GH_ID", long = "oa-original-id", env = "PUPPET_OA_ORIGINAL_ID")]
     pub original_id: Option<String>,
 
     /// Official Account: the webhook path on the side port (`PUPPET_HTTP_LISTEN`).
-    #[arg(long = "oa-webhook-path", env = "PUPPET_OA_WEBHOOK_PATH", default_value = "/wechat")]
+    #[arg(
+        id = "oa_webhook_path",
+        value_name = "PATH",
+        long = "oa-webhook-path",
+        env = "PUPPET_OA_WEBHOOK_PATH",
+        default_value = "/wechat"
+    )]
     pub webhook_path: String,
 
     /// Official Account: how long a follower's push waits for the bot's answer to go back as the
     /// passive reply, in milliseconds (WeChat gives up after 5 s). After that the push is answered
     /// `success` and the bot's answer goes through the customer-service API.
-    #[arg(long = "oa-reply-window-ms", env = "PUPPET_OA_REPLY_WINDOW_MS", default_value_t = 4500)]
+    #[arg(
+        id = "oa_reply_window_ms",
+        value_name = "MS",
+        long = "oa-reply-window-ms",
+        env = "PUPPET_OA_REPLY_WINDOW_MS",
+        default_value_t = 4500
+    )]
     pub reply_window_ms: u64,
 }
 

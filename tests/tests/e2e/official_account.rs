@@ -1,0 +1,578 @@
+//! The Official Account backend end to end: the real server with `--backend official-account`
+//! against a local fake of the WeChat API, pushes signed (and in safe mode encrypted) as WeChat
+//! sends them, and the bot driven over `wechaty.Puppet` and `puppet_rs.v1.OfficialAccount`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use base64::Engine;
+use puppet_proto::model::MessageType;
+use puppet_proto::pb::puppet_rs::v1 as ext;
+use puppet_proto::pb::puppet_rs::v1::official_account_client::OfficialAccountClient;
+use puppet_proto::pb::wechaty::puppet as pb;
+use puppet_proto::pb::wechaty::puppet_client::PuppetClient;
+use puppet_server::backend::official_account::crypto::{self, AesKey};
+use puppet_server::backend::official_account::xml::{self, Node};
+use puppet_tests::fake_wechat::{APP_ID, APP_SECRET, FakeWeChat};
+use puppet_tests::{Events, Server, TOKEN, Token, http_request, kind};
+use serde_json::Value;
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+type Puppet = PuppetClient<InterceptedService<Channel, Token>>;
+
+const OA_TOKEN: &str = "puppetrsTest42";
+const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+const ORIGINAL_ID: &str = "gh_puppetrs0001";
+const ALICE: &str = "oFollowerAlice";
+const BOB: &str = "oFollowerBob";
+const CAROL: &str = "oFollowerCarol";
+
+/// How pushes are sent.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Plain,
+    Safe,
+}
+
+struct Oa {
+    server: Server,
+    http: SocketAddr,
+    puppet: Puppet,
+    events: Events,
+}
+
+/// The server on the official-account backend against `fake`, online.
+async fn online(fake: &FakeWeChat, extra: &[(&str, &str)]) -> Oa {
+    let mut env = vec![
+        ("PUPPET_OA_APP_ID", APP_ID),
+        ("PUPPET_OA_APP_SECRET", APP_SECRET),
+        ("PUPPET_OA_TOKEN", OA_TOKEN),
+        ("PUPPET_OA_API_BASE", fake.base.as_str()),
+        ("PUPPET_OA_ORIGINAL_ID", ORIGINAL_ID),
+    ];
+    env.extend_from_slice(extra);
+    let server = Server::start_with_env(&["--backend", "official-account", "--http-listen", "127.0.0.1:0"], &env);
+    let http = server.http_addr.expect("side port");
+    let mut puppet = server.puppet().await;
+    let mut events = Events::open(&mut puppet).await;
+    // The Event stream replays the login state to a late subscriber.
+    let login = events.wait_for(kind::LOGIN).await;
+    assert_eq!(login["contactId"], ORIGINAL_ID);
+    events.wait_for(kind::READY).await;
+    Oa { server, http, puppet, events }
+}
+
+fn safe_env() -> [(&'static str, &'static str); 1] {
+    [("PUPPET_OA_AES_KEY", AES_KEY)]
+}
+
+async fn extension(server: &Server) -> OfficialAccountClient<InterceptedService<Channel, Token>> {
+    OfficialAccountClient::with_interceptor(server.channel().await, Token(TOKEN.into()))
+}
+
+fn push_xml(from: &str, msg_type: &str, extra: &str, create_time: u64, msg_id: Option<u64>) -> String {
+    let id = msg_id.map(|i| format!("<MsgId>{i}</MsgId>")).unwrap_or_default();
+    format!(
+        "<xml><ToUserName><![CDATA[{ORIGINAL_ID}]]></ToUserName><FromUserName><![CDATA[{from}]]></FromUserName>\n\
+         <CreateTime>{create_time}</CreateTime><MsgType><![CDATA[{msg_type}]]></MsgType>{extra}{id}</xml>"
+    )
+}
+
+fn text_push(from: &str, content: &str, msg_id: u64) -> String {
+    push_xml(from, "text", &format!("<Content><![CDATA[{content}]]></Content>"), 1_700_000_000, Some(msg_id))
+}
+
+fn event_push(from: &str, event: &str, extra: &str, create_time: u64) -> String {
+    push_xml(from, "event", &format!("<Event><![CDATA[{event}]]></Event>{extra}"), create_time, None)
+}
+
+fn nonce() -> String {
+    static N: AtomicU64 = AtomicU64::new(1_320_562_132);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+/// The query and body WeChat would send for `xml`, encrypted for `appid` in safe mode.
+fn signed_push(xml: &str, mode: Mode, appid: &str) -> (String, String) {
+    let (ts, nonce) = ("1700000000".to_owned(), nonce());
+    let sig = crypto::signature(&[OA_TOKEN, &ts, &nonce]);
+    match mode {
+        Mode::Plain => (format!("/wechat?signature={sig}&timestamp={ts}&nonce={nonce}&openid=o"), xml.to_owned()),
+        Mode::Safe => {
+            let enc = AesKey::from_encoding_aes_key(AES_KEY).unwrap().encrypt(xml, appid);
+            let msg_sig = crypto::signature(&[OA_TOKEN, &ts, &nonce, &enc]);
+            (
+                format!(
+                    "/wechat?signature={sig}&timestamp={ts}&nonce={nonce}&openid=o&encrypt_type=aes&msg_signature={msg_sig}"
+                ),
+                format!(
+                    "<xml><ToUserName><![CDATA[{ORIGINAL_ID}]]></ToUserName><Encrypt><![CDATA[{enc}]]></Encrypt></xml>"
+                ),
+            )
+        }
+    }
+}
+
+async fn post(http: SocketAddr, xml: &str, mode: Mode) -> (u16, String) {
+    let (path, body) = signed_push(xml, mode, APP_ID);
+    http_request(http, "POST", &path, &body).await
+}
+
+/// Checks an encrypted answer's signature and opens it.
+fn open_reply(body: &str) -> Node {
+    let envelope = xml::parse_tree(body).unwrap_or_else(|e| panic!("answer {body:?} is not XML: {e}"));
+    let enc = envelope.get("Encrypt").expect("an encrypted answer");
+    let (ts, nonce, sig) =
+        (envelope.get("TimeStamp").unwrap(), envelope.get("Nonce").unwrap(), envelope.get("MsgSignature").unwrap());
+    assert_eq!(crypto::signature(&[OA_TOKEN, ts, nonce, enc]), sig, "the answer's MsgSignature");
+    let plain = AesKey::from_encoding_aes_key(AES_KEY).unwrap().decrypt(enc, APP_ID).expect("decrypts for our AppID");
+    xml::parse_tree(&plain).unwrap()
+}
+
+async fn message(p: &mut Puppet, id: &str) -> pb::MessagePayloadResponse {
+    p.message_payload(pb::MessagePayloadRequest { id: id.into() }).await.unwrap().into_inner()
+}
+
+async fn say(p: &mut Puppet, to: &str, text: &str) -> Result<String, tonic::Status> {
+    p.message_send_text(pb::MessageSendTextRequest {
+        conversation_id: to.into(),
+        text: text.into(),
+        mentional_ids: vec![],
+    })
+    .await
+    .map(|r| r.into_inner().id)
+}
+
+/// Events up to the DONG answering a fresh ding: everything the server emitted before it.
+async fn drain(oa: &mut Oa) -> Vec<(i32, Value)> {
+    oa.puppet.ding(pb::DingRequest { data: "drain".into() }).await.unwrap();
+    let mut seen = vec![];
+    loop {
+        let (k, p) = oa.events.next().await;
+        if k == kind::DONG && p["data"] == "drain" {
+            return seen;
+        }
+        seen.push((k, p));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_names_the_missing_or_bad_setting() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(puppet_tests::server_binary());
+        cmd.args(["--listen", "127.0.0.1:0", "--token", TOKEN, "--backend", "official-account"]).args(args);
+        for k in ["PUPPET_OA_APP_ID", "PUPPET_OA_APP_SECRET", "PUPPET_OA_TOKEN", "PUPPET_OA_AES_KEY"] {
+            cmd.env_remove(k);
+        }
+        cmd.env("PUPPET_DATA_DIR", std::env::temp_dir().join(format!("puppet-oa-cfg-{}", std::process::id())));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run puppet-server");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).trim().to_owned()
+    };
+    let http = ["--http-listen", "127.0.0.1:0"];
+    let full = [("PUPPET_OA_APP_ID", APP_ID), ("PUPPET_OA_APP_SECRET", APP_SECRET), ("PUPPET_OA_TOKEN", OA_TOKEN)];
+    let e = run(&http, &[]);
+    assert!(
+        e.ends_with(
+            "PUPPET_OA_APP_ID is not set: the official-account backend needs the account's AppID (开发者ID, wx…)"
+        ),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "one line: {e}");
+    let e = run(&http, &[full[0], full[1], ("PUPPET_OA_TOKEN", "has spaces")]);
+    assert!(e.contains("PUPPET_OA_TOKEN is malformed"), "{e}");
+    let e = run(&http, &[full[0], full[1], full[2], ("PUPPET_OA_AES_KEY", "abcde")]);
+    assert!(e.contains("PUPPET_OA_AES_KEY is malformed") && e.contains("43"), "{e}");
+    let e = run(&[], &full);
+    assert!(e.contains("PUPPET_HTTP_LISTEN is not set") && e.contains("/wechat"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_app_secret_fails_start_with_the_reason() {
+    let fake = FakeWeChat::start(7200).await;
+    let server = Server::start_with_env(
+        &["--backend", "official-account", "--http-listen", "127.0.0.1:0", "--autostart", "false"],
+        &[
+            ("PUPPET_OA_APP_ID", APP_ID),
+            ("PUPPET_OA_APP_SECRET", "not-the-secret"),
+            ("PUPPET_OA_TOKEN", OA_TOKEN),
+            ("PUPPET_OA_API_BASE", fake.base.as_str()),
+        ],
+    );
+    let err = server.puppet().await.start(pb::StartRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("40125") && err.message().contains("PUPPET_OA_APP_SECRET"), "{}", err.message());
+    assert!(!err.message().contains("not-the-secret"), "the secret leaked: {}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safe_mode_text_is_answered_with_the_bots_passive_reply() {
+    let fake = FakeWeChat::start(7200).await;
+    let mut oa = online(&fake, &safe_env()).await;
+    assert_eq!(fake.token_fetches(), 1, "one token fetched at start");
+
+    let http = oa.http;
+    let pending = tokio::spawn(async move {
+        post(http, &text_push(ALICE, "你好 puppet\n第二行", 6054768590064713728), Mode::Safe).await
+    });
+    let id = oa.events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
+    assert_eq!(id, "6054768590064713728");
+    let m = message(&mut oa.puppet, &id).await;
+    assert_eq!(
+        (m.talker_id.as_str(), m.listener_id.as_str(), m.text.as_str(), m.r#type),
+        (ALICE, ORIGINAL_ID, "你好 puppet\n第二行", MessageType::Text.wire())
+    );
+    let answer = "你好，我是 puppet-rs 🤖";
+    let sent = say(&mut oa.puppet, ALICE, answer).await.unwrap();
+
+    let (status, body) = pending.await.unwrap();
+    assert_eq!(status, 200);
+    let reply = open_reply(&body);
+    assert_eq!(
+        (reply.get("ToUserName"), reply.get("FromUserName"), reply.get("MsgType"), reply.get("Content")),
+        (Some(ALICE), Some(ORIGINAL_ID), Some("text"), Some(answer))
+    );
+    assert!(fake.calls("/cgi-bin/message/custom/send").is_empty(), "answered passively, not through the API");
+    let own = message(&mut oa.puppet, &sent).await;
+    assert_eq!((own.talker_id.as_str(), own.listener_id.as_str(), own.text.as_str()), (ORIGINAL_ID, ALICE, answer));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_answers_use_the_customer_service_api_and_its_errors_become_statuses() {
+    let fake = FakeWeChat::start(7200).await;
+    let mut oa = online(&fake, &[("PUPPET_OA_REPLY_WINDOW_MS", "200")]).await;
+
+    // Nobody answers within the window: WeChat gets `success`.
+    let (status, body) = post(oa.http, &text_push(BOB, "hello?", 1001), Mode::Plain).await;
+    assert_eq!((status, body.as_str()), (200, "success"));
+    oa.events.wait_for(kind::MESSAGE).await;
+    say(&mut oa.puppet, BOB, "sorry, late").await.unwrap();
+    let calls = fake.calls("/cgi-bin/message/custom/send");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        calls[0].body,
+        serde_json::json!({"touser": BOB, "msgtype": "text", "text": {"content": "sorry, late"}})
+    );
+
+    fake.refuse(CAROL, 45015);
+    let err = say(&mut oa.puppet, CAROL, "are you there?").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("errcode 45015") && err.message().contains("48 hours"), "{}", err.message());
+    let err = say(&mut oa.puppet, "oNobody", "hi").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+
+    // The token WeChat stops honouring is replaced once and the call retried.
+    fake.expire_tokens();
+    say(&mut oa.puppet, BOB, "after expiry").await.unwrap();
+    assert_eq!(fake.token_fetches(), 2);
+    let last = fake.calls("/cgi-bin/message/custom/send").pop().unwrap();
+    assert_eq!((last.token.as_str(), last.body["text"]["content"].as_str()), ("ACCESS_TOKEN_2", Some("after expiry")));
+
+    // What the platform cannot do says so.
+    let err = say(&mut oa.puppet, "123@chatroom", "hi").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("no group chats"), "{}", err.message());
+    let err = oa
+        .puppet
+        .friendship_add(pb::FriendshipAddRequest { contact_id: BOB.into(), hello: "hi".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("follow"), "{}", err.message());
+    let err = oa.puppet.message_recall(pb::MessageRecallRequest { id: "1001".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("recall"), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_refreshed_before_they_expire() {
+    // Two-second tokens: refreshed every 1.5 s without any call needing one.
+    let fake = FakeWeChat::start(2).await;
+    let _oa = online(&fake, &[]).await;
+    fake.wait_for_fetches(3, std::time::Duration::from_secs(15)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wechat_retries_are_answered_once_with_the_same_reply() {
+    let fake = FakeWeChat::start(7200).await;
+    let mut oa = online(&fake, &[]).await;
+    let push = text_push(ALICE, "retry me", 777);
+    let http = oa.http;
+    let deliveries: Vec<_> = (0..3)
+        .map(|_| {
+            let push = push.clone();
+            tokio::spawn(async move { post(http, &push, Mode::Plain).await })
+        })
+        .collect();
+    let id = oa.events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
+    assert_eq!(id, "777");
+    let sent = say(&mut oa.puppet, ALICE, "answered once").await.unwrap();
+    let mut bodies = vec![];
+    for d in deliveries {
+        let (status, body) = d.await.unwrap();
+        assert_eq!(status, 200);
+        bodies.push(body);
+    }
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "every delivery gets the same answer: {bodies:?}");
+    let reply = xml::parse_tree(&bodies[0]).unwrap();
+    assert_eq!(reply.get("Content"), Some("answered once"));
+    // A fourth delivery after the answer: the same again, from the cache.
+    assert_eq!(post(http, &push, Mode::Plain).await.1, bodies[0]);
+
+    // Events retried (no MsgId: sender + time + event) are de-duplicated too.
+    let subscribe = event_push("oNewFan", "subscribe", "<EventKey><![CDATA[]]></EventKey>", 1_700_000_100);
+    let (a, b) = tokio::join!(post(http, &subscribe, Mode::Plain), post(http, &subscribe, Mode::Plain));
+    assert_eq!((a.0, b.0), (200, 200));
+    let seen = drain(&mut oa).await;
+    let messages: Vec<&Value> =
+        seen.iter().filter(|(k, _)| *k == kind::MESSAGE).map(|(_, p)| &p["messageId"]).collect();
+    assert_eq!(messages, vec![&Value::String(sent)], "only the bot's own message after the first delivery");
+    assert_eq!(seen.iter().filter(|(k, _)| *k == kind::FRIENDSHIP).count(), 1, "{seen:?}");
+    assert!(fake.calls("/cgi-bin/message/custom/send").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signatures_and_foreign_pushes_are_refused() {
+    let fake = FakeWeChat::start(7200).await;
+    let mut oa = online(&fake, &safe_env()).await;
+    let http = oa.http;
+    let sig = crypto::signature(&[OA_TOKEN, "1714036504", "1514711492"]);
+
+    // URL verification.
+    let good = format!("/wechat?signature={sig}&timestamp=1714036504&nonce=1514711492&echostr=4375120948345356249");
+    assert_eq!(http_request(http, "GET", &good, "").await, (200, "4375120948345356249".to_owned()));
+    let bad = good.replace("nonce=1514711492", "nonce=1514711493");
+    assert_eq!(http_request(http, "GET", &bad, "").await.0, 403);
+    assert_eq!(http_request(http, "GET", "/wechat", "").await.0, 403);
+
+    let push = text_push(ALICE, "forged", 4242);
+    // A forged URL signature.
+    let (path, body) = signed_push(&push, Mode::Plain, APP_ID);
+    assert_eq!(http_request(http, "POST", &path.replace("signature=", "signature=0"), &body).await.0, 403);
+    // A good URL signature but a forged msg_signature.
+    let (path, body) = signed_push(&push, Mode::Safe, APP_ID);
+    let forged = path.replace("msg_signature=", "msg_signature=ff");
+    assert_eq!(http_request(http, "POST", &forged, &body).await.0, 403);
+    // Encrypted for another account.
+    let (path, body) = signed_push(&push, Mode::Safe, "wx_other");
+    assert_eq!(http_request(http, "POST", &path, &body).await.0, 403);
+    // Addressed to another original id.
+    let (path, body) = signed_push(&push.replace(ORIGINAL_ID, "gh_someoneelse"), Mode::Plain, APP_ID);
+    assert_eq!(http_request(http, "POST", &path, &body).await.0, 403);
+    // XXE.
+    let xxe = format!("<!DOCTYPE xml [<!ENTITY x SYSTEM \"file:///etc/passwd\">]>{push}");
+    let (path, body) = signed_push(&xxe, Mode::Plain, APP_ID);
+    assert_eq!(http_request(http, "POST", &path, &body).await.0, 400);
+
+    let seen = drain(&mut oa).await;
+    assert!(seen.iter().all(|(k, _)| *k != kind::MESSAGE), "nothing refused reached the bot: {seen:?}");
+    assert!(
+        seen.iter().any(|(k, p)| *k == kind::ERROR && p["data"].as_str().unwrap_or_default().contains("another AppID")),
+        "the AppID mismatch is reported: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_go_both_ways_through_the_media_api() {
+    let fake = FakeWeChat::start(7200).await;
+    let mut oa = online(&fake, &safe_env()).await;
+    let photo: Vec<u8> =
+        [&[0xFF, 0xD8, 0xFF, 0xE0][..], &(0..=255u8).cycle().take(300_000).collect::<Vec<_>>()].concat();
+    fake.put_media("MEDIA_IN_1", "image/jpeg", "photo.jpg", &photo);
+
+    let push = push_xml(
+        ALICE,
+        "image",
+        "<PicUrl><![CDATA[http://mmbiz.qpic.cn/x]]></PicUrl><MediaId><![CDATA[MEDIA_IN_1]]></MediaId>",
+        1_700_000_200,
+        Some(5001),
+    );
+    let http = oa.http;
+    let pending = tokio::spawn(async move { post(http, &push, Mode::Safe).await });
+    let id = oa.events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
+    assert_eq!(message(&mut oa.puppet, &id).await.r#type, MessageType::Image.wire());
+    let fb = oa.puppet.message_image(pb::MessageImageRequest { id: id.clone(), r#type: 1 }).await.unwrap().into_inner();
+    assert!(!fb.file_box.contains("access_token") && !fb.file_box.contains("ACCESS_TOKEN"), "{}", fb.file_box);
+    let fb: Value = serde_json::from_str(&fb.file_box).unwrap();
+    assert_eq!(fb["name"], "photo.jpg");
+    let bytes = match fb["base64"].as_str() {
+        Some(b) => base64::engine::general_purpose::STANDARD.decode(b).unwrap(),
+        None => panic!("expected an inline image for a 300 kB file: {fb}"),
+    };
+    assert!(bytes == photo, "the image bytes round trip");
+
+    // The bot sends a picture back while the push still waits: uploaded, then the passive reply.
+    let png = [&b"\x89PNG\r\n\x1a\n"[..], &[7u8; 5000][..]].concat();
+    let file_box = serde_json::json!({
+        "type": 1, "name": "back.png", "base64": base64::engine::general_purpose::STANDARD.encode(&png),
+    });
+    oa.puppet
+        .message_send_file(pb::MessageSendFileRequest { conversation_id: ALICE.into(), file_box: file_box.to_string() })
+        .await
+        .unwrap();
+    let uploads = fake.uploads();
+    assert_eq!(uploads.len(), 1);
+    assert_eq!((uploads[0].kind.as_str(), uploads[0].filename.as_str()), ("image", "back.png"));
+    assert!(uploads[0].bytes == png, "uploaded bytes");
+    let reply = open_reply(&pending.await.unwrap().1);
+    assert_eq!((reply.get("MsgType"), reply.get("Image/MediaId")), (Some("image"), Some("MEDIA_UP_1")));
+
+    // What WeChat cannot carry is refused before any upload.
+    let pdf = serde_json::json!({"type": 1, "name": "report.pdf", "base64": "JVBERi0xLjQ="});
+    let err = oa
+        .puppet
+        .message_send_file(pb::MessageSendFileRequest { conversation_id: ALICE.into(), file_box: pdf.to_string() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("report.pdf") && err.message().contains("mp4"), "{}", err.message());
+    assert_eq!(fake.uploads().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_are_contacts_and_subscribing_is_a_friendship() {
+    let fake = FakeWeChat::start(7200).await;
+    let mut oa = online(&fake, &[("PUPPET_OA_REPLY_WINDOW_MS", "200")]).await;
+    let p = &mut oa.puppet;
+    let mut ids = p.contact_list(pb::ContactListRequest {}).await.unwrap().into_inner().ids;
+    ids.sort();
+    assert_eq!(ids, vec![ORIGINAL_ID, ALICE, BOB, CAROL], "every page of user/get, and the account itself");
+
+    let contact = |id: &str| pb::ContactPayloadRequest { id: id.into() };
+    let me = p.contact_payload(contact(ORIGINAL_ID)).await.unwrap().into_inner();
+    assert_eq!(me.r#type, 2, "the bot is an official account");
+    let alice = p.contact_payload(contact(ALICE)).await.unwrap().into_inner();
+    assert_eq!((alice.name.as_str(), alice.alias.as_str(), alice.friend), ("Alice", "Alice", true));
+    let bob = p.contact_payload(contact(BOB)).await.unwrap().into_inner();
+    assert_eq!((bob.name.as_str(), bob.alias.as_str()), (BOB, ""), "no nickname, no remark: the openid");
+    let err = p.contact_payload(contact("oStranger")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    p.contact_alias(pb::ContactAliasRequest { id: BOB.into(), alias: Some("Bobby".into()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(fake.remark(BOB).as_deref(), Some("Bobby"));
+    oa.events.wait_until(kind::DIRTY, |d| d["payloadId"] == BOB).await;
+    let bob = oa.puppet.contact_payload(contact(BOB)).await.unwrap().into_inner();
+    assert_eq!((bob.name.as_str(), bob.alias.as_str()), ("Bobby", "Bobby"));
+
+    let p = &mut oa.puppet;
+    let tags = |c: &str| pb::TagContactListRequest { contact_id: c.into(), ..Default::default() };
+    assert_eq!(p.tag_contact_list(tags(ALICE)).await.unwrap().into_inner().ids, vec!["100"]);
+    p.tag_contact_add(pb::TagContactAddRequest { id: "新客".into(), contact_id: BOB.into() }).await.unwrap();
+    assert_eq!(p.tag_contact_list(tags(BOB)).await.unwrap().into_inner().ids, vec!["101"], "created, then tagged");
+    assert!(p.room_list(pb::RoomListRequest {}).await.unwrap().into_inner().ids.is_empty());
+    let err = p.room_payload(pb::RoomPayloadRequest { id: "1@chatroom".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+
+    // A new follower through a parametric QR code.
+    let subscribe = event_push(
+        "oNewFan",
+        "subscribe",
+        "<EventKey><![CDATA[qrscene_42]]></EventKey><Ticket><![CDATA[TICKET]]></Ticket>",
+        1_700_000_300,
+    );
+    assert_eq!(post(oa.http, &subscribe, Mode::Plain).await, (200, "success".to_owned()));
+    let f = oa.events.wait_for(kind::FRIENDSHIP).await;
+    let f = oa
+        .puppet
+        .friendship_payload(pb::FriendshipPayloadRequest {
+            id: f["friendshipId"].as_str().unwrap().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((f.contact_id.as_str(), f.r#type, f.scene, f.hello.as_str()), ("oNewFan", 1, 30, "qrscene_42"));
+    oa.events.wait_until(kind::DIRTY, |d| d["payloadId"] == "oNewFan").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_extension_service_covers_menus_templates_qr_codes_and_every_push() {
+    let fake = FakeWeChat::start(7200).await;
+    let oa = online(&fake, &[("PUPPET_OA_REPLY_WINDOW_MS", "200")]).await;
+    let mut x = extension(&oa.server).await;
+
+    let menu = r#"{"button":[{"type":"click","name":"今日歌曲","key":"V1001_TODAY_MUSIC"}]}"#;
+    x.create_menu(ext::CreateMenuRequest { menu_json: menu.into() }).await.unwrap();
+    assert_eq!(fake.menu().unwrap()["button"][0]["key"], "V1001_TODAY_MUSIC");
+    let got = x.get_menu(ext::GetMenuRequest {}).await.unwrap().into_inner().menu_json;
+    assert!(got.contains("V1001_TODAY_MUSIC") && got.contains("今日歌曲"), "{got}");
+    let four = r#"{"button":[{"name":"a"},{"name":"b"},{"name":"c"},{"name":"d"}]}"#;
+    let err = x.create_menu(ext::CreateMenuRequest { menu_json: four.into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    let err = x.create_menu(ext::CreateMenuRequest { menu_json: "{not json".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    x.delete_menu(ext::DeleteMenuRequest {}).await.unwrap();
+    assert_eq!(x.get_menu(ext::GetMenuRequest {}).await.unwrap_err().code(), Code::NotFound);
+
+    let template = |id: &str| ext::SendTemplateRequest {
+        to_user: ALICE.into(),
+        template_id: id.into(),
+        url: "https://example.com/order/1".into(),
+        data: [("first".to_owned(), ext::TemplateValue { value: "您的订单已发货".into(), color: "#173177".into() })]
+            .into(),
+        ..Default::default()
+    };
+    let msg_id = x.send_template(template("TEMPLATE_OK")).await.unwrap().into_inner().msg_id;
+    let call = fake.calls("/cgi-bin/message/template/send").pop().unwrap();
+    assert_eq!(call.body["data"]["first"], serde_json::json!({"value": "您的订单已发货", "color": "#173177"}));
+    let err = x.send_template(template("NO_SUCH")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("40037"), "{}", err.message());
+    let err = x.get_template_result(ext::GetTemplateResultRequest { msg_id }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "no result before WeChat reports one");
+
+    let mut pushes = x.events(ext::EventsRequest { types: vec![] }).await.unwrap().into_inner();
+    let click = event_push(ALICE, "CLICK", "<EventKey><![CDATA[V1001_TODAY_MUSIC]]></EventKey>", 1_700_000_400);
+    assert_eq!(post(oa.http, &click, Mode::Plain).await.0, 200);
+    let done = event_push(
+        ALICE,
+        "TEMPLATESENDJOBFINISH",
+        &format!("<MsgID>{msg_id}</MsgID><Status><![CDATA[success]]></Status>"),
+        1_700_000_401,
+    );
+    assert_eq!(post(oa.http, &done, Mode::Plain).await, (200, "success".to_owned()));
+    let result = x.get_template_result(ext::GetTemplateResultRequest { msg_id }).await.unwrap().into_inner();
+    assert_eq!((result.status.as_str(), result.to_user.as_str()), ("success", ALICE));
+
+    let next = async |s: &mut tonic::Streaming<ext::Push>| {
+        tokio::time::timeout(puppet_tests::EVENT_TIMEOUT, s.message()).await.unwrap().unwrap().unwrap()
+    };
+    let p = next(&mut pushes).await;
+    assert_eq!(
+        (p.r#type.as_str(), p.event.as_str(), p.event_key.as_str(), p.from_user.as_str()),
+        ("click_event", "CLICK", "V1001_TODAY_MUSIC", ALICE)
+    );
+    assert!(p.raw_xml.contains("V1001_TODAY_MUSIC"));
+    let p = next(&mut pushes).await;
+    assert_eq!(
+        (p.r#type.as_str(), p.msg_id, p.fields["Status"].as_str()),
+        ("templatesendjobfinish_event", msg_id, "success")
+    );
+
+    let qr = x
+        .create_qr_code(ext::CreateQrCodeRequest {
+            scene: Some(ext::create_qr_code_request::Scene::SceneStr("campaign-7".into())),
+            permanent: false,
+            expire_seconds: 600,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(qr.image_url.starts_with("https://mp.weixin.qq.com/cgi-bin/showqrcode?ticket=gQH47"), "{}", qr.image_url);
+    assert_eq!(qr.expire_seconds, 600);
+    let call = fake.calls("/cgi-bin/qrcode/create").pop().unwrap();
+    assert_eq!(call.body["action_name"], "QR_STR_SCENE");
+    assert_eq!(call.body["action_info"]["scene"]["scene_str"], "campaign-7");
+
+    let f = x.get_follower(ext::GetFollowerRequest { openid: ALICE.into() }).await.unwrap().into_inner();
+    assert_eq!((f.remark.as_str(), f.subscribed, f.subscribe_scene.as_str()), ("Alice", true, "ADD_SCENE_QR_CODE"));
+    assert_eq!(f.tags.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), vec!["vip"]);
+    let tags = x.list_tags(ext::ListTagsRequest {}).await.unwrap().into_inner().tags;
+    assert_eq!(tags.iter().map(|t| (t.id, t.count)).collect::<Vec<_>>(), vec![(2, 0), (100, 1)]);
+}
