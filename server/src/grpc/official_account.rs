@@ -11,6 +11,7 @@ use super::convert::required;
 use crate::backend::BackendError;
 use crate::backend::official_account::OfficialAccount;
 use crate::backend::official_account::extension::{FollowerInfo, Scene, TagInfo, TemplateMessage};
+use crate::backend::official_account::xml::Reply;
 
 type RpcResult<T> = Result<Response<T>, Status>;
 
@@ -134,6 +135,36 @@ impl ext::official_account_server::OfficialAccount for OfficialAccountService {
     async fn list_tags(&self, _req: Request<ext::ListTagsRequest>) -> RpcResult<ext::ListTagsResponse> {
         let tags = self.oa.list_tags().await.map_err(err)?;
         Ok(Response::new(ext::ListTagsResponse { tags: tags.into_iter().map(tag).collect() }))
+    }
+
+    async fn reply(&self, req: Request<ext::ReplyRequest>) -> RpcResult<ext::ReplyResponse> {
+        use ext::reply_request::Reply as R;
+        let r = req.into_inner();
+        let to = required("to_user", r.to_user)?;
+        let reply = match r.reply.ok_or_else(|| Status::invalid_argument("a reply (`text`, `music`, …) is required"))?
+        {
+            R::Text(t) => Reply::Text(required("text", t)?),
+            R::ImageMediaId(m) => Reply::Image { media_id: required("image_media_id", m)? },
+            R::VoiceMediaId(m) => Reply::Voice { media_id: required("voice_media_id", m)? },
+            R::Video(v) => Reply::Video {
+                media_id: required("video.media_id", v.media_id)?,
+                title: non_empty(v.title),
+                description: non_empty(v.description),
+            },
+            R::Music(m) => Reply::Music {
+                title: m.title,
+                description: m.description,
+                url: required("music.url", m.url)?,
+                hq_url: non_empty(m.hq_url),
+                thumb_media_id: non_empty(m.thumb_media_id),
+            },
+            R::News(n) => {
+                Reply::News(n.articles.into_iter().map(|a| [a.title, a.description, a.pic_url, a.url]).collect())
+            }
+            R::TransferCustomerService(t) => Reply::TransferCustomerService { kf_account: non_empty(t.kf_account) },
+        };
+        let passive = self.oa.reply(&to, reply).await.map_err(err)?;
+        Ok(Response::new(ext::ReplyResponse { passive }))
     }
 
     type EventsStream = Pin<Box<dyn Stream<Item = Result<ext::Push, Status>> + Send>>;

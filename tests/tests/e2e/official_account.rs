@@ -576,3 +576,74 @@ async fn the_extension_service_covers_menus_templates_qr_codes_and_every_push() 
     let tags = x.list_tags(ext::ListTagsRequest {}).await.unwrap().into_inner().tags;
     assert_eq!(tags.iter().map(|t| (t.id, t.count)).collect::<Vec<_>>(), vec![(2, 0), (100, 1)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_wechaty_cannot_express_go_through_the_extension() {
+    let fake = FakeWeChat::start(7200).await;
+    let mut oa = online(&fake, &safe_env()).await;
+    let mut x = extension(&oa.server).await;
+    let music = |url: &str| ext::ReplyRequest {
+        to_user: ALICE.into(),
+        reply: Some(ext::reply_request::Reply::Music(ext::MusicReply {
+            title: "tt".into(),
+            description: "ds".into(),
+            url: url.into(),
+            thumb_media_id: "THUMB_1".into(),
+            ..Default::default()
+        })),
+    };
+
+    // While a push waits: music as the passive reply (HQMusicUrl defaults to the URL).
+    let http = oa.http;
+    let pending = tokio::spawn(async move { post(http, &text_push(ALICE, "play something", 9001), Mode::Safe).await });
+    oa.events.wait_for(kind::MESSAGE).await;
+    assert!(x.reply(music("https://music.example/u1.mp3")).await.unwrap().into_inner().passive);
+    let reply = open_reply(&pending.await.unwrap().1);
+    assert_eq!(
+        (
+            reply.get("MsgType"),
+            reply.get("Music/MusicUrl"),
+            reply.get("Music/HQMusicUrl"),
+            reply.get("Music/ThumbMediaId")
+        ),
+        (Some("music"), Some("https://music.example/u1.mp3"), Some("https://music.example/u1.mp3"), Some("THUMB_1"))
+    );
+
+    // Nothing waiting: the customer-service API.
+    assert!(!x.reply(music("https://music.example/u2.mp3")).await.unwrap().into_inner().passive);
+    let call = fake.calls("/cgi-bin/message/custom/send").pop().unwrap();
+    assert_eq!(
+        (call.body["msgtype"].as_str(), call.body["music"]["hqmusicurl"].as_str()),
+        (Some("music"), Some("https://music.example/u2.mp3"))
+    );
+    let transfer = ext::ReplyRequest {
+        to_user: ALICE.into(),
+        reply: Some(ext::reply_request::Reply::TransferCustomerService(ext::TransferCustomerService::default())),
+    };
+    let err = x.reply(transfer).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    let article = ext::Article { title: "t".into(), url: "https://example.com".into(), ..Default::default() };
+    let news = ext::ReplyRequest {
+        to_user: ALICE.into(),
+        reply: Some(ext::reply_request::Reply::News(ext::NewsReply { articles: vec![article.clone(), article] })),
+    };
+    assert_eq!(x.reply(news).await.unwrap_err().code(), Code::InvalidArgument, "the API sends one article");
+    let empty = ext::ReplyRequest { to_user: ALICE.into(), reply: None };
+    assert_eq!(x.reply(empty).await.unwrap_err().code(), Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_sealed_with_the_previous_key_are_answered_with_it() {
+    const NEW_KEY: &str = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut";
+    let fake = FakeWeChat::start(7200).await;
+    let mut oa = online(&fake, &[("PUPPET_OA_AES_KEY", NEW_KEY), ("PUPPET_OA_AES_KEY_PREVIOUS", AES_KEY)]).await;
+    let http = oa.http;
+    // `post` seals with AES_KEY, now the previous key.
+    let pending = tokio::spawn(async move { post(http, &text_push(BOB, "old key", 9101), Mode::Safe).await });
+    oa.events.wait_for(kind::MESSAGE).await;
+    say(&mut oa.puppet, BOB, "still understood").await.unwrap();
+    let body = pending.await.unwrap().1;
+    assert_eq!(open_reply(&body).get("Content"), Some("still understood"), "answered with the key that worked");
+    let enc = xml::parse_tree(&body).unwrap().get("Encrypt").unwrap().to_owned();
+    assert!(AesKey::from_encoding_aes_key(NEW_KEY).unwrap().decrypt(&enc, APP_ID).is_err());
+}

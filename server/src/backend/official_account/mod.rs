@@ -481,7 +481,7 @@ impl OfficialAccount {
     }
 
     /// Hands `reply` to a push from `openid` still waiting for its answer; false when none is.
-    fn offer_passive(&self, openid: &str, reply: Reply) -> bool {
+    pub(crate) fn offer_passive(&self, openid: &str, reply: Reply) -> bool {
         let mut s = self.state();
         let Some(waiters) = s.waiting.get_mut(openid) else { return false };
         let mut reply = reply;
@@ -502,7 +502,7 @@ impl OfficialAccount {
         delivered
     }
 
-    fn follower(&self, to: &str, what: &str) -> BackendResult<String> {
+    pub(crate) fn follower(&self, to: &str, what: &str) -> BackendResult<String> {
         if to.ends_with("@chatroom") {
             return Err(BackendError::PlatformLimit { op: "room messages", reason: NO_ROOMS });
         }

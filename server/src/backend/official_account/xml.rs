@@ -42,11 +42,16 @@ impl Node {
         Some(node.text.as_str()).filter(|t| !t.is_empty())
     }
 
-    /// Every leaf under this node as `path → text` (nested elements joined with `/`).
+    /// Every leaf under this node as `path → text` (nested elements joined with `/`; the second and
+    /// later of repeated siblings get an index, `item[1]`, `item[2]`, as WeChat's `PicList` needs).
     pub fn leaves(&self) -> BTreeMap<String, String> {
         fn walk(node: &Node, prefix: &str, out: &mut BTreeMap<String, String>) {
+            let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
             for (name, child) in &node.children {
-                let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+                let n = seen.entry(name.as_str()).or_default();
+                let indexed = if *n == 0 { name.clone() } else { format!("{name}[{n}]") };
+                *n += 1;
+                let path = if prefix.is_empty() { indexed } else { format!("{prefix}/{indexed}") };
                 if child.children.is_empty() {
                     if !child.text.is_empty() {
                         out.entry(path).or_insert_with(|| child.text.clone());
@@ -425,6 +430,74 @@ mod tests {
         let m = parse_inbound(&push("event", job)).unwrap();
         assert_eq!((m.type_key().as_str(), m.msg_id), ("templatesendjobfinish_event", 200163836));
         assert_eq!(m.dedupe_key(), "msg|200163836");
+    }
+
+    /// WeRoBot's parser cases (spec §5) for events.
+    #[test]
+    fn werobot_event_cases_parse() {
+        let event = |name: &str, extra: &str| {
+            let m = parse_inbound(&push("event", &format!("<Event><![CDATA[{name}]]></Event>{extra}"))).unwrap();
+            let InboundKind::Event { key, fields, .. } = m.kind.clone() else { panic!("{name} is an event") };
+            (m.type_key(), key, fields)
+        };
+        let (t, key, _) = event("subscribe", "");
+        assert_eq!((t.as_str(), key), ("subscribe_event", None));
+        let (_, key, fields) =
+            event("subscribe", "<EventKey><![CDATA[qrscene_123123]]></EventKey><Ticket><![CDATA[TICKET]]></Ticket>");
+        assert_eq!(
+            (key.as_deref(), fields.get("Ticket").map(String::as_str)),
+            (Some("qrscene_123123"), Some("TICKET"))
+        );
+        assert_eq!(event("unsubscribe", "").0, "unsubscribe_event");
+        assert_eq!(event("CLICK", "<EventKey><![CDATA[EVENTKEY]]></EventKey>").1.as_deref(), Some("EVENTKEY"));
+        assert_eq!(event("VIEW", "<EventKey><![CDATA[www.qq.com]]></EventKey>").1.as_deref(), Some("www.qq.com"));
+        let (t, _, f) = event(
+            "LOCATION",
+            "<Latitude>23.137466</Latitude><Longitude>113.352425</Longitude><Precision>119.385040</Precision>",
+        );
+        assert_eq!(t, "location_event");
+        assert_eq!(f["Precision"].parse::<f64>().unwrap(), 119.38504);
+        let (t, _, f) = event(
+            "scancode_waitmsg",
+            "<EventKey><![CDATA[EVENTKEY]]></EventKey><ScanCodeInfo><ScanType><![CDATA[qrcode]]></ScanType>\
+             <ScanResult><![CDATA[www.qq.com]]></ScanResult></ScanCodeInfo>",
+        );
+        assert_eq!(
+            (t.as_str(), f["ScanCodeInfo/ScanType"].as_str(), f["ScanCodeInfo/ScanResult"].as_str()),
+            ("scancode_waitmsg_event", "qrcode", "www.qq.com")
+        );
+        // Count 2: PicList/item repeats.
+        let (t, key, f) = event(
+            "pic_sysphoto",
+            "<EventKey><![CDATA[6]]></EventKey><SendPicsInfo><Count>2</Count><PicList><item><PicMd5Sum>\
+             <![CDATA[1b5f7c23b5bf75682a53e7b6d163e185]]></PicMd5Sum></item><item><PicMd5Sum><![CDATA[233]]>\
+             </PicMd5Sum></item></PicList></SendPicsInfo>",
+        );
+        assert_eq!((t.as_str(), key.as_deref()), ("pic_sysphoto_event", Some("6")));
+        assert_eq!(
+            (f["SendPicsInfo/PicList/item/PicMd5Sum"].as_str(), f["SendPicsInfo/PicList/item[1]/PicMd5Sum"].as_str()),
+            ("1b5f7c23b5bf75682a53e7b6d163e185", "233")
+        );
+        let (_, _, f) = event(
+            "location_select",
+            "<EventKey><![CDATA[6]]></EventKey><SendLocationInfo><Location_X><![CDATA[23]]></Location_X>\
+             <Location_Y><![CDATA[113]]></Location_Y><Scale><![CDATA[15]]></Scale><Label><![CDATA[ 广州市海珠区客村艺苑路 106号]]>\
+             </Label><Poiname><![CDATA[]]></Poiname></SendLocationInfo>",
+        );
+        assert_eq!(
+            (f["SendLocationInfo/Location_X"].as_str(), f["SendLocationInfo/Scale"].as_str()),
+            ("23", "15"),
+            "location_select values stay strings"
+        );
+        assert_eq!(f["SendLocationInfo/Label"], "广州市海珠区客村艺苑路 106号");
+        assert!(!f.contains_key("SendLocationInfo/Poiname"), "empty Poiname is absent");
+        let (_, _, f) = event(
+            "TEMPLATESENDJOBFINISH",
+            "<MsgID>200163840</MsgID><Status><![CDATA[failed: system failed]]></Status>",
+        );
+        assert_eq!(f["Status"], "failed: system failed");
+        assert_eq!(event("user_consume_card", "<CardId>c</CardId>").0, "user_consume_card_event");
+        assert_eq!(event("some_future_event", "").0, "some_future_event_event");
     }
 
     #[test]
