@@ -99,6 +99,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         token: &token,
         source: token_source,
         backend: backend.name(),
+        webhook: official_account.as_ref().map(|oa| {
+            let s = oa.settings();
+            let mode = if s.aes_key.is_some() { "safe or compatibility mode" } else { "plain mode" };
+            (s.webhook_path.clone(), mode)
+        }),
         tls: &tls,
         mqtt: mqtt.as_ref(),
     });
@@ -259,12 +264,14 @@ struct Banner<'a> {
     token: &'a str,
     source: TokenSource,
     backend: &'a str,
+    /// The Official Account webhook path and message-encryption mode.
+    webhook: Option<(String, &'static str)>,
     tls: &'a TlsSetup,
     mqtt: Option<&'a mqtt::MqttConfig>,
 }
 
 fn print_banner(banner: &Banner<'_>) {
-    let Banner { config, grpc, http, token, source, backend, tls, mqtt } = *banner;
+    let Banner { config, grpc, http, token, source, backend, ref webhook, tls, mqtt } = *banner;
     // The banner is for the person who started the server; tracing logs never carry the token.
     let (shown, note, tok) = match source {
         TokenSource::Given => (mask(token), "given".to_owned(), "$WECHATY_PUPPET_SERVICE_TOKEN".to_owned()),
@@ -284,6 +291,11 @@ fn print_banner(banner: &Banner<'_>) {
     out.push_str(&format!("  backend    {backend}\n"));
     if let Some(h) = http {
         out.push_str(&format!("  http       http://{h}  (/qrcode /healthz /readyz /metrics)\n"));
+        if let Some((path, mode)) = webhook {
+            out.push_str(&format!(
+                "  webhook    http://{h}{path}  (the Official Account's server URL, {mode}; expose it over HTTPS)\n"
+            ));
+        }
     }
     if let Some(m) = mqtt {
         // The URL may carry credentials: show only where it goes.
