@@ -647,3 +647,81 @@ async fn pushes_sealed_with_the_previous_key_are_answered_with_it() {
     let enc = xml::parse_tree(&body).unwrap().get("Encrypt").unwrap().to_owned();
     assert!(AesKey::from_encoding_aes_key(NEW_KEY).unwrap().decrypt(&enc, APP_ID).is_err());
 }
+
+/// The official Node Wechaty client, unmodified, as the bot of an Official Account
+/// (`tests/compat/node/official_account.js`): every answer it gives comes back to WeChat as the
+/// passive reply of the push it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_wechaty_client_answers_followers() {
+    use tokio::io::AsyncBufReadExt;
+    let node_modules = puppet_tests::installed("WECHATY_NODE_MODULES", "npm wechaty + wechaty-puppet-service");
+    let fake = FakeWeChat::start(7200).await;
+    let server = Server::start_with_env(
+        &["--backend", "official-account", "--http-listen", "127.0.0.1:0"],
+        &[
+            ("PUPPET_OA_APP_ID", APP_ID),
+            ("PUPPET_OA_APP_SECRET", APP_SECRET),
+            ("PUPPET_OA_TOKEN", OA_TOKEN),
+            ("PUPPET_OA_AES_KEY", AES_KEY),
+            ("PUPPET_OA_API_BASE", fake.base.as_str()),
+            ("PUPPET_OA_ORIGINAL_ID", ORIGINAL_ID),
+        ],
+    );
+    let http = server.http_addr.unwrap();
+    let home = server.data_dir.join("client-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut child = tokio::process::Command::new("node")
+        .arg(puppet_tests::repo_root().join("tests/compat/node/official_account.js"))
+        .current_dir(&home)
+        .env("HOME", &home)
+        .env("NODE_PATH", &node_modules)
+        .env("WECHATY_PUPPET_SERVICE_ENDPOINT", server.addr.to_string())
+        .env("WECHATY_PUPPET_SERVICE_TOKEN", TOKEN)
+        .env("WECHATY_PUPPET_SERVICE_NO_TLS_INSECURE_CLIENT", "true")
+        .env("WECHATY_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node");
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = vec![];
+    let mut expect_line = async |want: &str| {
+        let found = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            while let Some(line) = out.next_line().await.unwrap() {
+                seen.push(line.clone());
+                if line.starts_with(want) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(matches!(found, Ok(true)), "no `{want}` from the Node bot; it printed {seen:?}");
+    };
+    expect_line("READY").await;
+
+    let answer = async |push: String| {
+        let (status, body) = post(http, &push, Mode::Safe).await;
+        assert_eq!(status, 200);
+        assert_ne!(body, "success", "the Node bot did not answer in time");
+        open_reply(&body)
+    };
+    let reply = answer(text_push(ALICE, "who am i", 7001)).await;
+    assert_eq!((reply.get("ToUserName"), reply.get("Content")), (Some(ALICE), Some("you are Alice")));
+    let reply = answer(text_push(BOB, "你好", 7002)).await;
+    assert_eq!(reply.get("Content"), Some("echo: 你好"));
+
+    let photo: Vec<u8> = [&[0xFF, 0xD8, 0xFF, 0xE0][..], &[42u8; 20_000][..]].concat();
+    fake.put_media("MEDIA_NODE", "image/jpeg", "cat.jpg", &photo);
+    let image = push_xml(BOB, "image", "<MediaId><![CDATA[MEDIA_NODE]]></MediaId>", 1_700_000_500, Some(7003));
+    assert_eq!(answer(image).await.get("Content"), Some("got cat.jpg, 20004 bytes"));
+
+    let follow = event_push(CAROL, "subscribe", "", 1_700_000_600);
+    assert_eq!(answer(follow).await.get("Content"), Some("welcome oFollowerCarol"));
+
+    assert_eq!(answer(text_push(ALICE, "bye", 7004)).await.get("Content"), Some("再见"));
+    expect_line("COMPAT OK").await;
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "the Node bot exited with {status}");
+    assert!(fake.calls("/cgi-bin/message/custom/send").is_empty(), "every answer went back passively");
+}
