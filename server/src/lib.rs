@@ -46,8 +46,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let blob_dir = config.blob_dir();
     let blobs = blobs::BlobStore::open(&blob_dir, config.blob_limits())
         .map_err(|e| anyhow::anyhow!("cannot open the blob store at {}: {e}", blob_dir.display()))?;
-    let backend::Built { backend, mock, official_account } = backend::build(&config, bus.sink(), blobs.clone())?;
     let metrics = std::sync::Arc::new(metrics::Metrics::new());
+    let backend::Built { backend, mock, official_account } =
+        backend::build(&config, bus.sink(), blobs.clone(), &metrics)?;
     let heartbeat = Duration::from_secs(config.heartbeat_secs);
 
     let grpc_listener = bind(config.listen_addr()?, "gRPC").await?;

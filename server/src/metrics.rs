@@ -30,6 +30,60 @@ struct MethodLabel {
     method: String,
 }
 
+/// What became of an Official Account push.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum PushOutcome {
+    /// Handled: events emitted.
+    handled,
+    /// A retry of a push already handled or being handled.
+    retry,
+    /// Refused: `signature` or `msg_signature` did not match.
+    bad_signature,
+    /// Refused: not decryptable, for another AppID or account, malformed XML or a DTD.
+    refused,
+}
+
+/// How the bot's answer to a follower went.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReplyPath {
+    /// In the push's HTTP response.
+    passive,
+    /// Through the customer-service API.
+    api,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: PushOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabel {
+    path: ReplyPath,
+}
+
+/// The Official Account backend's counters (zero on other backends).
+#[derive(Clone, Default)]
+pub struct OaMetrics {
+    pushes: Family<OutcomeLabel, Counter>,
+    replies: Family<PathLabel, Counter>,
+    /// access_tokens fetched.
+    pub token_fetches: Counter,
+}
+
+impl OaMetrics {
+    /// Counts a push.
+    pub fn push(&self, outcome: PushOutcome) {
+        self.pushes.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+    /// Counts an answer to a follower.
+    pub fn reply(&self, path: ReplyPath) {
+        self.replies.get_or_create(&PathLabel { path }).inc();
+    }
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
@@ -40,6 +94,8 @@ pub struct Metrics {
     subscribers_cut: Gauge,
     blob_bytes: Gauge,
     logged_in: Gauge,
+    /// The Official Account backend's counters.
+    pub oa: OaMetrics,
 }
 
 impl Metrics {
@@ -63,6 +119,10 @@ impl Metrics {
         );
         registry.register("blob_bytes", "Bytes held by the blob store", blob_bytes.clone());
         registry.register("logged_in", "1 while the account is logged in", logged_in.clone());
+        let oa = OaMetrics::default();
+        registry.register("oa_pushes", "Official Account webhook pushes, by outcome", oa.pushes.clone());
+        registry.register("oa_replies", "Answers to followers, by path (passive reply or API)", oa.replies.clone());
+        registry.register("oa_token_fetches", "Official Account access_tokens fetched", oa.token_fetches.clone());
         Self {
             registry,
             rpc_requests,
@@ -72,6 +132,7 @@ impl Metrics {
             subscribers_cut,
             blob_bytes,
             logged_in,
+            oa,
         }
     }
 

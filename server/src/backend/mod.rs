@@ -361,7 +361,12 @@ pub struct Built {
 }
 
 /// Builds the configured backend, wired to the event sink.
-pub fn build(config: &crate::config::Config, sink: EventSink, blobs: crate::blobs::BlobStore) -> anyhow::Result<Built> {
+pub fn build(
+    config: &crate::config::Config,
+    sink: EventSink,
+    blobs: crate::blobs::BlobStore,
+    metrics: &crate::metrics::Metrics,
+) -> anyhow::Result<Built> {
     match config.backend {
         BackendKind::Mock => {
             let mock = mock::MockBackend::new(mock::MockOptions::from_config(config)?, sink, blobs)?;
@@ -376,7 +381,7 @@ pub fn build(config: &crate::config::Config, sink: EventSink, blobs: crate::blob
                     settings.webhook_path
                 );
             }
-            let oa = official_account::OfficialAccount::new(settings, sink, blobs)?;
+            let oa = official_account::OfficialAccount::new(settings, sink, blobs, metrics.oa.clone())?;
             Ok(Built { backend: std::sync::Arc::new(oa.clone()), mock: None, official_account: Some(oa) })
         }
     }

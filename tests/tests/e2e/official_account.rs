@@ -374,6 +374,15 @@ async fn bad_signatures_and_foreign_pushes_are_refused() {
         seen.iter().any(|(k, p)| *k == kind::ERROR && p["data"].as_str().unwrap_or_default().contains("another AppID")),
         "the AppID mismatch is reported: {seen:?}"
     );
+    let metrics = puppet_tests::http_get(http, "/metrics").await.1;
+    for line in [
+        "puppet_oa_pushes_total{outcome=\"bad_signature\"} 2",
+        "puppet_oa_pushes_total{outcome=\"refused\"} 3",
+        "puppet_oa_token_fetches_total 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
+    }
+    assert!(!metrics.contains("outcome=\"handled\""), "nothing was handled:\n{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -724,4 +733,8 @@ async fn the_node_wechaty_client_answers_followers() {
     let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "the Node bot exited with {status}");
     assert!(fake.calls("/cgi-bin/message/custom/send").is_empty(), "every answer went back passively");
+    let metrics = puppet_tests::http_get(http, "/metrics").await.1;
+    for line in ["puppet_oa_replies_total{path=\"passive\"} 5", "puppet_oa_pushes_total{outcome=\"handled\"} 5"] {
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
+    }
 }

@@ -137,12 +137,17 @@ pub struct Api {
     app_id: String,
     secret: String,
     token: tokio::sync::Mutex<Option<AccessToken>>,
-    fetches: std::sync::atomic::AtomicU64,
+    fetches: prometheus_client::metrics::counter::Counter,
 }
 
 impl Api {
     /// A client for `base` (no trailing `/`).
-    pub fn new(base: &str, app_id: &str, secret: &str) -> anyhow::Result<Self> {
+    pub fn new(
+        base: &str,
+        app_id: &str,
+        secret: &str,
+        fetches: prometheus_client::metrics::counter::Counter,
+    ) -> anyhow::Result<Self> {
         // reqwest is built without a rustls provider of its own; ring is the process's one.
         _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
@@ -156,7 +161,7 @@ impl Api {
             app_id: app_id.to_owned(),
             secret: secret.to_owned(),
             token: tokio::sync::Mutex::new(None),
-            fetches: Default::default(),
+            fetches,
         })
     }
 
@@ -167,7 +172,7 @@ impl Api {
 
     /// How many tokens have been fetched since start.
     pub fn token_fetches(&self) -> u64 {
-        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+        self.fetches.get()
     }
 
     async fn fetch_token(&self) -> Result<AccessToken, ApiError> {
@@ -187,7 +192,7 @@ impl Api {
             .ok_or_else(|| ApiError::Protocol("the token answer has no `access_token`".into()))?
             .to_owned();
         let expires_in = Duration::from_secs(v.get("expires_in").and_then(Value::as_u64).unwrap_or(7200).max(1));
-        self.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.fetches.inc();
         let now = Instant::now();
         tracing::info!(expires_in_secs = expires_in.as_secs(), "fetched a WeChat access_token");
         // WeRoBot stops using a token in its last minute, puppet-oa refreshes 5 minutes early;
@@ -425,7 +430,7 @@ mod tests {
     #[tokio::test]
     async fn transport_errors_never_carry_the_secret() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let api = Api::new(&format!("http://127.0.0.1:{port}"), "wxapp", "TOPSECRET").unwrap();
+        let api = Api::new(&format!("http://127.0.0.1:{port}"), "wxapp", "TOPSECRET", Default::default()).unwrap();
         let e = api.access_token().await.unwrap_err();
         assert!(matches!(e, ApiError::Transport(_)), "{e:?}");
         assert!(!format!("{e} {e:?}").contains("TOPSECRET"), "{e:?}");

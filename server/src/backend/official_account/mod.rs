@@ -49,6 +49,7 @@ use self::xml::{Inbound, InboundKind, Reply};
 use super::{Backend, BackendError, BackendResult, Outgoing, Referrer};
 use crate::blobs::{BlobError, BlobStore};
 use crate::events::EventSink;
+use crate::metrics::{OaMetrics, PushOutcome, ReplyPath};
 
 /// Messages kept for `MessagePayload` and media downloads.
 pub const MESSAGES_KEPT: usize = 10_000;
@@ -162,6 +163,7 @@ struct Inner {
     pushes: broadcast::Sender<Arc<PushRecord>>,
     refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     next_id: AtomicU64,
+    metrics: OaMetrics,
 }
 
 /// The backend. Cheap to clone.
@@ -269,8 +271,8 @@ fn media_kind(name: &str, bytes: &[u8]) -> BackendResult<(&'static str, usize, M
 
 impl OfficialAccount {
     /// Builds the backend; nothing is fetched until `start`.
-    pub fn new(settings: OaSettings, sink: EventSink, blobs: BlobStore) -> anyhow::Result<Self> {
-        let api = Api::new(&settings.api_base, &settings.app_id, &settings.app_secret)?;
+    pub fn new(settings: OaSettings, sink: EventSink, blobs: BlobStore, metrics: OaMetrics) -> anyhow::Result<Self> {
+        let api = Api::new(&settings.api_base, &settings.app_id, &settings.app_secret, metrics.token_fetches.clone())?;
         let me = ContactId(settings.original_id.clone().unwrap_or_else(|| settings.app_id.clone()));
         let state = State {
             logged_in: false,
@@ -293,6 +295,7 @@ impl OfficialAccount {
                 pushes: broadcast::channel(PUSH_BUFFER).0,
                 refresher: Mutex::new(None),
                 next_id: AtomicU64::new(1),
+                metrics,
             }),
         })
     }
@@ -328,6 +331,16 @@ impl OfficialAccount {
 
     fn dirty(&self, kind: PayloadType, id: &str) {
         self.emit(PuppetEvent::Dirty(DirtyEvent { payload_type: kind.wire(), payload_id: id.to_owned() }));
+    }
+
+    /// Counts a push's outcome.
+    pub fn count_push(&self, outcome: PushOutcome) {
+        self.inner.metrics.push(outcome);
+    }
+
+    /// Counts an answer to a follower.
+    pub(crate) fn count_reply(&self, passive: bool) {
+        self.inner.metrics.reply(if passive { ReplyPath::passive } else { ReplyPath::api });
     }
 
     /// Reports a webhook problem to clients (they cannot see HTTP answers WeChat got).
@@ -984,6 +997,7 @@ impl Backend for OfficialAccount {
                 .await
                 .map_err(|e| e.into_backend("message/custom/send"))?;
         }
+        self.count_reply(passive);
         tracing::debug!(passive, "message sent to a follower");
         let id = MessageId(self.fresh_id("oa_out_"));
         let message = Message {

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use super::crypto::{self, AesKey, CryptoError};
 use super::xml::{self, XmlError};
 use super::{OfficialAccount, PushTurn};
+use crate::metrics::PushOutcome;
 
 /// The query string WeChat sends.
 #[derive(Debug, Default, Deserialize)]
@@ -52,6 +53,7 @@ fn signed(oa: &OfficialAccount, q: &CallbackQuery) -> bool {
 
 async fn verify(State(oa): State<Arc<OfficialAccount>>, Query(q): Query<CallbackQuery>) -> Response {
     if !signed(&oa, &q) {
+        tracing::warn!("URL verification with a wrong signature refused: check PUPPET_OA_TOKEN against the console");
         return plain(StatusCode::FORBIDDEN, "signature mismatch\n");
     }
     plain(StatusCode::OK, q.echostr.as_deref().unwrap_or_default())
@@ -70,21 +72,32 @@ fn envelope(oa: &OfficialAccount, key: &AesKey, reply_xml: &str) -> String {
 }
 
 async fn push(State(oa): State<Arc<OfficialAccount>>, Query(q): Query<CallbackQuery>, body: String) -> Response {
-    if !signed(&oa, &q) {
-        return plain(StatusCode::FORBIDDEN, "signature mismatch\n");
+    let (outcome, response) = answer_push(&oa, q, body).await;
+    oa.count_push(outcome);
+    response
+}
+
+async fn answer_push(oa: &OfficialAccount, q: CallbackQuery, body: String) -> (PushOutcome, Response) {
+    if !signed(oa, &q) {
+        return (PushOutcome::bad_signature, plain(StatusCode::FORBIDDEN, "signature mismatch\n"));
     }
     let outer = match xml::parse_tree(&body) {
         Ok(t) => t,
         Err(e @ XmlError::Entity) => {
             oa.report(tonic::Code::InvalidArgument, format!("a push with a DTD or entity was refused: {e}"));
-            return plain(StatusCode::BAD_REQUEST, "DTDs and entities are refused\n");
+            return (PushOutcome::refused, plain(StatusCode::BAD_REQUEST, "DTDs and entities are refused\n"));
         }
-        Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+        Err(e) => return (PushOutcome::refused, plain(StatusCode::BAD_REQUEST, &format!("{e}\n"))),
     };
     let encrypted = outer.get("Encrypt").map(str::to_owned);
     let wants_aes = q.encrypt_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("aes"));
     let (plain_xml, key) = match encrypted {
-        None if wants_aes => return plain(StatusCode::BAD_REQUEST, "encrypt_type=aes but no <Encrypt> in the body\n"),
+        None if wants_aes => {
+            return (
+                PushOutcome::refused,
+                plain(StatusCode::BAD_REQUEST, "encrypt_type=aes but no <Encrypt> in the body\n"),
+            );
+        }
         None => (body, None),
         Some(enc) => {
             let settings = oa.settings();
@@ -95,13 +108,16 @@ async fn push(State(oa): State<Arc<OfficialAccount>>, Query(q): Query<CallbackQu
                      the console"
                         .into(),
                 );
-                return plain(StatusCode::BAD_REQUEST, "encrypted push, but no EncodingAESKey is configured\n");
+                return (
+                    PushOutcome::refused,
+                    plain(StatusCode::BAD_REQUEST, "encrypted push, but no EncodingAESKey is configured\n"),
+                );
             };
             let (Some(msg_sig), Some(ts), Some(nonce)) = (&q.msg_signature, &q.timestamp, &q.nonce) else {
-                return plain(StatusCode::FORBIDDEN, "msg_signature missing\n");
+                return (PushOutcome::bad_signature, plain(StatusCode::FORBIDDEN, "msg_signature missing\n"));
             };
             if !crypto::signature_matches(&crypto::signature(&[&settings.token, ts, nonce, &enc]), msg_sig) {
-                return plain(StatusCode::FORBIDDEN, "msg_signature mismatch\n");
+                return (PushOutcome::bad_signature, plain(StatusCode::FORBIDDEN, "msg_signature mismatch\n"));
             }
             let mut outcome = current.decrypt(&enc, &settings.app_id).map(|x| (x, current));
             if let (Err(_), Some(previous)) = (&outcome, settings.aes_key_previous.as_ref())
@@ -113,21 +129,21 @@ async fn push(State(oa): State<Arc<OfficialAccount>>, Query(q): Query<CallbackQu
                 Ok((x, key)) => (x, Some(key.clone())),
                 Err(e @ CryptoError::WrongAppId) => {
                     oa.report(tonic::Code::PermissionDenied, format!("an encrypted push was refused: {e}"));
-                    return plain(StatusCode::FORBIDDEN, "the push is for another AppID\n");
+                    return (PushOutcome::refused, plain(StatusCode::FORBIDDEN, "the push is for another AppID\n"));
                 }
                 Err(e) => {
                     oa.report(
                         tonic::Code::InvalidArgument,
                         format!("an encrypted push could not be decrypted ({e}); check PUPPET_OA_AES_KEY"),
                     );
-                    return plain(StatusCode::BAD_REQUEST, "cannot decrypt\n");
+                    return (PushOutcome::refused, plain(StatusCode::BAD_REQUEST, "cannot decrypt\n"));
                 }
             }
         }
     };
     let inbound = match xml::parse_inbound(&plain_xml) {
         Ok(i) => i,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+        Err(e) => return (PushOutcome::refused, plain(StatusCode::BAD_REQUEST, &format!("{e}\n"))),
     };
     if let Some(expected) = &oa.settings().original_id
         && inbound.to != *expected
@@ -136,17 +152,18 @@ async fn push(State(oa): State<Arc<OfficialAccount>>, Query(q): Query<CallbackQu
             tonic::Code::PermissionDenied,
             format!("a push addressed to `{}` was refused: this server is `{expected}`", inbound.to),
         );
-        return plain(StatusCode::FORBIDDEN, "the push is for another account\n");
+        return (PushOutcome::refused, plain(StatusCode::FORBIDDEN, "the push is for another account\n"));
     }
-    let answer = match oa.begin_push(inbound.dedupe_key()) {
+    let (outcome, answer) = match oa.begin_push(inbound.dedupe_key()) {
         PushTurn::Retry(mut rx) => {
             tracing::debug!(key = %inbound.dedupe_key(), "WeChat retried a push; answering as the first delivery");
             // The first delivery answers within the reply window; past WeChat's 5 s nobody listens.
             let waited = tokio::time::timeout(std::time::Duration::from_secs(5), rx.wait_for(Option::is_some)).await;
-            match waited {
+            let answer = match waited {
                 Ok(Ok(v)) => v.clone().unwrap_or_default(),
                 _ => "success".to_owned(),
-            }
+            };
+            (PushOutcome::retry, answer)
         }
         PushTurn::New(tx) => {
             let (to, from) = (inbound.from.clone(), inbound.to.clone());
@@ -155,15 +172,15 @@ async fn push(State(oa): State<Arc<OfficialAccount>>, Query(q): Query<CallbackQu
                 Some(reply) => {
                     let xml = xml::render_reply(&to, &from, super::now_secs(), &reply);
                     match &key {
-                        Some(key) => envelope(&oa, key, &xml),
+                        Some(key) => envelope(oa, key, &xml),
                         None => xml,
                     }
                 }
             };
             _ = tx.send(Some(answer.clone()));
-            answer
+            (PushOutcome::handled, answer)
         }
     };
     let content_type = if answer.starts_with('<') { "application/xml; charset=utf-8" } else { "text/plain" };
-    (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], answer).into_response()
+    (outcome, (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], answer).into_response())
 }
