@@ -738,3 +738,72 @@ async fn the_node_wechaty_client_answers_followers() {
         assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
     }
 }
+
+/// The grpcurl lines of the README's Official Account section, run as written (grpcurl 1.9.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_official_account_recipes_work() {
+    use tokio::io::AsyncBufReadExt;
+    let grpcurl = puppet_tests::installed("PUPPET_GRPCURL", "grpcurl");
+    let readme = std::fs::read_to_string(puppet_tests::repo_root().join("README.md")).unwrap();
+    let section = readme.split("## Connect an Official Account").nth(1).expect("the README section");
+    let block = section
+        .split("```sh")
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("grpcurl"))
+        .expect("a grpcurl block");
+    let recipes: Vec<String> = block
+        .replace("\\\n", " ")
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(recipes.len(), 2, "{recipes:?}");
+
+    let fake = FakeWeChat::start(7200).await;
+    let oa = online(&fake, &[("PUPPET_OA_REPLY_WINDOW_MS", "100")]).await;
+    let path = format!("{}:{}", grpcurl.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+    let run = |recipe: &str| {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", &recipe.replace("127.0.0.1:8788", &oa.server.addr.to_string())])
+            .env("PATH", &path)
+            .env("TOKEN", TOKEN)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    };
+    let menu = &recipes[0];
+    assert!(menu.contains("OfficialAccount/CreateMenu"), "{menu}");
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), run(menu).output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "`{menu}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fake.menu().unwrap()["button"][0]["key"], "TODAY");
+
+    let follow = &recipes[1];
+    assert!(follow.contains("OfficialAccount/Events"), "{follow}");
+    let mut child = run(follow).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // The stream may not be registered yet when the first click arrives: click until it prints.
+    let printed = tokio::time::timeout(puppet_tests::EVENT_TIMEOUT, async {
+        let mut text = String::new();
+        let mut at = 1_700_001_000;
+        loop {
+            at += 1;
+            let click = event_push(ALICE, "CLICK", "<EventKey><![CDATA[TODAY]]></EventKey>", at);
+            assert_eq!(post(oa.http, &click, Mode::Plain).await.0, 200);
+            if let Ok(Ok(Some(line))) =
+                tokio::time::timeout(std::time::Duration::from_millis(500), lines.next_line()).await
+            {
+                text.push_str(&line);
+                while let Some(line) = lines.next_line().await.unwrap() {
+                    text.push_str(&line);
+                    if line.trim() == "}" {
+                        return text;
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("a push from the Events recipe");
+    assert!(printed.contains("\"type\": \"click_event\"") && printed.contains("\"eventKey\": \"TODAY\""), "{printed}");
+}
