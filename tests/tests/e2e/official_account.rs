@@ -657,13 +657,11 @@ async fn pushes_sealed_with_the_previous_key_are_answered_with_it() {
     assert!(AesKey::from_encoding_aes_key(NEW_KEY).unwrap().decrypt(&enc, APP_ID).is_err());
 }
 
-/// The official Node Wechaty client, unmodified, as the bot of an Official Account
-/// (`tests/compat/node/official_account.js`): every answer it gives comes back to WeChat as the
-/// passive reply of the push it answers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_node_wechaty_client_answers_followers() {
+/// An official Wechaty client, unmodified, as the bot of an Official Account
+/// (`tests/compat/{node,python}/official_account.*`): every answer it gives comes back to WeChat as
+/// the passive reply of the push it answers.
+async fn wechaty_client_answers_followers(program: &std::path::Path, script: &str, env: &[(&str, String)]) {
     use tokio::io::AsyncBufReadExt;
-    let node_modules = puppet_tests::installed("WECHATY_NODE_MODULES", "npm wechaty + wechaty-puppet-service");
     let fake = FakeWeChat::start(7200).await;
     let server = Server::start_with_env(
         &["--backend", "official-account", "--http-listen", "127.0.0.1:0"],
@@ -679,11 +677,11 @@ async fn the_node_wechaty_client_answers_followers() {
     let http = server.http_addr.unwrap();
     let home = server.data_dir.join("client-home");
     std::fs::create_dir_all(&home).unwrap();
-    let mut child = tokio::process::Command::new("node")
-        .arg(puppet_tests::repo_root().join("tests/compat/node/official_account.js"))
+    let mut child = tokio::process::Command::new(program)
+        .arg(puppet_tests::repo_root().join(script))
         .current_dir(&home)
         .env("HOME", &home)
-        .env("NODE_PATH", &node_modules)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("WECHATY_PUPPET_SERVICE_ENDPOINT", server.addr.to_string())
         .env("WECHATY_PUPPET_SERVICE_TOKEN", TOKEN)
         .env("WECHATY_PUPPET_SERVICE_NO_TLS_INSECURE_CLIENT", "true")
@@ -691,7 +689,7 @@ async fn the_node_wechaty_client_answers_followers() {
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("node");
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
     let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen = vec![];
     let mut expect_line = async |want: &str| {
@@ -705,14 +703,14 @@ async fn the_node_wechaty_client_answers_followers() {
             false
         })
         .await;
-        assert!(matches!(found, Ok(true)), "no `{want}` from the Node bot; it printed {seen:?}");
+        assert!(matches!(found, Ok(true)), "no `{want}` from the {script} bot; it printed {seen:?}");
     };
     expect_line("READY").await;
 
     let answer = async |push: String| {
         let (status, body) = post(http, &push, Mode::Safe).await;
         assert_eq!(status, 200);
-        assert_ne!(body, "success", "the Node bot did not answer in time");
+        assert_ne!(body, "success", "the bot did not answer in time");
         open_reply(&body)
     };
     let reply = answer(text_push(ALICE, "who am i", 7001)).await;
@@ -731,12 +729,25 @@ async fn the_node_wechaty_client_answers_followers() {
     assert_eq!(answer(text_push(ALICE, "bye", 7004)).await.get("Content"), Some("再见"));
     expect_line("COMPAT OK").await;
     let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
-    assert!(status.success(), "the Node bot exited with {status}");
+    assert!(status.success(), "the {script} bot exited with {status}");
     assert!(fake.calls("/cgi-bin/message/custom/send").is_empty(), "every answer went back passively");
     let metrics = puppet_tests::http_get(http, "/metrics").await.1;
     for line in ["puppet_oa_replies_total{path=\"passive\"} 5", "puppet_oa_pushes_total{outcome=\"handled\"} 5"] {
         assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_wechaty_client_answers_followers() {
+    let node_modules = puppet_tests::installed("WECHATY_NODE_MODULES", "npm wechaty + wechaty-puppet-service");
+    let env = [("NODE_PATH", node_modules.display().to_string())];
+    wechaty_client_answers_followers(std::path::Path::new("node"), "tests/compat/node/official_account.js", &env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_wechaty_client_answers_followers() {
+    let python = puppet_tests::installed("PUPPET_TEST_WECHATY_PYTHON", "a venv with python-wechaty 0.10.7");
+    wechaty_client_answers_followers(&python, "tests/compat/python/official_account.py", &[]).await;
 }
 
 /// The grpcurl lines of the README's Official Account section, run as written (grpcurl 1.9.4).
