@@ -13,8 +13,9 @@
 //!
 //! Bounded state: the last [`MESSAGES_KEPT`] messages (older ids answer NOT_FOUND), follower
 //! payloads until a DIRTY or [`CONTACTS_KEPT`], the retry cache ([`SEEN_KEPT`] pushes for
-//! [`SEEN_TTL`]), [`TEMPLATE_RESULTS_KEPT`] template results, and a 1024-push broadcast for the
-//! Events stream (a subscriber further behind is ended).
+//! [`SEEN_TTL`]), [`TEMPLATE_RESULTS_KEPT`] template results, at most [`MAX_WAITING`] pushes held
+//! open for a passive reply, and a 1024-push broadcast for the Events stream (a subscriber further
+//! behind is ended).
 
 pub mod api;
 pub mod crypto;
@@ -63,6 +64,9 @@ pub const SEEN_TTL: Duration = Duration::from_secs(60);
 pub const TEMPLATE_RESULTS_KEPT: usize = 10_000;
 /// Pushes buffered per `Events` subscriber.
 pub const PUSH_BUFFER: usize = 1024;
+/// Pushes held open at once waiting for a passive reply; beyond, a push is answered `success` at
+/// once (the bot's answer then goes through the customer-service API).
+pub const MAX_WAITING: usize = 4096;
 
 const NO_ROOMS: &str = "Official Accounts have no group chats: followers talk to the account one to one";
 const NO_FRIEND_REQUESTS: &str = "people follow an Official Account themselves (a `subscribe` arrives as a confirmed FRIENDSHIP); \
@@ -407,7 +411,7 @@ impl OfficialAccount {
                         s.contacts.remove(openid.as_str());
                         s.followers = None;
                     }
-                    waiter = Some(self.wait_for_reply(&openid));
+                    waiter = self.wait_for_reply(&openid);
                     self.emit(PuppetEvent::Friendship(FriendshipEvent { friendship_id: id }));
                     self.dirty(PayloadType::Contact, &openid);
                 }
@@ -467,13 +471,13 @@ impl OfficialAccount {
                     .messages
                     .insert(id.clone(), Stored { message, inbound: Some(inbound.kind.clone()), file: None, url: None });
                 // Registered before the event goes out, so the quickest answer still finds it.
-                waiter = Some(self.wait_for_reply(&openid));
+                waiter = self.wait_for_reply(&openid);
                 self.emit(PuppetEvent::Message(MessageEvent { message_id: id.clone() }));
                 message_id = Some(id);
             }
         }
         if answerable && waiter.is_none() {
-            waiter = Some(self.wait_for_reply(&openid));
+            waiter = self.wait_for_reply(&openid);
         }
         let record = PushRecord { inbound, fields, message_id };
         // No subscriber is fine: the push went to the wechaty events already.
@@ -487,10 +491,21 @@ impl OfficialAccount {
         reply
     }
 
-    fn wait_for_reply(&self, openid: &str) -> oneshot::Receiver<Reply> {
+    fn wait_for_reply(&self, openid: &str) -> Option<oneshot::Receiver<Reply>> {
+        let mut s = self.state();
+        if s.waiting.values().map(Vec::len).sum::<usize>() >= MAX_WAITING {
+            s.waiting.retain(|_, w| {
+                w.retain(|tx| !tx.is_closed());
+                !w.is_empty()
+            });
+            if s.waiting.values().map(Vec::len).sum::<usize>() >= MAX_WAITING {
+                tracing::warn!(limit = MAX_WAITING, "too many pushes waiting for a passive reply; answering at once");
+                return None;
+            }
+        }
         let (tx, rx) = oneshot::channel();
-        self.state().waiting.entry(openid.to_owned()).or_default().push(tx);
-        rx
+        s.waiting.entry(openid.to_owned()).or_default().push(tx);
+        Some(rx)
     }
 
     /// Hands `reply` to a push from `openid` still waiting for its answer; false when none is.
