@@ -53,7 +53,7 @@ fn the_kubernetes_manifests_validate_offline() {
     let out = std::process::Command::new(validate).arg("--strict").args(&files).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
-    for kind in ["statefulset", "service", "configmap", "secret", "poddisruptionbudget"] {
+    for kind in ["statefulset", "service", "configmap", "secret", "poddisruptionbudget", "ingress"] {
         assert!(text.contains(&format!("passed for resource {kind}/")), "{kind} not validated:\n{text}");
     }
 }
