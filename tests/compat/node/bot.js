@@ -12,6 +12,7 @@ const path = require('node:path')
 const { execFileSync } = require('node:child_process')
 const { WechatyBuilder } = require('wechaty')
 const { FileBox } = require('file-box')
+const leveldown = require('leveldown')
 
 const BOT = 'wxid_puppet_bot'
 const ctl = (...args) => execFileSync(process.env.PUPPETCTL, args, { encoding: 'utf8' }).trim()
@@ -31,6 +32,35 @@ function waitFor (emitter, event, pred = () => true, ms = 15000) {
     }
     emitter.on(event, handler)
   })
+}
+
+/**
+ * Resolves once no LevelDB store under `dir` is held open by this process. wechaty-puppet-service
+ * closes its payload stores from a 'logout' listener it does not await, so a bot started again at
+ * once (the server replays the login instantly) can find the old store still locked and crash.
+ */
+async function storesReleased (dir, ms = 15000) {
+  const stores = []
+  const walk = (d) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(path.join(d, e.name))
+      else if (e.name === 'LOCK') stores.push(d)
+    }
+  }
+  if (fs.existsSync(dir)) walk(dir)
+  const deadline = Date.now() + ms
+  for (const store of stores) {
+    for (;;) {
+      const db = leveldown(store)
+      const err = await new Promise((resolve) => db.open({ createIfMissing: false }, resolve))
+      if (!err) {
+        await new Promise((resolve) => db.close(resolve))
+        break
+      }
+      if (Date.now() > deadline) throw new Error(`${store} still locked after ${ms} ms: ${err}`)
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+  }
 }
 
 async function step (name, fn) {
@@ -167,6 +197,7 @@ async function main () {
 
   await step('bot.stop() then start again', async () => {
     await bot.stop()
+    await storesReleased(path.join(os.homedir(), '.wechaty'))
     const again = waitFor(bot, 'login')
     await bot.start()
     await again
