@@ -114,6 +114,17 @@ impl FakeWeChat {
         f(&mut self.state.lock().unwrap())
     }
 
+    /// The environment that points a server's official-account backend at this fake.
+    pub fn server_env<'a>(&'a self, oa_token: &'a str, original_id: &'a str) -> Vec<(&'static str, &'a str)> {
+        vec![
+            ("PUPPET_OA_APP_ID", APP_ID),
+            ("PUPPET_OA_APP_SECRET", APP_SECRET),
+            ("PUPPET_OA_TOKEN", oa_token),
+            ("PUPPET_OA_API_BASE", self.base.as_str()),
+            ("PUPPET_OA_ORIGINAL_ID", original_id),
+        ]
+    }
+
     /// Tokens fetched so far.
     pub fn token_fetches(&self) -> u64 {
         *self.fetches.borrow()

@@ -16,7 +16,7 @@ use clap::Parser;
 use puppet_proto::pb::wechaty::puppet as pb;
 use puppet_server::backend::official_account::crypto::{self, AesKey};
 use puppet_server::backend::official_account::xml;
-use puppet_tests::fake_wechat::{APP_ID, APP_SECRET, FakeWeChat};
+use puppet_tests::fake_wechat::{APP_ID, FakeWeChat};
 use puppet_tests::{Events, Server, http_request, kind, rss_kib};
 
 const OA_TOKEN: &str = "benchToken42";
@@ -51,13 +51,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let fake = FakeWeChat::start(7200).await;
-    let mut env = vec![
-        ("PUPPET_OA_APP_ID", APP_ID),
-        ("PUPPET_OA_APP_SECRET", APP_SECRET),
-        ("PUPPET_OA_TOKEN", OA_TOKEN),
-        ("PUPPET_OA_API_BASE", fake.base.as_str()),
-        ("PUPPET_OA_ORIGINAL_ID", ORIGINAL_ID),
-    ];
+    let mut env = fake.server_env(OA_TOKEN, ORIGINAL_ID);
     if !args.plain {
         env.push(("PUPPET_OA_AES_KEY", AES_KEY));
     }

@@ -104,31 +104,19 @@ impl ext::official_account_server::OfficialAccount for OfficialAccountService {
 
     async fn get_follower(&self, req: Request<ext::GetFollowerRequest>) -> RpcResult<ext::Follower> {
         let openid = required("openid", req.into_inner().openid)?;
-        let FollowerInfo {
-            openid,
-            subscribed,
-            remark,
-            subscribe_time,
-            language,
-            unionid,
-            subscribe_scene,
-            qr_scene,
-            qr_scene_str,
-            tags,
-            nickname,
-        } = self.oa.follower_info(&openid).await.map_err(err)?;
+        let f: FollowerInfo = self.oa.follower_info(&openid).await.map_err(err)?;
         Ok(Response::new(ext::Follower {
-            openid,
-            subscribed,
-            remark,
-            subscribe_time,
-            language,
-            unionid,
-            subscribe_scene,
-            qr_scene,
-            qr_scene_str,
-            tags: tags.into_iter().map(tag).collect(),
-            nickname,
+            openid: f.openid,
+            subscribed: f.subscribed,
+            remark: f.remark,
+            subscribe_time: f.subscribe_time,
+            language: f.language,
+            unionid: f.unionid,
+            subscribe_scene: f.subscribe_scene,
+            qr_scene: f.qr_scene,
+            qr_scene_str: f.qr_scene_str,
+            tags: f.tags.into_iter().map(tag).collect(),
+            nickname: f.nickname,
         }))
     }
 

@@ -45,13 +45,7 @@ struct Oa {
 
 /// The server on the official-account backend against `fake`, online.
 async fn online(fake: &FakeWeChat, extra: &[(&str, &str)]) -> Oa {
-    let mut env = vec![
-        ("PUPPET_OA_APP_ID", APP_ID),
-        ("PUPPET_OA_APP_SECRET", APP_SECRET),
-        ("PUPPET_OA_TOKEN", OA_TOKEN),
-        ("PUPPET_OA_API_BASE", fake.base.as_str()),
-        ("PUPPET_OA_ORIGINAL_ID", ORIGINAL_ID),
-    ];
+    let mut env = fake.server_env(OA_TOKEN, ORIGINAL_ID);
     env.extend_from_slice(extra);
     let server = Server::start_with_env(&["--backend", "official-account", "--http-listen", "127.0.0.1:0"], &env);
     let http = server.http_addr.expect("side port");
@@ -663,17 +657,9 @@ async fn pushes_sealed_with_the_previous_key_are_answered_with_it() {
 async fn wechaty_client_answers_followers(program: &std::path::Path, script: &str, env: &[(&str, String)]) {
     use tokio::io::AsyncBufReadExt;
     let fake = FakeWeChat::start(7200).await;
-    let server = Server::start_with_env(
-        &["--backend", "official-account", "--http-listen", "127.0.0.1:0"],
-        &[
-            ("PUPPET_OA_APP_ID", APP_ID),
-            ("PUPPET_OA_APP_SECRET", APP_SECRET),
-            ("PUPPET_OA_TOKEN", OA_TOKEN),
-            ("PUPPET_OA_AES_KEY", AES_KEY),
-            ("PUPPET_OA_API_BASE", fake.base.as_str()),
-            ("PUPPET_OA_ORIGINAL_ID", ORIGINAL_ID),
-        ],
-    );
+    let mut oa_env = fake.server_env(OA_TOKEN, ORIGINAL_ID);
+    oa_env.push(("PUPPET_OA_AES_KEY", AES_KEY));
+    let server = Server::start_with_env(&["--backend", "official-account", "--http-listen", "127.0.0.1:0"], &oa_env);
     let http = server.http_addr.unwrap();
     let home = server.data_dir.join("client-home");
     std::fs::create_dir_all(&home).unwrap();

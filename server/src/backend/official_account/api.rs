@@ -258,14 +258,7 @@ impl Api {
             let token = self.access_token().await?;
             let response = build(&token).send().await.map_err(transport)?;
             let status = response.status();
-            let content_type =
-                response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let filename = response
-                .headers()
-                .get(reqwest::header::CONTENT_DISPOSITION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(disposition_filename);
-            let bytes = read_capped(response).await?;
+            let Media { bytes, filename, content_type } = read_media(response).await?;
             let looks_json = content_type.as_deref().is_some_and(|c| c.contains("json") || c.starts_with("text/plain"))
                 || bytes.first() == Some(&b'{');
             if !looks_json {
@@ -355,15 +348,16 @@ impl Api {
         if !response.status().is_success() {
             return Err(ApiError::Transport(format!("HTTP {} from {url}", response.status())));
         }
-        let content_type =
-            response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let filename = response
-            .headers()
-            .get(reqwest::header::CONTENT_DISPOSITION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(disposition_filename);
-        Ok(Media { bytes: read_capped(response).await?, filename, content_type })
+        read_media(response).await
     }
+}
+
+/// A response's body (capped), content type and `Content-Disposition` file name.
+async fn read_media(response: reqwest::Response) -> Result<Media, ApiError> {
+    let header = |name| response.headers().get(name).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok());
+    let content_type = header(reqwest::header::CONTENT_TYPE).map(str::to_owned);
+    let filename = header(reqwest::header::CONTENT_DISPOSITION).and_then(disposition_filename);
+    Ok(Media { bytes: read_capped(response).await?, filename, content_type })
 }
 
 async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, ApiError> {
