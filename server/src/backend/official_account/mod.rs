@@ -382,6 +382,7 @@ impl OfficialAccount {
     /// Handles a new push: events to clients, then (for pushes a bot may answer) waits up to the
     /// reply window for a passive reply.
     pub async fn handle_push(&self, inbound: Inbound) -> Option<Reply> {
+        tracing::debug!(kind = %inbound.type_key(), msg_id = inbound.msg_id, "push from a follower");
         let fields = xml::parse_tree(&inbound.raw).map(|t| t.leaves()).unwrap_or_default();
         let openid = inbound.from.clone();
         let timestamp_ms = inbound.create_time.saturating_mul(1000);

@@ -15,6 +15,7 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use tracing::Instrument;
 
 use super::crypto::{self, AesKey, CryptoError};
 use super::xml::{self, XmlError};
@@ -72,8 +73,11 @@ fn envelope(oa: &OfficialAccount, key: &AesKey, reply_xml: &str) -> String {
 }
 
 async fn push(State(oa): State<Arc<OfficialAccount>>, Query(q): Query<CallbackQuery>, body: String) -> Response {
-    let (outcome, response) = answer_push(&oa, q, body).await;
+    // WeChat's nonce is fresh for every delivery: the request id of this push's log lines.
+    let span = tracing::info_span!("webhook", request_id = %format!("oa-{}", q.nonce.as_deref().unwrap_or("none")));
+    let (outcome, response) = answer_push(&oa, q, body).instrument(span.clone()).await;
     oa.count_push(outcome);
+    span.in_scope(|| tracing::debug!(?outcome, status = response.status().as_u16(), "push answered"));
     response
 }
 
