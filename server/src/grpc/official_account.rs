@@ -7,7 +7,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert::required;
+use super::convert::{non_empty, required};
 use crate::backend::BackendError;
 use crate::backend::official_account::OfficialAccount;
 use crate::backend::official_account::extension::{FollowerInfo, Scene, TagInfo, TemplateMessage};
@@ -37,10 +37,6 @@ fn tag(t: TagInfo) -> ext::Tag {
     ext::Tag { id: t.id, name: t.name, count: t.count }
 }
 
-fn non_empty(v: String) -> Option<String> {
-    Some(v).filter(|v| !v.is_empty())
-}
-
 #[tonic::async_trait]
 impl ext::official_account_server::OfficialAccount for OfficialAccountService {
     async fn create_menu(&self, req: Request<ext::CreateMenuRequest>) -> RpcResult<ext::CreateMenuResponse> {
@@ -66,10 +62,10 @@ impl ext::official_account_server::OfficialAccount for OfficialAccountService {
         let message = TemplateMessage {
             to_user: required("to_user", r.to_user)?,
             template_id: required("template_id", r.template_id)?,
-            url: non_empty(r.url),
-            mini_program: non_empty(r.miniprogram_appid).map(|appid| (appid, r.miniprogram_pagepath)),
-            data: r.data.into_iter().map(|(k, v)| (k, v.value, non_empty(v.color))).collect(),
-            client_msg_id: non_empty(r.client_msg_id),
+            url: non_empty(Some(r.url)),
+            mini_program: non_empty(Some(r.miniprogram_appid)).map(|appid| (appid, r.miniprogram_pagepath)),
+            data: r.data.into_iter().map(|(k, v)| (k, v.value, non_empty(Some(v.color)))).collect(),
+            client_msg_id: non_empty(Some(r.client_msg_id)),
         };
         let msg_id = self.oa.send_template(message).await.map_err(err)?;
         Ok(Response::new(ext::SendTemplateResponse { msg_id }))
@@ -136,20 +132,22 @@ impl ext::official_account_server::OfficialAccount for OfficialAccountService {
             R::VoiceMediaId(m) => Reply::Voice { media_id: required("voice_media_id", m)? },
             R::Video(v) => Reply::Video {
                 media_id: required("video.media_id", v.media_id)?,
-                title: non_empty(v.title),
-                description: non_empty(v.description),
+                title: non_empty(Some(v.title)),
+                description: non_empty(Some(v.description)),
             },
             R::Music(m) => Reply::Music {
                 title: m.title,
                 description: m.description,
                 url: required("music.url", m.url)?,
-                hq_url: non_empty(m.hq_url),
-                thumb_media_id: non_empty(m.thumb_media_id),
+                hq_url: non_empty(Some(m.hq_url)),
+                thumb_media_id: non_empty(Some(m.thumb_media_id)),
             },
             R::News(n) => {
                 Reply::News(n.articles.into_iter().map(|a| [a.title, a.description, a.pic_url, a.url]).collect())
             }
-            R::TransferCustomerService(t) => Reply::TransferCustomerService { kf_account: non_empty(t.kf_account) },
+            R::TransferCustomerService(t) => {
+                Reply::TransferCustomerService { kf_account: non_empty(Some(t.kf_account)) }
+            }
         };
         let passive = self.oa.reply(&to, reply).await.map_err(err)?;
         Ok(Response::new(ext::ReplyResponse { passive }))
@@ -190,7 +188,7 @@ impl ext::official_account_server::OfficialAccount for OfficialAccountService {
                             msg_id: p.inbound.msg_id,
                             event,
                             event_key,
-                            fields: p.fields.clone().into_iter().collect(),
+                            fields: p.inbound.fields.clone().into_iter().collect(),
                             raw_xml: p.inbound.raw.clone(),
                             message_id: p.message_id.as_ref().map(|m| m.0.clone()).unwrap_or_default(),
                         })

@@ -633,6 +633,10 @@ async fn replies_wechaty_cannot_express_go_through_the_extension() {
     assert_eq!(x.reply(news).await.unwrap_err().code(), Code::InvalidArgument, "the API sends one article");
     let empty = ext::ReplyRequest { to_user: ALICE.into(), reply: None };
     assert_eq!(x.reply(empty).await.unwrap_err().code(), Code::InvalidArgument);
+    let metrics = puppet_tests::http_get(http, "/metrics").await.1;
+    for line in ["puppet_oa_replies_total{path=\"passive\"} 1", "puppet_oa_replies_total{path=\"api\"} 1"] {
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

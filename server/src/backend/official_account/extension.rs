@@ -3,8 +3,8 @@
 
 use serde_json::{Value, json};
 
-use super::OfficialAccount;
 use super::xml::Reply;
+use super::{OfficialAccount, Outbound};
 use crate::backend::{BackendError, BackendResult};
 
 /// A template message to send.
@@ -88,46 +88,6 @@ fn text(v: &Value, k: &str) -> String {
     v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned()
 }
 
-/// The customer-service API body for a reply, when the API can send it.
-fn custom_body(openid: &str, reply: &Reply) -> BackendResult<Value> {
-    let (kind, body) = match reply {
-        Reply::Text(t) => ("text", json!({ "content": t })),
-        Reply::Image { media_id } => ("image", json!({ "media_id": media_id })),
-        Reply::Voice { media_id } => ("voice", json!({ "media_id": media_id })),
-        Reply::Video { media_id, title, description } => (
-            "video",
-            json!({ "media_id": media_id, "thumb_media_id": media_id, "title": title.clone().unwrap_or_default(),
-                    "description": description.clone().unwrap_or_default() }),
-        ),
-        Reply::Music { title, description, url, hq_url, thumb_media_id } => (
-            "music",
-            json!({ "title": title, "description": description, "musicurl": url,
-                    "hqmusicurl": hq_url.as_deref().unwrap_or(url), "thumb_media_id": thumb_media_id.clone().unwrap_or_default() }),
-        ),
-        Reply::News(articles) => {
-            if articles.len() != 1 {
-                return Err(BackendError::InvalidArgument(format!(
-                    "the customer-service API sends exactly one article, not {} (no push from `{openid}` is waiting \
-                     for a passive reply)",
-                    articles.len()
-                )));
-            }
-            let [title, description, picurl, url] = &articles[0];
-            (
-                "news",
-                json!({ "articles": [{ "title": title, "description": description, "url": url, "picurl": picurl }] }),
-            )
-        }
-        Reply::TransferCustomerService { .. } => {
-            return Err(BackendError::FailedPrecondition(format!(
-                "no push from `{openid}` is waiting for its answer: handing over to customer service is a passive \
-                 reply only, given while the follower's message is being answered"
-            )));
-        }
-    };
-    Ok(json!({ "touser": openid, "msgtype": kind, kind: body }))
-}
-
 impl OfficialAccount {
     /// Answers a follower: passively when a push of theirs is waiting, else through the
     /// customer-service API. True when it went passively.
@@ -141,15 +101,7 @@ impl OfficialAccount {
                 articles.len()
             )));
         }
-        let body = custom_body(&openid, &reply);
-        if self.offer_passive(&openid, reply) {
-            return Ok(true);
-        }
-        self.api()
-            .post("/cgi-bin/message/custom/send", &body?)
-            .await
-            .map_err(|e| e.into_backend("message/custom/send"))?;
-        Ok(false)
+        self.deliver(&openid, Outbound::Reply(reply)).await
     }
 
     /// Replaces the custom menu with WeChat's menu JSON (`{"button": [...]}`).

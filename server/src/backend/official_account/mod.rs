@@ -24,7 +24,7 @@ pub mod settings;
 pub mod webhook;
 pub mod xml;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -50,6 +50,7 @@ use self::xml::{Inbound, InboundKind, Reply};
 use super::{Backend, BackendError, BackendResult, Outgoing, Referrer};
 use crate::blobs::{BlobError, BlobStore};
 use crate::events::EventSink;
+use crate::grpc::files::BASE64;
 use crate::metrics::{OaMetrics, PushOutcome, ReplyPath};
 
 /// Messages kept for `MessagePayload` and media downloads.
@@ -140,10 +141,19 @@ struct State {
     friendships: Bounded<FriendshipId, Friendship>,
     contacts: HashMap<ContactId, Contact>,
     followers: Option<Vec<ContactId>>,
-    /// Pushes waiting for a passive reply, by follower openid.
-    waiting: HashMap<String, Vec<oneshot::Sender<Reply>>>,
+    /// Pushes waiting for a passive reply (follower openid, answer slot), oldest first; at most
+    /// [`MAX_WAITING`].
+    waiting: Vec<(String, oneshot::Sender<Reply>)>,
     seen: HashMap<String, Seen>,
     templates: Bounded<u64, TemplateResult>,
+}
+
+impl State {
+    /// Drops what is cached about a follower, and the follower list (they came or went).
+    fn forget_follower(&mut self, openid: &str) {
+        self.contacts.remove(openid);
+        self.followers = None;
+    }
 }
 
 /// One push as the `Events` stream carries it.
@@ -151,8 +161,6 @@ struct State {
 pub struct PushRecord {
     /// The parsed push.
     pub inbound: Inbound,
-    /// Every field of the XML (nested elements joined with `/`), common ones included.
-    pub fields: BTreeMap<String, String>,
     /// The message id it became (messages only).
     pub message_id: Option<MessageId>,
 }
@@ -189,55 +197,62 @@ fn blob_error(e: BlobError) -> BackendError {
     }
 }
 
-/// What the bot sends, in WeChat's terms.
+/// What goes to a follower: anything WeChat can also give as a passive reply, or a mini-program
+/// card (customer-service API only).
 #[derive(Clone, Debug, PartialEq)]
-enum OutMessage {
-    Text(String),
-    Image(String),
-    Voice(String),
-    Video { media_id: String, title: String },
-    News { title: String, description: String, url: String, pic_url: String },
+pub(crate) enum Outbound {
+    /// A reply, passive when a push waits.
+    Reply(Reply),
+    /// A mini-program card.
     MiniProgram { title: String, appid: String, pagepath: String, thumb_media_id: String },
 }
 
-impl OutMessage {
-    /// The customer-service API body.
-    fn custom_send_body(&self, openid: &str) -> Value {
-        let (kind, body) = match self {
-            Self::Text(t) => ("text", json!({ "content": t })),
-            Self::Image(m) => ("image", json!({ "media_id": m })),
-            Self::Voice(m) => ("voice", json!({ "media_id": m })),
-            Self::Video { media_id, title } => (
-                "video",
-                json!({ "media_id": media_id, "thumb_media_id": media_id, "title": title, "description": "" }),
-            ),
-            Self::News { title, description, url, pic_url } => (
+/// The customer-service API body for `out`, when the API can send it.
+fn custom_body(openid: &str, out: &Outbound) -> BackendResult<Value> {
+    let reply = match out {
+        Outbound::MiniProgram { title, appid, pagepath, thumb_media_id } => {
+            let body =
+                json!({ "title": title, "appid": appid, "pagepath": pagepath, "thumb_media_id": thumb_media_id });
+            return Ok(json!({ "touser": openid, "msgtype": "miniprogrampage", "miniprogrampage": body }));
+        }
+        Outbound::Reply(reply) => reply,
+    };
+    let (kind, body) = match reply {
+        Reply::Text(t) => ("text", json!({ "content": t })),
+        Reply::Image { media_id } => ("image", json!({ "media_id": media_id })),
+        Reply::Voice { media_id } => ("voice", json!({ "media_id": media_id })),
+        Reply::Video { media_id, title, description } => (
+            "video",
+            json!({ "media_id": media_id, "thumb_media_id": media_id, "title": title.clone().unwrap_or_default(),
+                    "description": description.clone().unwrap_or_default() }),
+        ),
+        Reply::Music { title, description, url, hq_url, thumb_media_id } => (
+            "music",
+            json!({ "title": title, "description": description, "musicurl": url,
+                    "hqmusicurl": hq_url.as_deref().unwrap_or(url), "thumb_media_id": thumb_media_id.clone().unwrap_or_default() }),
+        ),
+        Reply::News(articles) => {
+            if articles.len() != 1 {
+                return Err(BackendError::InvalidArgument(format!(
+                    "the customer-service API sends exactly one article, not {} (no push from `{openid}` is waiting \
+                     for a passive reply)",
+                    articles.len()
+                )));
+            }
+            let [title, description, picurl, url] = &articles[0];
+            (
                 "news",
-                json!({ "articles": [{ "title": title, "description": description, "url": url, "picurl": pic_url }] }),
-            ),
-            Self::MiniProgram { title, appid, pagepath, thumb_media_id } => (
-                "miniprogrampage",
-                json!({ "title": title, "appid": appid, "pagepath": pagepath, "thumb_media_id": thumb_media_id }),
-            ),
-        };
-        json!({ "touser": openid, "msgtype": kind, kind: body })
-    }
-
-    /// The same as a passive reply, when WeChat has one for it.
-    fn passive(&self) -> Option<Reply> {
-        Some(match self {
-            Self::Text(t) => Reply::Text(t.clone()),
-            Self::Image(m) => Reply::Image { media_id: m.clone() },
-            Self::Voice(m) => Reply::Voice { media_id: m.clone() },
-            Self::Video { media_id, title } => {
-                Reply::Video { media_id: media_id.clone(), title: Some(title.clone()), description: None }
-            }
-            Self::News { title, description, url, pic_url } => {
-                Reply::News(vec![[title.clone(), description.clone(), pic_url.clone(), url.clone()]])
-            }
-            Self::MiniProgram { .. } => return None,
-        })
-    }
+                json!({ "articles": [{ "title": title, "description": description, "url": url, "picurl": picurl }] }),
+            )
+        }
+        Reply::TransferCustomerService { .. } => {
+            return Err(BackendError::FailedPrecondition(format!(
+                "no push from `{openid}` is waiting for its answer: handing over to customer service is a passive \
+                 reply only, given while the follower's message is being answered"
+            )));
+        }
+    };
+    Ok(json!({ "touser": openid, "msgtype": kind, kind: body }))
 }
 
 /// What kind of media a file is, for WeChat: (`type` for media/upload, byte limit, message type).
@@ -284,7 +299,7 @@ impl OfficialAccount {
             friendships: Bounded::new(MESSAGES_KEPT),
             contacts: HashMap::new(),
             followers: None,
-            waiting: HashMap::new(),
+            waiting: Vec::new(),
             seen: HashMap::new(),
             templates: Bounded::new(TEMPLATE_RESULTS_KEPT),
         };
@@ -342,11 +357,6 @@ impl OfficialAccount {
         self.inner.metrics.push(outcome);
     }
 
-    /// Counts an answer to a follower.
-    pub(crate) fn count_reply(&self, passive: bool) {
-        self.inner.metrics.reply(if passive { ReplyPath::passive } else { ReplyPath::api });
-    }
-
     /// Reports a webhook problem to clients (they cannot see HTTP answers WeChat got).
     pub fn report(&self, code: tonic::Code, message: String) {
         tracing::warn!(%message, "official account webhook refused a push");
@@ -383,7 +393,6 @@ impl OfficialAccount {
     /// reply window for a passive reply.
     pub async fn handle_push(&self, inbound: Inbound) -> Option<Reply> {
         tracing::debug!(kind = %inbound.type_key(), msg_id = inbound.msg_id, "push from a follower");
-        let fields = xml::parse_tree(&inbound.raw).map(|t| t.leaves()).unwrap_or_default();
         let openid = inbound.from.clone();
         let timestamp_ms = inbound.create_time.saturating_mul(1000);
         let mut message_id = None;
@@ -409,24 +418,19 @@ impl OfficialAccount {
                     {
                         let mut s = self.state();
                         s.friendships.insert(id.clone(), friendship);
-                        s.contacts.remove(openid.as_str());
-                        s.followers = None;
+                        s.forget_follower(&openid);
                     }
                     waiter = self.wait_for_reply(&openid);
                     self.emit(PuppetEvent::Friendship(FriendshipEvent { friendship_id: id }));
                     self.dirty(PayloadType::Contact, &openid);
                 }
                 "unsubscribe" => {
-                    {
-                        let mut s = self.state();
-                        s.contacts.remove(openid.as_str());
-                        s.followers = None;
-                    }
+                    self.state().forget_follower(&openid);
                     self.dirty(PayloadType::Contact, &openid);
                     answerable = false;
                 }
                 "TEMPLATESENDJOBFINISH" => {
-                    let status = fields.get("Status").cloned().unwrap_or_default();
+                    let status = inbound.fields.get("Status").cloned().unwrap_or_default();
                     self.state().templates.insert(inbound.msg_id, TemplateResult { status, to_user: openid.clone() });
                     answerable = false;
                 }
@@ -480,55 +484,62 @@ impl OfficialAccount {
         if answerable && waiter.is_none() {
             waiter = self.wait_for_reply(&openid);
         }
-        let record = PushRecord { inbound, fields, message_id };
+        let record = PushRecord { inbound, message_id };
         // No subscriber is fine: the push went to the wechaty events already.
         _ = self.inner.pushes.send(Arc::new(record));
         let rx = waiter?;
         let reply = tokio::time::timeout(self.inner.settings.reply_window, rx).await.ok().and_then(Result::ok);
         if reply.is_none() {
-            self.state().waiting.entry(openid.clone()).and_modify(|w| w.retain(|tx| !tx.is_closed()));
-            self.state().waiting.retain(|_, w| !w.is_empty());
+            self.state().waiting.retain(|(_, tx)| !tx.is_closed());
         }
         reply
     }
 
     fn wait_for_reply(&self, openid: &str) -> Option<oneshot::Receiver<Reply>> {
         let mut s = self.state();
-        if s.waiting.values().map(Vec::len).sum::<usize>() >= MAX_WAITING {
-            s.waiting.retain(|_, w| {
-                w.retain(|tx| !tx.is_closed());
-                !w.is_empty()
-            });
-            if s.waiting.values().map(Vec::len).sum::<usize>() >= MAX_WAITING {
+        if s.waiting.len() >= MAX_WAITING {
+            s.waiting.retain(|(_, tx)| !tx.is_closed());
+            if s.waiting.len() >= MAX_WAITING {
                 tracing::warn!(limit = MAX_WAITING, "too many pushes waiting for a passive reply; answering at once");
                 return None;
             }
         }
         let (tx, rx) = oneshot::channel();
-        s.waiting.entry(openid.to_owned()).or_default().push(tx);
+        s.waiting.push((openid.to_owned(), tx));
         Some(rx)
     }
 
-    /// Hands `reply` to a push from `openid` still waiting for its answer; false when none is.
-    pub(crate) fn offer_passive(&self, openid: &str, reply: Reply) -> bool {
+    /// Hands `reply` to the oldest push from `openid` still waiting for its answer; false when none is.
+    fn offer_passive(&self, openid: &str, mut reply: Reply) -> bool {
         let mut s = self.state();
-        let Some(waiters) = s.waiting.get_mut(openid) else { return false };
-        let mut reply = reply;
-        let mut delivered = false;
-        while !waiters.is_empty() {
-            match waiters.remove(0).send(reply) {
-                Ok(()) => {
-                    delivered = true;
-                    break;
-                }
+        while let Some(i) = s.waiting.iter().position(|(o, _)| o == openid) {
+            match s.waiting.remove(i).1.send(reply) {
+                Ok(()) => return true,
                 // That push timed out already; try the next.
                 Err(back) => reply = back,
             }
         }
-        if waiters.is_empty() {
-            s.waiting.remove(openid);
+        false
+    }
+
+    /// Sends `out` to a follower: as the passive reply when a push of theirs waits, else through the
+    /// customer-service API. True when it went passively.
+    pub(crate) async fn deliver(&self, openid: &str, out: Outbound) -> BackendResult<bool> {
+        // Rendered first: `offer_passive` takes the reply.
+        let body = custom_body(openid, &out);
+        let passive = match out {
+            Outbound::Reply(reply) => self.offer_passive(openid, reply),
+            Outbound::MiniProgram { .. } => false,
+        };
+        if !passive {
+            self.inner
+                .api
+                .post("/cgi-bin/message/custom/send", &body?)
+                .await
+                .map_err(|e| e.into_backend("message/custom/send"))?;
         }
-        delivered
+        self.inner.metrics.reply(if passive { ReplyPath::passive } else { ReplyPath::api });
+        Ok(passive)
     }
 
     pub(crate) fn follower(&self, to: &str, what: &str) -> BackendResult<String> {
@@ -547,9 +558,8 @@ impl OfficialAccount {
     /// The bytes of a FileBox a client sent.
     async fn file_bytes(&self, fb: &FileBox) -> BackendResult<Vec<u8>> {
         match &fb.source {
-            FileBoxSource::Base64(b) => base64::engine::general_purpose::STANDARD
-                .decode(b.trim().trim_end_matches('='))
-                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(b.trim().trim_end_matches('=')))
+            FileBoxSource::Base64(b) => BASE64
+                .decode(b.trim())
                 .map_err(|_| BackendError::InvalidArgument(format!("FileBox `{}`: `base64` is not base64", fb.name))),
             FileBoxSource::Uuid(id) => self.inner.blobs.read_all(id).await.map_err(blob_error),
             FileBoxSource::Url { url, .. } => Ok(self
@@ -566,7 +576,7 @@ impl OfficialAccount {
     }
 
     /// Uploads a client's file as temporary media.
-    async fn upload(&self, fb: &FileBox) -> BackendResult<(OutMessage, MessageType)> {
+    async fn upload(&self, fb: &FileBox) -> BackendResult<(Reply, MessageType)> {
         let bytes = self.file_bytes(fb).await?;
         if bytes.is_empty() {
             return Err(BackendError::InvalidArgument(format!("`{}` is empty", fb.name)));
@@ -580,9 +590,9 @@ impl OfficialAccount {
         let media_id =
             self.inner.api.upload_media(kind, &name, bytes).await.map_err(|e| e.into_backend("media/upload"))?;
         let out = match kind {
-            "image" => OutMessage::Image(media_id),
-            "voice" => OutMessage::Voice(media_id),
-            _ => OutMessage::Video { media_id, title: name },
+            "image" => Reply::Image { media_id },
+            "voice" => Reply::Voice { media_id },
+            _ => Reply::Video { media_id, title: Some(name), description: None },
         };
         Ok((out, message_type))
     }
@@ -765,12 +775,8 @@ impl Backend for OfficialAccount {
     }
 
     async fn dirty_payload(&self, kind: PayloadType, id: String) -> BackendResult<()> {
-        {
-            let mut s = self.state();
-            if kind == PayloadType::Contact {
-                s.contacts.remove(id.as_str());
-                s.followers = None;
-            }
+        if kind == PayloadType::Contact {
+            self.state().forget_follower(&id);
         }
         self.dirty(kind, &id);
         Ok(())
@@ -954,24 +960,24 @@ impl Backend for OfficialAccount {
                 if text.trim().is_empty() {
                     return Err(BackendError::InvalidArgument("`text` is empty".into()));
                 }
-                (OutMessage::Text(text.clone()), MessageType::Text, text, String::new())
+                (Outbound::Reply(Reply::Text(text.clone())), MessageType::Text, text, String::new())
             }
             Outgoing::File(fb) => {
-                let (out, kind) = self.upload(&fb).await?;
+                let (reply, kind) = self.upload(&fb).await?;
                 let name = fb.name.clone();
                 sent_file = Some(fb);
-                (out, kind, String::new(), name)
+                (Outbound::Reply(reply), kind, String::new(), name)
             }
             Outgoing::Url(u) => {
                 if u.url.is_empty() {
                     return Err(BackendError::InvalidArgument("a link card needs a `url`".into()));
                 }
-                let out = OutMessage::News {
-                    title: u.title.clone(),
-                    description: u.description.clone(),
-                    url: u.url.clone(),
-                    pic_url: u.thumbnail_url.clone(),
-                };
+                let out = Outbound::Reply(Reply::News(vec![[
+                    u.title.clone(),
+                    u.description.clone(),
+                    u.thumbnail_url.clone(),
+                    u.url.clone(),
+                ]]));
                 let title = u.title.clone();
                 sent_url = Some(u);
                 (out, MessageType::Url, title, String::new())
@@ -984,7 +990,7 @@ impl Backend for OfficialAccount {
                             .into(),
                     ));
                 }
-                let out = OutMessage::MiniProgram {
+                let out = Outbound::MiniProgram {
                     title: m.title.clone(),
                     appid: m.appid.clone(),
                     pagepath: m.page_path.clone(),
@@ -1005,15 +1011,7 @@ impl Backend for OfficialAccount {
                 });
             }
         };
-        let passive = out.passive().is_some_and(|reply| self.offer_passive(&openid, reply));
-        if !passive {
-            self.inner
-                .api
-                .post("/cgi-bin/message/custom/send", &out.custom_send_body(&openid))
-                .await
-                .map_err(|e| e.into_backend("message/custom/send"))?;
-        }
-        self.count_reply(passive);
+        let passive = self.deliver(&openid, out).await?;
         tracing::debug!(passive, "message sent to a follower");
         let id = MessageId(self.fresh_id("oa_out_"));
         let message = Message {
@@ -1132,27 +1130,28 @@ mod tests {
     }
 
     #[test]
-    fn outgoing_messages_render_for_both_paths() {
-        let news =
-            OutMessage::News { title: "t".into(), description: "d".into(), url: "u".into(), pic_url: "p".into() };
+    fn customer_service_bodies_follow_the_api() {
+        let news = Outbound::Reply(Reply::News(vec![["t".into(), "d".into(), "p".into(), "u".into()]]));
         assert_eq!(
-            news.custom_send_body("o1"),
+            custom_body("o1", &news).unwrap(),
             json!({"touser": "o1", "msgtype": "news", "news": {"articles": [{"title": "t", "description": "d", "url": "u", "picurl": "p"}]}})
         );
-        assert_eq!(news.passive(), Some(Reply::News(vec![["t".into(), "d".into(), "p".into(), "u".into()]])));
-        let text = OutMessage::Text("你好".into());
+        let text = Outbound::Reply(Reply::Text("你好".into()));
         assert_eq!(
-            text.custom_send_body("o1"),
+            custom_body("o1", &text).unwrap(),
             json!({"touser": "o1", "msgtype": "text", "text": {"content": "你好"}})
         );
-        let mini = OutMessage::MiniProgram {
+        let mini = Outbound::MiniProgram {
             title: "t".into(),
             appid: "wxa".into(),
             pagepath: "p".into(),
             thumb_media_id: "m".into(),
         };
-        assert_eq!(mini.passive(), None);
-        assert_eq!(mini.custom_send_body("o")["miniprogrampage"]["thumb_media_id"], "m");
+        assert_eq!(custom_body("o", &mini).unwrap()["miniprogrampage"]["thumb_media_id"], "m");
+        let two = Outbound::Reply(Reply::News(vec![["t".into(), "d".into(), "p".into(), "u".into()]; 2]));
+        assert!(matches!(custom_body("o", &two), Err(BackendError::InvalidArgument(_))));
+        let transfer = Outbound::Reply(Reply::TransferCustomerService { kf_account: None });
+        assert!(matches!(custom_body("o", &transfer), Err(BackendError::FailedPrecondition(_))));
     }
 
     #[test]

@@ -95,14 +95,15 @@ async fn answer_push(oa: &OfficialAccount, q: CallbackQuery, body: String) -> (P
     };
     let encrypted = outer.get("Encrypt").map(str::to_owned);
     let wants_aes = q.encrypt_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("aes"));
-    let (plain_xml, key) = match encrypted {
+    let (inbound, key) = match encrypted {
         None if wants_aes => {
             return (
                 PushOutcome::refused,
                 plain(StatusCode::BAD_REQUEST, "encrypt_type=aes but no <Encrypt> in the body\n"),
             );
         }
-        None => (body, None),
+        // Plain mode: the body is the push, parsed already.
+        None => (xml::inbound_from(&outer, &body), None),
         Some(enc) => {
             let settings = oa.settings();
             let Some(current) = settings.aes_key.as_ref() else {
@@ -130,7 +131,10 @@ async fn answer_push(oa: &OfficialAccount, q: CallbackQuery, body: String) -> (P
                 outcome = Ok((x, previous));
             }
             match outcome {
-                Ok((x, key)) => (x, Some(key.clone())),
+                Ok((x, key)) => match xml::parse_inbound(&x) {
+                    Ok(inbound) => (inbound, Some(key.clone())),
+                    Err(e) => return (PushOutcome::refused, plain(StatusCode::BAD_REQUEST, &format!("{e}\n"))),
+                },
                 Err(e @ CryptoError::WrongAppId) => {
                     oa.report(tonic::Code::PermissionDenied, format!("an encrypted push was refused: {e}"));
                     return (PushOutcome::refused, plain(StatusCode::FORBIDDEN, "the push is for another AppID\n"));
@@ -144,10 +148,6 @@ async fn answer_push(oa: &OfficialAccount, q: CallbackQuery, body: String) -> (P
                 }
             }
         }
-    };
-    let inbound = match xml::parse_inbound(&plain_xml) {
-        Ok(i) => i,
-        Err(e) => return (PushOutcome::refused, plain(StatusCode::BAD_REQUEST, &format!("{e}\n"))),
     };
     if let Some(expected) = &oa.settings().original_id
         && inbound.to != *expected

@@ -154,8 +154,9 @@ pub enum InboundKind {
     Location { latitude: f64, longitude: f64, scale: i64, label: Option<String> },
     /// `link`.
     Link { title: Option<String>, description: Option<String>, url: Option<String> },
-    /// `event`: its name as sent (`subscribe`, `SCAN`, `CLICK`, …), `EventKey`, and every field.
-    Event { event: String, key: Option<String>, fields: BTreeMap<String, String> },
+    /// `event`: its name as sent (`subscribe`, `SCAN`, `CLICK`, …) and `EventKey`; the other fields
+    /// are in [`Inbound::fields`].
+    Event { event: String, key: Option<String> },
     /// A `MsgType` this reader does not know; the raw XML is kept.
     Unknown { msg_type: String },
 }
@@ -173,6 +174,8 @@ pub struct Inbound {
     pub msg_id: u64,
     /// The rest.
     pub kind: InboundKind,
+    /// Every field as `path → text` ([`Node::leaves`]), the common ones included.
+    pub fields: BTreeMap<String, String>,
     /// The XML as received.
     pub raw: String,
 }
@@ -206,7 +209,11 @@ impl Inbound {
 
 /// Parses a (decrypted) push.
 pub fn parse_inbound(xml: &str) -> Result<Inbound, XmlError> {
-    let root = parse_tree(xml)?;
+    Ok(inbound_from(&parse_tree(xml)?, xml))
+}
+
+/// The push in an already parsed document (`raw` is its text).
+pub fn inbound_from(root: &Node, raw: &str) -> Inbound {
     let s = |p: &str| root.get(p).map(str::to_owned);
     let num = |p: &str| root.get(p).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     let float = |p: &str| root.get(p).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
@@ -227,23 +234,18 @@ pub fn parse_inbound(xml: &str) -> Result<Inbound, XmlError> {
             label: s("Label"),
         },
         "link" => InboundKind::Link { title: s("Title"), description: s("Description"), url: s("Url") },
-        "event" => {
-            let mut fields = root.leaves();
-            for common in ["ToUserName", "FromUserName", "CreateTime", "MsgType"] {
-                fields.remove(common);
-            }
-            InboundKind::Event { event: s("Event").unwrap_or_default(), key: s("EventKey"), fields }
-        }
+        "event" => InboundKind::Event { event: s("Event").unwrap_or_default(), key: s("EventKey") },
         _ => InboundKind::Unknown { msg_type },
     };
-    Ok(Inbound {
+    Inbound {
         to: s("ToUserName").unwrap_or_default(),
         from: s("FromUserName").unwrap_or_default(),
         create_time: num("CreateTime"),
         msg_id: if root.get("MsgId").is_some() { num("MsgId") } else { num("MsgID") },
         kind,
-        raw: xml.to_owned(),
-    })
+        fields: root.leaves(),
+        raw: raw.to_owned(),
+    }
 }
 
 /// A passive reply (the HTTP response to a push).
@@ -414,17 +416,16 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(m.type_key(), "scan_event");
-        let InboundKind::Event { event, key, fields } = &m.kind else { panic!() };
+        let InboundKind::Event { event, key } = &m.kind else { panic!() };
         assert_eq!(
-            (event.as_str(), key.as_deref(), fields.get("Ticket").map(String::as_str)),
+            (event.as_str(), key.as_deref(), m.fields.get("Ticket").map(String::as_str)),
             ("SCAN", Some("123"), Some("t"))
         );
         assert_eq!(m.dedupe_key(), "fromUser|1348831860|SCAN");
 
         let pics = "<Event>pic_weixin</Event><EventKey>k</EventKey><SendPicsInfo><Count>1</Count><PicList><item><PicMd5Sum>abc</PicMd5Sum></item></PicList></SendPicsInfo>";
         let m = parse_inbound(&push("event", pics)).unwrap();
-        let InboundKind::Event { fields, .. } = &m.kind else { panic!() };
-        assert_eq!(fields.get("SendPicsInfo/PicList/item/PicMd5Sum").map(String::as_str), Some("abc"));
+        assert_eq!(m.fields.get("SendPicsInfo/PicList/item/PicMd5Sum").map(String::as_str), Some("abc"));
 
         let job = "<Event>TEMPLATESENDJOBFINISH</Event><MsgID>200163836</MsgID><Status><![CDATA[success]]></Status>";
         let m = parse_inbound(&push("event", job)).unwrap();
@@ -437,8 +438,8 @@ mod tests {
     fn werobot_event_cases_parse() {
         let event = |name: &str, extra: &str| {
             let m = parse_inbound(&push("event", &format!("<Event><![CDATA[{name}]]></Event>{extra}"))).unwrap();
-            let InboundKind::Event { key, fields, .. } = m.kind.clone() else { panic!("{name} is an event") };
-            (m.type_key(), key, fields)
+            let InboundKind::Event { key, .. } = m.kind.clone() else { panic!("{name} is an event") };
+            (m.type_key(), key, m.fields)
         };
         let (t, key, _) = event("subscribe", "");
         assert_eq!((t.as_str(), key), ("subscribe_event", None));
