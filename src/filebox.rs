@@ -4,7 +4,15 @@
 //! writes only `remoteUrl`). Output carries both spellings of each, plus `name`, so both the Node and
 //! the Python client can read it.
 
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use serde_json::{Map, Value, json};
+
+/// Standard base64, tolerant of missing padding (clients differ): the engine FileBox data is
+/// decoded and encoded with everywhere.
+pub const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// Where a FileBox's bytes are.
 #[derive(Clone, Debug, PartialEq, Eq)]

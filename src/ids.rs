@@ -1,4 +1,44 @@
 //! Identifier newtypes. On the wire every id is a plain string; in code the type says what it names.
+//! `as_str()` is the wire form; `Display` is for people (log lines, error messages) and shows the
+//! id as [`Shown`] does, since ids come from clients.
+
+use std::fmt::{self, Write};
+
+/// At most this many characters of client input are shown in a message.
+pub const SHOWN_CHARS: usize = 64;
+
+/// Client input made safe to show in a message: control characters, bidirectional overrides and
+/// invisible formatting characters escaped (`\u{202e}`), cut after [`SHOWN_CHARS`] characters with
+/// the full length said — an 8 MB id never comes back inside a status, and no ANSI escape or RTL
+/// override reaches a terminal.
+#[derive(Clone, Copy, Debug)]
+pub struct Shown<'a>(pub &'a str);
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{061c}' | '\u{feff}')
+}
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (shown, c) in self.0.chars().enumerate() {
+            if shown == SHOWN_CHARS {
+                return write!(f, "… ({} bytes)", self.0.len());
+            }
+            if needs_escape(c) {
+                match c {
+                    '\n' => f.write_str("\\n")?,
+                    '\r' => f.write_str("\\r")?,
+                    '\t' => f.write_str("\\t")?,
+                    c => write!(f, "\\u{{{:x}}}", c as u32)?,
+                }
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
 
 macro_rules! id_type {
     ($($(#[$doc:meta])+ $name:ident),* $(,)?) => {$(
@@ -19,7 +59,7 @@ macro_rules! id_type {
         }
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&self.0)
+                Shown(&self.0).fmt(f)
             }
         }
         impl From<String> for $name {
@@ -30,6 +70,11 @@ macro_rules! id_type {
         impl From<&str> for $name {
             fn from(s: &str) -> Self {
                 Self(s.to_owned())
+            }
+        }
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
             }
         }
         impl std::borrow::Borrow<str> for $name {
@@ -57,3 +102,21 @@ id_type!(
     /// knows which; WeChat room ids end in `@chatroom`.
     ConversationId,
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_is_shown_cut_and_escaped() {
+        assert_eq!(Shown("wxid_alice").to_string(), "wxid_alice");
+        assert_eq!(Shown("张伟").to_string(), "张伟");
+        assert_eq!(Shown("a\nb\u{1b}[31mred\u{202e}").to_string(), "a\\nb\\u{1b}[31mred\\u{202e}");
+        let long = "x".repeat(8 << 20);
+        let shown = Shown(&long).to_string();
+        assert!(shown.starts_with(&"x".repeat(SHOWN_CHARS)) && shown.ends_with("… (8388608 bytes)"), "{shown}");
+        assert!(shown.len() < 100);
+        assert_eq!(ContactId("a\u{7}".into()).to_string(), "a\\u{7}");
+        assert_eq!(ContactId("a\u{7}".into()).as_str(), "a\u{7}", "the wire form is untouched");
+    }
+}
