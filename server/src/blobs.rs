@@ -185,6 +185,12 @@ impl BlobStore {
         }
     }
 
+    /// Forgets a blob and deletes its file (a blob written for a call that then failed).
+    pub fn remove(&self, id: &str) {
+        let mut index = self.index();
+        self.remove_locked(&mut index, id);
+    }
+
     fn remove_locked(&self, index: &mut Index, id: &str) {
         if let Some(meta) = index.blobs.remove(id) {
             index.total -= meta.size;

@@ -78,6 +78,10 @@ pub struct Config {
     #[arg(long, env = "PUPPET_EVENT_RETENTION", default_value_t = 65_536)]
     pub event_retention: usize,
 
+    /// Most payload bytes, in MiB, the bus retains; the oldest events leave first.
+    #[arg(long, env = "PUPPET_EVENT_RETENTION_MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub event_retention_mib: u64,
+
     /// How far (in events) a subscriber may fall behind before its stream is ended with
     /// RESOURCE_EXHAUSTED. Capped at the retention size.
     #[arg(long, env = "PUPPET_SUBSCRIBER_MAX_LAG", default_value_t = 16_384)]
@@ -130,6 +134,77 @@ pub struct Config {
     /// MQTT: shared secret; payloads become base64(nonce || AES-256-GCM ciphertext), key SHA-256(secret).
     #[arg(long, env = "PUPPET_MQTT_SECRET", hide_env_values = true)]
     pub mqtt_secret: Option<String>,
+
+    /// Most connections open at once on both ports together; one more is closed at once.
+    #[arg(long, env = "PUPPET_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
+    /// Most connections being classified or in their TLS handshake at once; one more is closed.
+    #[arg(long, env = "PUPPET_MAX_HANDSHAKES", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_handshakes: u64,
+
+    /// Seconds a new connection has to send its first byte and finish the TLS handshake.
+    #[arg(long, env = "PUPPET_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub handshake_timeout_secs: u64,
+
+    /// Seconds a connection may stay open with no request in flight (both ports; an open event
+    /// stream is a request in flight).
+    #[arg(long, env = "PUPPET_IDLE_TIMEOUT_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout_secs: u64,
+
+    /// Side port: seconds for a request's headers to arrive.
+    #[arg(long, env = "PUPPET_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub header_read_timeout_secs: u64,
+
+    /// Side port: seconds for a whole request before it is answered 408.
+    #[arg(long, env = "PUPPET_HTTP_REQUEST_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_request_timeout_secs: u64,
+
+    /// Side port: largest request body, in KiB, on the server's own routes (the Official Account
+    /// webhook has its own limit).
+    #[arg(long, env = "PUPPET_HTTP_MAX_BODY_KIB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub http_max_body_kib: u64,
+
+    /// gRPC: most concurrent streams (calls) per HTTP/2 connection; more are refused with
+    /// REFUSED_STREAM, which clients retry.
+    #[arg(long, env = "PUPPET_MAX_CONCURRENT_STREAMS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// gRPC: largest header list a client may send, in KiB.
+    #[arg(long, env = "PUPPET_MAX_HEADER_LIST_KIB", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_header_list_kib: u32,
+
+    /// gRPC: seconds between HTTP/2 pings to each client; a client that does not answer within
+    /// `--keepalive-timeout-secs` is disconnected (dead peers do not hold streams).
+    #[arg(long, env = "PUPPET_KEEPALIVE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub keepalive_secs: u64,
+
+    /// gRPC: seconds to wait for a ping's answer.
+    #[arg(long, env = "PUPPET_KEEPALIVE_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub keepalive_timeout_secs: u64,
+
+    /// gRPC: streams a client may open and reset before the server takes them up (HTTP/2
+    /// "rapid reset"); beyond, the connection is closed with ENHANCE_YOUR_CALM.
+    #[arg(long, env = "PUPPET_MAX_PENDING_RESETS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_pending_resets: u64,
+
+    /// gRPC: streams the server may reset because of a client's errors per connection before it
+    /// closes the connection.
+    #[arg(long, env = "PUPPET_MAX_LOCAL_RESETS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_local_resets: u64,
+
+    /// Failed authentications an address may make in a row before its requests are refused
+    /// unchecked (gRPC RESOURCE_EXHAUSTED, HTTP 429).
+    #[arg(long, env = "PUPPET_AUTH_FAILURE_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_failure_burst: u32,
+
+    /// Failed authentications forgiven per second and address.
+    #[arg(long, env = "PUPPET_AUTH_FAILURES_PER_SEC", default_value_t = 1.0)]
+    pub auth_failures_per_sec: f64,
+
+    /// Serve `/qrcode` without the token (the page shows the login QR, that is the account).
+    #[arg(long, env = "PUPPET_QRCODE_PUBLIC", default_value_t = false, action = clap::ArgAction::Set)]
+    pub qrcode_public: bool,
 
     /// Seconds to wait on SIGTERM/SIGINT for open calls and connections to finish before exiting.
     #[arg(long, env = "PUPPET_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
@@ -206,6 +281,30 @@ impl Config {
             max_file: self.blob_max_file_mib.saturating_mul(1 << 20),
             max_total: self.blob_max_total_mib.saturating_mul(1 << 20),
             ttl: std::time::Duration::from_secs(self.blob_ttl_secs),
+        }
+    }
+
+    /// The connection limits of both ports.
+    pub fn conn_limits(&self) -> crate::net::ConnLimits {
+        crate::net::ConnLimits {
+            max_connections: self.max_connections as usize,
+            max_handshakes: self.max_handshakes as usize,
+            handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout_secs),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
+        }
+    }
+
+    /// The per-address throttle on failed authentication.
+    pub fn auth_throttle(&self) -> crate::net::ThrottleSettings {
+        crate::net::ThrottleSettings { burst: self.auth_failure_burst, per_sec: self.auth_failures_per_sec.max(0.0) }
+    }
+
+    /// The side port's request limits.
+    pub fn http_limits(&self) -> crate::http::HttpLimits {
+        crate::http::HttpLimits {
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
+            request_timeout: std::time::Duration::from_secs(self.http_request_timeout_secs),
+            max_body: (self.http_max_body_kib as usize).saturating_mul(1024),
         }
     }
 

@@ -3,14 +3,15 @@
 //! `--ready-when started`. The overall status (service "") stays SERVING: that is liveness.
 
 use puppet_proto::pb::wechaty::puppet_server::PuppetServer;
+use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 
 use crate::config::ReadyWhen;
 use crate::events::EventBus;
 use crate::grpc::PuppetService;
 
-/// Keeps the readiness status in step with the login state.
-pub async fn follow_login(bus: EventBus, health: HealthReporter, mode: ReadyWhen) {
+/// Keeps the readiness status in step with the login state until `stop`.
+pub async fn follow_login(bus: EventBus, health: HealthReporter, mode: ReadyWhen, stop: CancellationToken) {
     if mode == ReadyWhen::Started {
         health.set_serving::<PuppetServer<PuppetService>>().await;
         return;
@@ -22,8 +23,9 @@ pub async fn follow_login(bus: EventBus, health: HealthReporter, mode: ReadyWhen
         } else {
             health.set_not_serving::<PuppetServer<PuppetService>>().await;
         }
-        if login.changed().await.is_err() {
-            return;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = login.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -2,13 +2,27 @@
 //! QR for people (a pod's terminal is not where anyone scans from), and the backend's webhook when
 //! it has one (the Official Account callback URL).
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::{Layer, ServiceExt};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::events::EventBus;
+use crate::metrics::Port;
+use crate::net::{self, AuthThrottle, Gate, TrackRequestsLayer, Tracked};
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -23,23 +37,79 @@ pub struct HttpState {
     pub blobs: crate::blobs::BlobStore,
     /// The backend, for the account's name.
     pub backend: std::sync::Arc<dyn crate::backend::Backend>,
+    /// The account's token: `/qrcode` shows the account only to whoever holds it.
+    pub token: Arc<str>,
+    /// `--qrcode-public`: `/qrcode` without the token.
+    pub qrcode_public: bool,
+    /// Failed tokens are throttled per address, as on the gRPC port.
+    pub throttle: AuthThrottle,
 }
 
-/// Serves until `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    state: HttpState,
-    webhook: Option<Router>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = Router::new()
+/// The side port's request limits.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// Time for a request's headers to arrive (slowloris).
+    pub header_read_timeout: Duration,
+    /// Time for a whole request, answered 408 after.
+    pub request_timeout: Duration,
+    /// Largest request body on the server's own routes (the webhook has its own limit).
+    pub max_body: usize,
+}
+
+/// The side port's routes; `webhook` (the backend's callback routes, with their own body limit)
+/// is merged in.
+pub fn router(state: HttpState, webhook: Option<Router>, limits: HttpLimits) -> Router {
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/qrcode", get(qrcode_page))
         .with_state(state)
-        .merge(webhook.unwrap_or_default());
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        .layer(RequestBodyLimitLayer::new(limits.max_body))
+        .merge(webhook.unwrap_or_default())
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
+}
+
+/// Serves `app` on `listener` through `gate` until `stop`: then no new connection is taken, and
+/// open ones finish their requests and close. Every connection is a task owned by `tasks`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    gate: Gate,
+    limits: HttpLimits,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let idle_timeout = gate.limits().idle_timeout;
+    net::accept_loop(listener, Port::Http, gate, stop.clone(), move |admitted| {
+        let net::Admitted { stream, peer, slot } = admitted;
+        let io = Tracked::new(stream, peer, slot, idle_timeout);
+        let info = io.peer().clone();
+        let app = TrackRequestsLayer.layer(app.clone());
+        let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(info.clone());
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req)
+        });
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            let done = tokio::select! {
+                done = conn.as_mut() => done,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = done {
+                tracing::debug!(%peer, error = %e, "side-port connection ended");
+            }
+        });
+    })
+    .await
 }
 
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
@@ -68,9 +138,62 @@ fn escape(text: &str) -> String {
         .collect()
 }
 
+/// `/qrcode?token=…`.
+#[derive(Debug, Default, Deserialize)]
+struct QrQuery {
+    token: Option<String>,
+}
+
+/// The refusal of a `/qrcode` request that does not carry the account's token (`?token=`, or
+/// `Authorization: Wechaty <token>` / `Bearer <token>`); `None` lets it through. Failures count
+/// toward the per-address throttle.
+fn qrcode_refusal(s: &HttpState, peer: SocketAddr, headers: &HeaderMap, query: &QrQuery) -> Option<Response> {
+    if s.qrcode_public {
+        return None;
+    }
+    if let Err(wait) = s.throttle.check(peer.ip()) {
+        let text = format!("too many wrong tokens from this address; retry in {} s\n", wait.as_secs());
+        return Some(
+            (StatusCode::TOO_MANY_REQUESTS, [("retry-after", wait.as_secs().to_string())], text).into_response(),
+        );
+    }
+    let from_header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("wechaty") || scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    let given = query.token.as_deref().or(from_header);
+    let ok = given.is_some_and(|t| bool::from(subtle::ConstantTimeEq::ct_eq(t.as_bytes(), s.token.as_bytes())));
+    if ok {
+        return None;
+    }
+    s.throttle.failed(peer.ip());
+    let why =
+        if given.is_some() { "the token is wrong" } else { "the login QR is the account: this page needs its token" };
+    Some((
+        StatusCode::UNAUTHORIZED,
+        [("www-authenticate", "Bearer")],
+        format!("{why}. Open /qrcode?token=<token> (the token the server printed), or start the server with --qrcode-public.\n"),
+    )
+        .into_response())
+}
+
 /// A page that shows the login QR while one is pending and the account once logged in, and reloads
-/// itself every two seconds.
-async fn qrcode_page(State(s): State<HttpState>) -> axum::response::Html<String> {
+/// itself every two seconds. It needs the account's token (see [`qrcode_refusal`]).
+async fn qrcode_page(
+    State(s): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<QrQuery>,
+) -> Response {
+    if let Some(refused) = qrcode_refusal(&s, peer, &headers, &query) {
+        return refused;
+    }
+    qrcode_html(&s).await.into_response()
+}
+
+async fn qrcode_html(s: &HttpState) -> axum::response::Html<String> {
     let view = s.bus.login_view();
     let (title, body) = match (&view.contact_id, &view.qrcode) {
         (Some(id), _) => {

@@ -3,7 +3,8 @@
 //!
 //! Layout: [`config`] (flags), [`grpc`] (translation between the contract and the backend),
 //! [`events`] (the sequenced event bus), [`backend`] (the trait and its implementations),
-//! [`http`] (the side port).
+//! [`http`] (the side port), [`net`] (connection limits of both ports), [`tasks`] (ownership of
+//! background work). This file wires them and owns the order of shutdown.
 
 pub mod backend;
 pub mod blobs;
@@ -14,6 +15,8 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod mqtt;
+pub mod net;
+pub mod tasks;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -27,28 +30,90 @@ use puppet_proto::pb::puppet_rs::v1::official_account_server::OfficialAccountSer
 use puppet_proto::pb::wechaty::puppet_server::PuppetServer;
 use tokio::net::TcpListener;
 
+use crate::backend::{Backend, BackendKind};
 use crate::config::{Config, TokenSource};
-use crate::events::EventBus;
+use crate::events::{EventBus, EventSink};
 use crate::grpc::auth::RequireToken;
 use crate::grpc::mock_world::MockWorldService;
 use crate::grpc::{EventFeedService, PuppetService};
+use crate::tasks::Tasks;
 
 /// HTTP/2 flow-control window per stream, in bytes.
 const FLOW_WINDOW: u32 = 4 << 20;
 
-/// Runs the server until SIGINT/SIGTERM, then drains: event streams end with OK, in-flight calls
-/// finish, and the process returns.
+/// How long background tasks get to stop after the front doors have drained.
+const BACKGROUND_GRACE: Duration = Duration::from_secs(5);
+
+/// A backend as built from the flags.
+pub struct Built {
+    /// The backend behind `wechaty.Puppet`.
+    pub backend: Arc<dyn Backend>,
+    /// The same backend when it is the mock, for the `MockWorld` control service.
+    pub mock: Option<backend::mock::MockBackend>,
+    /// The same backend when it is an Official Account, for its extension service and webhook.
+    pub official_account: Option<backend::official_account::OfficialAccount>,
+}
+
+/// Builds the configured backend, wired to the event sink; its loops belong to `tasks`.
+pub fn build_backend(
+    config: &Config,
+    sink: EventSink,
+    blobs: blobs::BlobStore,
+    metrics: &metrics::Metrics,
+    tasks: Tasks,
+) -> anyhow::Result<Built> {
+    match config.backend {
+        BackendKind::Mock => {
+            let world = match &config.world {
+                Some(path) => backend::mock::world::WorldSpec::load(path)?,
+                None => backend::mock::world::WorldSpec::builtin(),
+            };
+            let options = backend::mock::MockOptions {
+                world,
+                login_step: Duration::from_millis(config.login_step_ms),
+                print_qr: true,
+                state_file: Some(config.data_dir().join("mock-world.json")),
+            };
+            let mock = backend::mock::MockBackend::new(options, sink, blobs, tasks)?;
+            Ok(Built { backend: Arc::new(mock.clone()), mock: Some(mock), official_account: None })
+        }
+        BackendKind::OfficialAccount => {
+            let settings = backend::official_account::settings::OaSettings::from_flags(&config.oa)?;
+            if config.http_listen.is_none() {
+                anyhow::bail!(
+                    "PUPPET_HTTP_LISTEN is not set: the official-account backend serves its webhook ({}) on the \
+                     side port, e.g. PUPPET_HTTP_LISTEN=0.0.0.0:8080",
+                    settings.webhook_path
+                );
+            }
+            let oa = backend::official_account::OfficialAccount::new(settings, sink, blobs, metrics.oa.clone())?;
+            Ok(Built { backend: Arc::new(oa.clone()), mock: None, official_account: Some(oa) })
+        }
+    }
+}
+
+/// Runs the server until SIGINT/SIGTERM, then stops in order: the front doors (no new connection;
+/// event streams end with OK; open calls get the grace period), then the background tasks, then
+/// the backend's final save.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
     // One rustls provider for the whole process (gRPC TLS, MQTT, the Official Account API client).
     _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let (token, token_source) = config.resolve_token()?;
-    let bus = EventBus::new(config.event_retention, config.subscriber_max_lag);
+    let bus = EventBus::new(
+        config.event_retention,
+        (config.event_retention_mib as usize).saturating_mul(1 << 20),
+        config.subscriber_max_lag,
+    );
     let blob_dir = config.blob_dir();
     let blobs = blobs::BlobStore::open(&blob_dir, config.blob_limits())
         .map_err(|e| anyhow::anyhow!("cannot open the blob store at {}: {e}", blob_dir.display()))?;
-    let metrics = std::sync::Arc::new(metrics::Metrics::new());
-    let backend::Built { backend, mock, official_account } =
-        backend::build(&config, bus.sink(), blobs.clone(), &metrics)?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    // Front doors (accept loops, connections, the MQTT bridge) stop first; background work after.
+    let front = Tasks::new();
+    let background = Tasks::new();
+    let Built { backend, mock, official_account } =
+        build_backend(&config, bus.sink(), blobs.clone(), &metrics, background.clone())?;
     let heartbeat = Duration::from_secs(config.heartbeat_secs);
 
     let grpc_listener = bind(config.listen_addr()?, "gRPC").await?;
@@ -58,9 +123,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let gate = net::Gate::new(config.conn_limits(), metrics.net.clone());
+    let throttle = net::AuthThrottle::new(config.auth_throttle(), metrics.net.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    tokio::spawn(health::follow_login(bus.clone(), health.clone(), config.ready_when));
+    {
+        let (bus, health, ready_when) = (bus.clone(), health.clone(), config.ready_when);
+        background.spawn("readiness", |stop| health::follow_login(bus, health, ready_when, stop));
+    }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(puppet_proto::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -109,8 +179,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         mqtt: mqtt.as_ref(),
     });
 
-    let shutdown = shutdown_signal();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(listener) = http_listener {
         let webhook = official_account.clone().map(backend::official_account::webhook::router);
         let state = http::HttpState {
@@ -119,18 +187,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             blobs: blobs.clone(),
             backend: backend.clone(),
+            token: token.clone(),
+            qrcode_public: config.qrcode_public,
+            throttle: throttle.clone(),
         };
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = http::serve(listener, state, webhook, async move { _ = stop.wait_for(|s| *s).await }).await
-            {
-                tracing::error!(error = %e, "HTTP side port failed");
-            }
-        });
+        let limits = config.http_limits();
+        let app = http::router(state, webhook, limits);
+        let (gate, connections) = (gate.clone(), front.tracker());
+        front.spawn("http-side-port", |stop| http::serve(listener, app, gate, limits, stop, connections));
     }
     if let Some(m) = mqtt {
         let (backend, bus) = (backend.clone(), bus.clone());
-        tokio::spawn(async move {
+        front.spawn_cancellable("mqtt-bridge", async move {
             if let Err(e) = mqtt::run(m, backend, bus).await {
                 tracing::error!(error = %e, "MQTT bridge stopped");
             }
@@ -138,46 +206,66 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     if config.autostart {
         let backend = backend.clone();
-        tokio::spawn(async move {
+        background.spawn_cancellable("autostart", async move {
             if let Err(e) = backend.start().await {
                 tracing::error!(error = %e, "autostart failed; a client's Start call will retry");
             }
         });
     }
 
-    let drain_bus = bus.clone();
-    let mut stop_grpc = stop_rx.clone();
+    let auth = |svc| RequireToken::new(svc, token.clone(), throttle.clone());
+    let stop_grpc = front.stop_signal();
     let server = tonic::transport::Server::builder()
         // HTTP/2's default 64 KiB windows cap uploads at ~100 MB/s on loopback; files want more in flight.
         .initial_stream_window_size(Some(FLOW_WINDOW))
         .initial_connection_window_size(Some(2 * FLOW_WINDOW))
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
+        .http2_max_header_list_size(Some(config.max_header_list_kib.saturating_mul(1024)))
+        .http2_keepalive_interval(Some(Duration::from_secs(config.keepalive_secs)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(config.keepalive_timeout_secs)))
+        // hyper's own defaults are 20 and 1024, but tonic passes "unset" for the latter, which h2
+        // reads as unlimited: both are set explicitly.
+        .http2_max_pending_accept_reset_streams(Some(config.max_pending_resets as usize))
+        .http2_max_local_error_reset_streams(Some(config.max_local_resets as usize))
+        .layer(net::TrackRequestsLayer)
         .layer(metrics::RpcMetricsLayer(metrics.clone()))
+        .layer(grpc::status::CodecStatusLayer)
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path(), request_id = %request_id(req.headers())))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RequireToken::new(puppet, token.clone()))
-        .add_service(RequireToken::new(feed, token.clone()))
+        .add_service(auth(puppet))
+        .add_service(RequireToken::new(feed, token.clone(), throttle.clone()))
         .add_optional_service(official_account.map(|oa| {
-            let service = grpc::official_account::OfficialAccountService::new(oa, stop_rx.clone());
-            RequireToken::new(OfficialAccountServer::new(service), token.clone())
+            let service = grpc::official_account::OfficialAccountService::new(oa, front.stop_signal());
+            RequireToken::new(OfficialAccountServer::new(service), token.clone(), throttle.clone())
         }))
-        .add_optional_service(mock.map(|m| RequireToken::new(MockWorldServer::new(MockWorldService::new(m)), token)))
-        .serve_with_incoming_shutdown(tls::incoming(grpc_listener, tls.acceptor), async move {
-            _ = stop_grpc.wait_for(|s| *s).await;
-        });
+        .add_optional_service(mock.map(|m| {
+            RequireToken::new(MockWorldServer::new(MockWorldService::new(m)), token.clone(), throttle.clone())
+        }))
+        .serve_with_incoming_shutdown(
+            tls::incoming(grpc_listener, tls.acceptor, gate, front.stop_signal(), front.tracker()),
+            async move { stop_grpc.cancelled().await },
+        );
     let serving = tokio::spawn(server);
     shutdown.await;
     tracing::info!("shutting down: ending event streams and draining calls");
-    drain_bus.close();
-    _ = stop_tx.send(true);
+    bus.close();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
-    match tokio::time::timeout(grace, serving).await {
+    let drained = async {
+        let front_stopped = front.stop(grace);
+        let (grpc, _) = tokio::join!(serving, front_stopped);
+        grpc
+    };
+    match tokio::time::timeout(grace, drained).await {
         Ok(result) => result??,
         // A client that neither reads nor closes must not keep the process alive.
         Err(_) => {
             tracing::warn!(grace_secs = grace.as_secs(), "connections still open after the grace period; exiting")
         }
+    }
+    if !background.stop(BACKGROUND_GRACE).await {
+        tracing::warn!("background tasks still running after the grace period; saving anyway");
     }
     if let Err(e) = backend.shutdown().await {
         tracing::error!(error = %e, "saving state at shutdown failed");
@@ -239,22 +327,28 @@ fn request_id(headers: &::http::HeaderMap) -> String {
         .unwrap_or_else(|| format!("r{}", NEXT.fetch_add(1, Ordering::Relaxed)))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not when the future is first
+/// polled: a signal that arrives while the server starts up is not lost (nor does it kill the
+/// process with the default action).
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => std::future::pending().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    {
+        Ok(async {
+            _ = tokio::signal::ctrl_c().await;
+        })
+    }
 }
 
 /// What the start-up banner shows.

@@ -84,6 +84,96 @@ impl OaMetrics {
     }
 }
 
+/// Which port a connection came in on.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Port {
+    /// The gRPC port.
+    Grpc,
+    /// The side HTTP port.
+    Http,
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for Port {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Port::Grpc => "grpc",
+            Port::Http => "http",
+        })
+    }
+}
+
+/// Why a connection was closed before any request.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RefuseReason {
+    /// `--max-connections` connections were open.
+    max_connections,
+    /// `--max-handshakes` handshakes were under way.
+    handshakes,
+    /// No first byte, or no TLS handshake, within `--handshake-timeout-secs`.
+    handshake_timeout,
+    /// The TLS handshake failed.
+    tls,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabel {
+    port: Port,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    port: Port,
+    reason: RefuseReason,
+}
+
+/// Connection-level counters of both ports (see `net`).
+#[derive(Clone, Default)]
+pub struct NetMetrics {
+    open: Family<PortLabel, Gauge>,
+    refused: Family<RefusedLabels, Counter>,
+    accept_errors: Family<PortLabel, Counter>,
+    idle_closed: Family<PortLabel, Counter>,
+    auth_failures: Counter,
+    auth_throttled: Counter,
+}
+
+impl NetMetrics {
+    /// A connection was admitted.
+    pub fn opened(&self, port: Port) {
+        self.open.get_or_create(&PortLabel { port }).inc();
+    }
+    /// An admitted connection closed.
+    pub fn closed(&self, port: Port) {
+        self.open.get_or_create(&PortLabel { port }).dec();
+    }
+    /// A connection was closed before any request.
+    pub fn refused(&self, port: Port, reason: RefuseReason) {
+        self.refused.get_or_create(&RefusedLabels { port, reason }).inc();
+    }
+    /// `accept` failed (EMFILE and the like).
+    pub fn accept_error(&self, port: Port) {
+        self.accept_errors.get_or_create(&PortLabel { port }).inc();
+    }
+    /// A connection was closed for idleness.
+    pub fn idle_closed(&self, port: Port) {
+        self.idle_closed.get_or_create(&PortLabel { port }).inc();
+    }
+    /// A credential was refused.
+    pub fn auth_failed(&self) {
+        self.auth_failures.inc();
+    }
+    /// A request was refused unchecked because its address failed too often.
+    pub fn auth_throttled(&self) {
+        self.auth_throttled.inc();
+    }
+    /// Connections open on `port` now.
+    pub fn open_connections(&self, port: Port) -> i64 {
+        self.open.get_or_create(&PortLabel { port }).get()
+    }
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
@@ -96,6 +186,29 @@ pub struct Metrics {
     logged_in: Gauge,
     /// The Official Account backend's counters.
     pub oa: OaMetrics,
+    /// Connection-level counters.
+    pub net: NetMetrics,
+    /// Every gRPC method path the server serves, so client-chosen paths cannot grow the labels.
+    methods: std::collections::HashSet<String>,
+}
+
+/// Every `/package.Service/Method` path described in these encoded descriptor sets.
+fn method_paths(sets: &[&[u8]]) -> std::collections::HashSet<String> {
+    use prost::Message;
+    let mut out = std::collections::HashSet::new();
+    for bytes in sets {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(*bytes) else { continue };
+        for file in set.file {
+            let package = file.package.unwrap_or_default();
+            for service in file.service {
+                let name = service.name.unwrap_or_default();
+                for method in service.method {
+                    out.insert(format!("/{package}.{name}/{}", method.name.unwrap_or_default()));
+                }
+            }
+        }
+    }
+    out
 }
 
 impl Metrics {
@@ -123,6 +236,35 @@ impl Metrics {
         registry.register("oa_pushes", "Official Account webhook pushes, by outcome", oa.pushes.clone());
         registry.register("oa_replies", "Answers to followers, by path (passive reply or API)", oa.replies.clone());
         registry.register("oa_token_fetches", "Official Account access_tokens fetched", oa.token_fetches.clone());
+        let net = NetMetrics::default();
+        registry.register("connections_open", "Connections open now, by port", net.open.clone());
+        registry.register(
+            "connections_refused",
+            "Connections closed before any request, by port and reason",
+            net.refused.clone(),
+        );
+        registry.register("accept_errors", "Failed accepts (EMFILE and the like), by port", net.accept_errors.clone());
+        registry.register(
+            "connections_idle_closed",
+            "Connections closed for idleness, by port",
+            net.idle_closed.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Requests refused for a missing or wrong credential",
+            net.auth_failures.clone(),
+        );
+        registry.register(
+            "auth_throttled",
+            "Requests refused unchecked because their address failed authentication too often",
+            net.auth_throttled.clone(),
+        );
+        let methods = method_paths(&[
+            puppet_proto::pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ]);
         Self {
             registry,
             rpc_requests,
@@ -133,12 +275,15 @@ impl Metrics {
             blob_bytes,
             logged_in,
             oa,
+            net,
+            methods,
         }
     }
 
     fn record(&self, method: String, code: tonic::Code, elapsed: std::time::Duration) {
-        // Unknown paths answer UNIMPLEMENTED; their names come from the client, so they share a label.
-        let method = if code == tonic::Code::Unimplemented { "unknown".to_owned() } else { method };
+        // Paths come from the client (refused or not), so any path the server does not serve shares
+        // one label: a client must not be able to grow the label set.
+        let method = if self.methods.contains(&method) { method } else { "unknown".to_owned() };
         let code = format!("{code:?}");
         self.rpc_requests.get_or_create(&RpcLabels { method: method.clone(), code }).inc();
         self.rpc_seconds.get_or_create(&MethodLabel { method }).observe(elapsed.as_secs_f64());

@@ -14,7 +14,6 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,10 +26,13 @@ use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::server::Connected;
 
-/// How long a client may take to send its first byte and finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::metrics::{Port, RefuseReason};
+use crate::net::{self, Gate, PeerInfo, Tracked};
+
 /// Classified connections waiting for the gRPC server; the accept loop waits when it is full.
 const PENDING_CONNECTIONS: usize = 64;
 
@@ -121,16 +123,6 @@ pub enum Conn {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        match self {
-            Self::Plain(s) => s.connect_info(),
-            Self::Tls(s) => s.get_ref().0.connect_info(),
-        }
-    }
-}
-
 impl AsyncRead for Conn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
@@ -177,6 +169,7 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// Plaintext, or TLS once its handshake is done: told apart by the first byte when TLS is on.
 async fn classify(stream: TcpStream, tls: Option<TlsAcceptor>) -> io::Result<Conn> {
     let Some(acceptor) = tls else { return Ok(Conn::Plain(stream)) };
     let mut first = [0u8; 1];
@@ -187,33 +180,50 @@ async fn classify(stream: TcpStream, tls: Option<TlsAcceptor>) -> io::Result<Con
     }
 }
 
-/// Accepts connections and yields them classified. Handshakes run concurrently, each bounded by
-/// [`HANDSHAKE_TIMEOUT`]; a failed one is logged and dropped.
-pub fn incoming(listener: TcpListener, tls: Option<TlsAcceptor>) -> ReceiverStream<io::Result<Conn>> {
+impl Connected for Tracked<Conn> {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.peer().clone()
+    }
+}
+
+/// Accepts connections through `gate` until `stop` and yields them classified, each wrapped in
+/// [`Tracked`] (idle timeout, cap slot). Classification and TLS handshakes run concurrently, at most
+/// `max_handshakes` at once, each bounded by the handshake timeout; a failed one is counted and
+/// dropped. Every task is owned by `tasks`.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    gate: Gate,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) -> ReceiverStream<io::Result<Tracked<Conn>>> {
     let (tx, rx) = mpsc::channel(PENDING_CONNECTIONS);
-    tokio::spawn(async move {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            };
-            _ = stream.set_nodelay(true);
-            let (sender, tls) = (tx.clone(), tls.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, classify(stream, tls)).await {
-                    Ok(Ok(conn)) => _ = sender.send(Ok(conn)).await,
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection dropped during the TLS handshake"),
-                    Err(_) => tracing::debug!(%peer, "connection dropped: no handshake within the timeout"),
+    let limits = gate.limits();
+    let accepting = net::accept_loop(listener, Port::Grpc, gate.clone(), stop, {
+        let tasks = tasks.clone();
+        move |admitted| {
+            let Some(handshake) = gate.handshake(Port::Grpc) else { return };
+            let (sender, tls, gate) = (tx.clone(), tls.clone(), gate.clone());
+            tasks.spawn(async move {
+                let net::Admitted { stream, peer, slot } = admitted;
+                let classified = tokio::time::timeout(limits.handshake_timeout, classify(stream, tls)).await;
+                drop(handshake);
+                match classified {
+                    Ok(Ok(conn)) => _ = sender.send(Ok(Tracked::new(conn, peer, slot, limits.idle_timeout))).await,
+                    Ok(Err(e)) => {
+                        gate.metrics().refused(Port::Grpc, RefuseReason::tls);
+                        tracing::debug!(%peer, error = %e, "connection dropped during the TLS handshake");
+                    }
+                    Err(_) => {
+                        gate.metrics().refused(Port::Grpc, RefuseReason::handshake_timeout);
+                        tracing::debug!(%peer, "connection dropped: no handshake within the timeout");
+                    }
                 }
             });
-            if tx.is_closed() {
-                return;
-            }
         }
     });
+    tasks.spawn(accepting);
     ReceiverStream::new(rx)
 }
 

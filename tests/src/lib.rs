@@ -286,6 +286,10 @@ impl Events {
     }
 }
 
+/// A `puppet_rs.v1.MockWorld` client with the test token.
+pub type World =
+    puppet_proto::pb::puppet_rs::v1::mock_world_client::MockWorldClient<InterceptedService<Channel, Token>>;
+
 /// A `puppet_rs.v1.MockWorld` client that sends the test token.
 pub async fn world(
     server: &Server,

@@ -16,8 +16,6 @@ use puppet_proto::model::{
     UrlLink,
 };
 
-use crate::events::EventSink;
-
 /// What went wrong in a backend. Each variant maps to one gRPC code (see `grpc::status`).
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum BackendError {
@@ -70,9 +68,23 @@ pub enum BackendError {
 }
 
 impl BackendError {
-    /// Shorthand for [`BackendError::NotFound`].
-    pub fn not_found(kind: &'static str, id: impl std::fmt::Display) -> Self {
-        Self::NotFound { kind, id: id.to_string() }
+    /// Shorthand for [`BackendError::NotFound`]; the id is shown as client input is
+    /// ([`puppet_proto::ids::Shown`]: escaped, at most 64 characters).
+    pub fn not_found(kind: &'static str, id: impl AsRef<str>) -> Self {
+        Self::NotFound { kind, id: puppet_proto::ids::Shown(id.as_ref()).to_string() }
+    }
+}
+
+impl From<crate::blobs::BlobError> for BackendError {
+    /// The one mapping of blob store errors, used by the gRPC layer and the backends alike.
+    fn from(e: crate::blobs::BlobError) -> Self {
+        use crate::blobs::BlobError;
+        match e {
+            BlobError::NotFound(_) => BackendError::Absent(e.to_string()),
+            BlobError::TooLarge { .. } => BackendError::ResourceExhausted(e.to_string()),
+            BlobError::Empty => BackendError::InvalidArgument(e.to_string()),
+            BlobError::Io(_) => BackendError::Internal(e.to_string()),
+        }
     }
 }
 
@@ -348,41 +360,4 @@ pub enum BackendKind {
     Mock,
     /// A WeChat Official Account (公众号): webhook on the side port, WeChat's REST API.
     OfficialAccount,
-}
-
-/// A backend as built from the flags.
-pub struct Built {
-    /// The backend behind `wechaty.Puppet`.
-    pub backend: std::sync::Arc<dyn Backend>,
-    /// The same backend when it is the mock, for the `MockWorld` control service.
-    pub mock: Option<mock::MockBackend>,
-    /// The same backend when it is an Official Account, for its extension service and webhook.
-    pub official_account: Option<official_account::OfficialAccount>,
-}
-
-/// Builds the configured backend, wired to the event sink.
-pub fn build(
-    config: &crate::config::Config,
-    sink: EventSink,
-    blobs: crate::blobs::BlobStore,
-    metrics: &crate::metrics::Metrics,
-) -> anyhow::Result<Built> {
-    match config.backend {
-        BackendKind::Mock => {
-            let mock = mock::MockBackend::new(mock::MockOptions::from_config(config)?, sink, blobs)?;
-            Ok(Built { backend: std::sync::Arc::new(mock.clone()), mock: Some(mock), official_account: None })
-        }
-        BackendKind::OfficialAccount => {
-            let settings = official_account::settings::OaSettings::from_flags(&config.oa)?;
-            if config.http_listen.is_none() {
-                anyhow::bail!(
-                    "PUPPET_HTTP_LISTEN is not set: the official-account backend serves its webhook ({}) on the \
-                     side port, e.g. PUPPET_HTTP_LISTEN=0.0.0.0:8080",
-                    settings.webhook_path
-                );
-            }
-            let oa = official_account::OfficialAccount::new(settings, sink, blobs, metrics.oa.clone())?;
-            Ok(Built { backend: std::sync::Arc::new(oa.clone()), mock: None, official_account: Some(oa) })
-        }
-    }
 }

@@ -2,22 +2,23 @@
 //! subscribers through their own cursors.
 //!
 //! * Every event gets a sequence number (1, 2, …) and a timestamp, and is kept in a retention window
-//!   of `capacity` events; older ones are dropped from the front.
+//!   of at most `capacity` events and `max_bytes` bytes; older ones are dropped from the front.
 //! * Publishing never waits for readers: there is no per-subscriber buffer to fill. A subscriber is a
 //!   cursor into the log plus a doorbell (`watch`) that rings on every publish.
 //! * A subscriber more than `max_lag` events behind the newest one, or whose next event has already
 //!   left the window, is ended with [`Lagged`] — memory stays bounded and fast subscribers never
-//!   slow down because of a slow one.
+//!   slow down because of a slow one. The check runs when events are published, not only when the
+//!   subscriber reads, so a client that never reads is ended as promptly as one that reads slowly.
 //! * The bus also remembers the login state (pending SCAN, LOGIN, READY) so a late subscriber can be
 //!   told where the account stands, as the official server does.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use puppet_proto::event::{EventKind, PuppetEvent};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// One event as stored and delivered.
 #[derive(Debug)]
@@ -30,6 +31,13 @@ pub struct Envelope {
     pub kind: EventKind,
     /// Its JSON payload.
     pub payload: String,
+}
+
+impl Envelope {
+    /// What it costs to retain, in bytes (the payload plus the envelope around it).
+    fn cost(&self) -> usize {
+        self.payload.len() + std::mem::size_of::<Self>() + 32
+    }
 }
 
 /// Where a new subscription starts.
@@ -79,6 +87,8 @@ pub struct Lagged {
 
 struct Log {
     events: VecDeque<Arc<Envelope>>,
+    /// What the retained events cost ([`Envelope::cost`]).
+    bytes: usize,
     next_seq: u64,
     pending_scan: Option<Arc<Envelope>>,
     login: Option<Arc<Envelope>>,
@@ -101,11 +111,26 @@ impl Log {
     }
 }
 
+/// A subscriber as the publisher sees it.
+#[derive(Default)]
+struct Reader {
+    /// The next sequence it will be given.
+    cursor: AtomicU64,
+    /// Set (once) when the publisher ends it for lagging.
+    cut: AtomicBool,
+    /// How far behind it was when it was cut.
+    behind: AtomicU64,
+    wake: Notify,
+}
+
 struct Shared {
     log: Mutex<Log>,
     doorbell: watch::Sender<u64>,
     capacity: usize,
+    max_bytes: usize,
     max_lag: u64,
+    readers: Mutex<HashMap<u64, Arc<Reader>>>,
+    next_reader: AtomicU64,
     subscribers: AtomicU64,
     cut_off: AtomicU64,
     logged_in: watch::Sender<bool>,
@@ -161,12 +186,18 @@ pub struct Retention {
     pub capacity: u64,
 }
 
+/// Publishes between two scans for lagging readers (at least; more with many readers, so the
+/// scans cost O(1) per publish).
+const SCAN_EVERY: u64 = 64;
+
 impl EventBus {
-    /// A bus retaining `capacity` events whose subscribers may fall at most `max_lag` events behind.
-    pub fn new(capacity: usize, max_lag: usize) -> Self {
+    /// A bus retaining at most `capacity` events and `max_bytes` bytes, whose subscribers may
+    /// fall at most `max_lag` events behind.
+    pub fn new(capacity: usize, max_bytes: usize, max_lag: usize) -> Self {
         let capacity = capacity.max(1);
         let log = Log {
             events: VecDeque::with_capacity(capacity.min(1 << 16)),
+            bytes: 0,
             next_seq: 1,
             pending_scan: None,
             login: None,
@@ -178,8 +209,11 @@ impl EventBus {
                 log: Mutex::new(log),
                 doorbell: watch::Sender::new(0),
                 capacity,
+                max_bytes: max_bytes.max(1),
                 // A lag beyond the window is caught as "left the window" anyway.
                 max_lag: max_lag.clamp(1, capacity) as u64,
+                readers: Mutex::new(HashMap::new()),
+                next_reader: AtomicU64::new(1),
                 subscribers: AtomicU64::new(0),
                 cut_off: AtomicU64::new(0),
                 logged_in: watch::Sender::new(false),
@@ -221,12 +255,20 @@ impl EventBus {
                 }
                 _ => {}
             }
-            if log.events.len() == self.shared.capacity {
-                log.events.pop_front();
-            }
+            log.bytes += env.cost();
             log.events.push_back(env);
+            // The newest event is kept whatever it costs: its payload was bounded by the caller.
+            while log.events.len() > 1 && (log.events.len() > self.shared.capacity || log.bytes > self.shared.max_bytes)
+            {
+                if let Some(old) = log.events.pop_front() {
+                    log.bytes -= old.cost();
+                }
+            }
             seq
         };
+        if seq % SCAN_EVERY.max(self.shared.subscribers.load(Ordering::Relaxed)) == 0 {
+            self.cut_laggards();
+        }
         self.shared.doorbell.send_replace(seq);
         match kind {
             EventKind::Login => _ = self.shared.logged_in.send_replace(true),
@@ -234,6 +276,29 @@ impl EventBus {
             _ => {}
         }
         seq
+    }
+
+    /// Ends every reader that is more than `max_lag` behind or whose next event left the window.
+    fn cut_laggards(&self) {
+        let (first, last) = {
+            let log = self.lock();
+            (log.first_seq(), log.last_seq())
+        };
+        let readers = self.shared.readers.lock().unwrap_or_else(|p| p.into_inner());
+        for reader in readers.values() {
+            let cursor = reader.cursor.load(Ordering::Acquire);
+            let behind = (last + 1).saturating_sub(cursor);
+            if (cursor < first || behind > self.shared.max_lag) && !reader.cut.swap(true, Ordering::AcqRel) {
+                reader.behind.store(behind, Ordering::Release);
+                self.shared.cut_off.fetch_add(1, Ordering::Relaxed);
+                reader.wake.notify_one();
+            }
+        }
+    }
+
+    /// Bytes retained now.
+    pub fn retained_bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     /// Where the login stands: the pending QR text while scanning, the bot's id once logged in.
@@ -301,15 +366,20 @@ impl EventBus {
             }
         };
         let last_delivered = replay.iter().map(|e| e.seq).max().unwrap_or(cursor - 1);
+        let reader = Arc::new(Reader { cursor: AtomicU64::new(cursor), ..Default::default() });
+        let id = self.shared.next_reader.fetch_add(1, Ordering::Relaxed);
+        self.shared.readers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, reader.clone());
         drop(log);
         self.shared.subscribers.fetch_add(1, Ordering::Relaxed);
-        Ok(Subscription { bus: self.clone(), cursor, doorbell, replay: replay.into(), last_delivered })
+        Ok(Subscription { bus: self.clone(), id, reader, cursor, doorbell, replay: replay.into(), last_delivered })
     }
 }
 
 /// One reader of the bus. Not `Clone`: each subscriber has its own cursor.
 pub struct Subscription {
     bus: EventBus,
+    id: u64,
+    reader: Arc<Reader>,
     /// The next sequence to deliver from the log.
     cursor: u64,
     doorbell: watch::Receiver<u64>,
@@ -319,6 +389,7 @@ pub struct Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.bus.shared.readers.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
         self.bus.shared.subscribers.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -331,6 +402,9 @@ impl Subscription {
     /// means the bus was closed and everything was delivered. Cancel-safe: dropping the future loses
     /// nothing, since the cursor moves only when events are handed over.
     pub async fn next_batch(&mut self, out: &mut Vec<Arc<Envelope>>) -> Result<bool, Lagged> {
+        if let Some(lagged) = self.was_cut() {
+            return Err(lagged);
+        }
         if !self.replay.is_empty() {
             out.extend(self.replay.drain(..));
             return Ok(true);
@@ -343,7 +417,9 @@ impl Subscription {
                 let first = log.first_seq();
                 let behind = (last + 1).saturating_sub(self.cursor);
                 if self.cursor < first || behind > self.bus.shared.max_lag {
-                    self.bus.shared.cut_off.fetch_add(1, Ordering::Relaxed);
+                    if !self.reader.cut.swap(true, Ordering::AcqRel) {
+                        self.bus.shared.cut_off.fetch_add(1, Ordering::Relaxed);
+                    }
                     return Err(Lagged { behind, limit: self.bus.shared.max_lag, last_delivered: self.last_delivered });
                 }
                 if behind > 0 {
@@ -351,6 +427,7 @@ impl Subscription {
                     let n = (behind as usize).min(BATCH);
                     out.extend(log.events.range(start..start + n).cloned());
                     self.cursor += n as u64;
+                    self.reader.cursor.store(self.cursor, Ordering::Release);
                     self.last_delivered = self.cursor - 1;
                     return Ok(true);
                 }
@@ -361,6 +438,29 @@ impl Subscription {
             if self.doorbell.changed().await.is_err() {
                 return Ok(false);
             }
+        }
+    }
+}
+
+impl Subscription {
+    /// `Some` once the publisher ended this subscription for lagging.
+    fn was_cut(&self) -> Option<Lagged> {
+        self.reader.cut.load(Ordering::Acquire).then(|| Lagged {
+            behind: self.reader.behind.load(Ordering::Acquire),
+            limit: self.bus.shared.max_lag,
+            last_delivered: self.last_delivered,
+        })
+    }
+
+    /// Completes when the publisher ends this subscription for lagging: a stream whose client
+    /// does not read waits on this beside its blocked send. Cancel-safe.
+    pub async fn cut_off(&self) -> Lagged {
+        loop {
+            let woken = self.reader.wake.notified();
+            if let Some(lagged) = self.was_cut() {
+                return lagged;
+            }
+            woken.await;
         }
     }
 }
@@ -385,7 +485,7 @@ mod tests {
 
     #[tokio::test]
     async fn subscribers_see_the_same_ordered_stream() {
-        let bus = EventBus::new(100, 100);
+        let bus = EventBus::new(100, 1 << 20, 100);
         let mut a = bus.subscribe(StartAt::Live { replay_state: false }).unwrap();
         let mut b = bus.subscribe(StartAt::Live { replay_state: false }).unwrap();
         for i in 0..10 {
@@ -397,7 +497,7 @@ mod tests {
 
     #[tokio::test]
     async fn resume_after_a_sequence_and_refuse_what_left_the_window() {
-        let bus = EventBus::new(5, 5);
+        let bus = EventBus::new(5, 1 << 20, 5);
         for i in 0..8 {
             bus.publish(dong(i));
         }
@@ -412,7 +512,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_subscriber_is_cut_off_without_affecting_others() {
-        let bus = EventBus::new(1000, 10);
+        let bus = EventBus::new(1000, 1 << 20, 10);
         let mut slow = bus.subscribe(StartAt::Live { replay_state: false }).unwrap();
         let mut fast = bus.subscribe(StartAt::Live { replay_state: false }).unwrap();
         let mut got = Vec::new();
@@ -427,7 +527,7 @@ mod tests {
 
     #[tokio::test]
     async fn late_subscribers_get_the_login_state() {
-        let bus = EventBus::new(100, 100);
+        let bus = EventBus::new(100, 1 << 20, 100);
         bus.publish(PuppetEvent::scan(ScanStatus::Waiting, Some("qr".into())));
         let mut sub = bus.subscribe(StartAt::Live { replay_state: true }).unwrap();
         let mut out = Vec::new();
@@ -449,12 +549,42 @@ mod tests {
 
     #[tokio::test]
     async fn close_ends_subscriptions_after_pending_events() {
-        let bus = EventBus::new(10, 10);
+        let bus = EventBus::new(10, 1 << 20, 10);
         let mut sub = bus.subscribe(StartAt::Live { replay_state: false }).unwrap();
         bus.publish(dong(0));
         bus.close();
         let mut out = Vec::new();
         assert!(sub.next_batch(&mut out).await.unwrap());
         assert!(!sub.next_batch(&mut out).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn retention_is_bounded_in_bytes_too() {
+        let bus = EventBus::new(1000, 10_000, 1000);
+        let big = |i: u64| PuppetEvent::Dong(DataPayload { data: format!("{i}:{}", "x".repeat(1000)) });
+        for i in 0..100 {
+            bus.publish(big(i));
+        }
+        let r = bus.retention();
+        assert!(bus.retained_bytes() <= 10_000, "{} bytes retained", bus.retained_bytes());
+        assert_eq!(r.last_seq, 100);
+        assert!(r.last_seq - r.first_seq + 1 < 10, "only a few 1 KB events fit in 10 KB: {r:?}");
+        assert!(matches!(bus.subscribe(StartAt::After(50)), Err(SubscribeError::OutOfRange { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_never_reads_is_cut_off_by_publishing() {
+        let bus = EventBus::new(100_000, 1 << 30, 100);
+        let stuck = bus.subscribe(StartAt::Live { replay_state: false }).unwrap();
+        assert_eq!(bus.stats().subscribers, 1);
+        for i in 0..1000 {
+            bus.publish(dong(i));
+        }
+        // Nobody called next_batch: the publisher noticed.
+        let lagged = tokio::time::timeout(std::time::Duration::from_secs(5), stuck.cut_off()).await.unwrap();
+        assert!(lagged.behind > 100, "{lagged:?}");
+        assert_eq!(bus.stats().cut_off, 1);
+        drop(stuck);
+        assert_eq!(bus.stats().subscribers, 0);
     }
 }

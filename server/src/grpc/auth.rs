@@ -1,13 +1,17 @@
 //! Token authentication, as the official server does it: `authorization: Wechaty <token>`, or when
 //! that header is absent, the HTTP/2 `:authority` (the official clients put the raw token there and,
 //! in plaintext mode, send no header at all). Only the Puppet service is wrapped; health and
-//! reflection stay open.
+//! reflection stay open. Failures are throttled per remote address ([`AuthThrottle`]): past the
+//! burst, an address's calls are refused with `RESOURCE_EXHAUSTED` without looking at them.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use puppet_proto::ids::Shown;
 use subtle::ConstantTimeEq;
 use tonic::Status;
+
+use crate::net::{AuthThrottle, PeerInfo};
 use tonic::server::NamedService;
 use tower::Service;
 
@@ -24,12 +28,12 @@ pub fn check<B>(req: &http::Request<B>, token: &str) -> Result<(), Status> {
     let mut parts = presented.split_whitespace();
     let (scheme, given) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if !scheme.eq_ignore_ascii_case("wechaty") {
-        return Err(Status::unauthenticated(format!("Invalid authorization type: \"{scheme}\"")));
+        return Err(Status::unauthenticated(format!("Invalid authorization type: \"{}\"", Shown(scheme))));
     }
     if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
         Ok(())
     } else {
-        Err(Status::unauthenticated(format!("Invalid Wechaty TOKEN \"{given}\"")))
+        Err(Status::unauthenticated(format!("Invalid Wechaty TOKEN \"{}\"", Shown(given))))
     }
 }
 
@@ -38,12 +42,13 @@ pub fn check<B>(req: &http::Request<B>, token: &str) -> Result<(), Status> {
 pub struct RequireToken<S> {
     inner: S,
     token: Arc<str>,
+    throttle: AuthThrottle,
 }
 
 impl<S> RequireToken<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S, token: Arc<str>) -> Self {
-        Self { inner, token }
+    /// Wraps `inner`; failures count toward `throttle`.
+    pub fn new(inner: S, token: Arc<str>, throttle: AuthThrottle) -> Self {
+        Self { inner, token, throttle }
     }
 }
 
@@ -68,10 +73,21 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let ip = req.extensions().get::<PeerInfo>().map(|p| p.addr.ip());
+        if let Some(wait) = ip.and_then(|ip| self.throttle.check(ip).err()) {
+            let status = Status::resource_exhausted(format!(
+                "too many failed authentication attempts from this address; retry in {} s",
+                wait.as_secs()
+            ));
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
         match check(&req, &self.token) {
             Ok(()) => Box::pin(self.inner.call(req)),
             Err(status) => {
-                tracing::debug!(path = %req.uri().path(), reason = status.message(), "rejected unauthenticated call");
+                if let Some(ip) = ip {
+                    self.throttle.failed(ip);
+                }
+                tracing::debug!(reason = status.message(), "rejected unauthenticated call");
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
         }

@@ -17,7 +17,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::events::{Envelope, Subscription};
+use crate::events::{Envelope, Lagged, Subscription};
 
 /// Messages buffered between a stream's task and its HTTP/2 stream.
 const STREAM_BUFFER: usize = 256;
@@ -60,42 +60,59 @@ impl StreamMessage for ext::SequencedEvent {
     }
 }
 
-/// Starts the task that feeds one stream; returns the stream.
+/// Why a stream's task stops.
+enum End {
+    /// The client went away.
+    Closed,
+    /// The bus ended the subscription for lagging.
+    Cut(Lagged),
+}
+
+/// Sends one message, unless the client is gone or the subscription is cut off while waiting for
+/// room (a client that does not read is ended all the same).
+async fn deliver<T>(tx: &mpsc::Sender<Result<T, Status>>, sub: &Subscription, msg: T) -> Result<(), End> {
+    tokio::select! {
+        biased;
+        lagged = sub.cut_off() => Err(End::Cut(lagged)),
+        sent = tx.send(Ok(msg)) => sent.map_err(|_| End::Closed),
+    }
+}
+
+/// Starts the task that feeds one stream; returns the stream. The task is owned by the stream: it
+/// ends when the client goes, the subscription is cut off, or the bus closes.
 pub fn pump<T: StreamMessage>(mut sub: Subscription, heartbeat: Duration) -> EventStream<T> {
-    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER + 1);
     tokio::spawn(async move {
-        // Every stream opens with a heartbeat: the Node client waits up to 5 s for a first message.
-        if tx.send(Ok(T::heartbeat())).await.is_err() {
-            return;
-        }
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut batch: Vec<Arc<Envelope>> = Vec::with_capacity(256);
-        loop {
-            tokio::select! {
-                biased;
-                _ = tx.closed() => break,
-                _ = ticker.tick() => {
-                    if tx.send(Ok(T::heartbeat())).await.is_err() {
-                        break;
-                    }
-                }
-                next = sub.next_batch(&mut batch) => match next {
-                    Ok(true) => {
-                        for env in batch.drain(..) {
-                            if tx.send(Ok(T::event(&env))).await.is_err() {
-                                return;
+        // One slot is kept for the final status: a client whose buffer is full still learns why its
+        // stream ended, and never mistakes the end for an OK.
+        let Ok(last_word) = tx.clone().reserve_owned().await else { return };
+        let end = async {
+            // Every stream opens with a heartbeat: the Node client waits up to 5 s for a first message.
+            deliver(&tx, &sub, T::heartbeat()).await?;
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            let mut batch: Vec<Arc<Envelope>> = Vec::with_capacity(256);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = tx.closed() => return Err(End::Closed),
+                    _ = ticker.tick() => deliver(&tx, &sub, T::heartbeat()).await?,
+                    next = sub.next_batch(&mut batch) => match next {
+                        Ok(true) => {
+                            for env in batch.drain(..) {
+                                deliver(&tx, &sub, T::event(&env)).await?;
                             }
                         }
-                    }
-                    Ok(false) => break,
-                    Err(lagged) => {
-                        tracing::warn!(behind = lagged.behind, limit = lagged.limit, "cutting off a slow event subscriber");
-                        let _ = tx.send(Err(Status::resource_exhausted(lagged.to_string()))).await;
-                        break;
+                        Ok(false) => return Ok(()),
+                        Err(lagged) => return Err(End::Cut(lagged)),
                     }
                 }
             }
+        }
+        .await;
+        if let Err(End::Cut(lagged)) = end {
+            tracing::warn!(behind = lagged.behind, limit = lagged.limit, "cutting off a slow event subscriber");
+            last_word.send(Err(Status::resource_exhausted(lagged.to_string())));
         }
     });
     ReceiverStream::new(rx)

@@ -10,7 +10,7 @@
 //!   file in memory except the inline replies Python needs.
 
 use base64::Engine;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+pub use puppet_proto::filebox::BASE64;
 use puppet_proto::filebox::{FileBox, FileBoxSource};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -18,19 +18,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-use crate::blobs::{BlobError, BlobStore, READ_CHUNK};
+pub use super::status::blob_status;
+use super::validate;
+use crate::blobs::{BlobStore, READ_CHUNK};
+use puppet_proto::ids::Shown;
 
 /// Files up to this size travel inline; larger ones through the blob store.
 pub const INLINE_LIMIT: u64 = 1 << 20;
 
 /// Chunks in flight between a file reader task and its gRPC stream.
 const CHUNKS_IN_FLIGHT: usize = 4;
-
-/// Standard base64, tolerant of missing padding (clients differ).
-pub const BASE64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
 
 /// Which kind of client is calling, as far as files are concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,40 +46,86 @@ impl ClientKind {
     }
 }
 
-/// Blob errors to statuses.
-pub fn blob_status(e: BlobError) -> Status {
-    match e {
-        BlobError::NotFound(_) => Status::not_found(e.to_string()),
-        BlobError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
-        BlobError::Empty => Status::invalid_argument(e.to_string()),
-        BlobError::Io(_) => Status::internal(e.to_string()),
-    }
-}
-
 fn decode(b64: &str) -> Result<Vec<u8>, Status> {
     BASE64.decode(b64.trim()).map_err(|e| Status::invalid_argument(format!("FileBox `base64` is not base64: {e}")))
 }
 
-/// A FileBox from a client, made ready for the backend: large inline data moved into the store,
-/// Uuid boxes checked to exist.
-pub async fn incoming(store: &BlobStore, mut fb: FileBox) -> Result<FileBox, Status> {
+/// Longest file name, in characters.
+pub const MAX_FILE_NAME_CHARS: usize = 255;
+
+/// Checks what a client's FileBox may hold: a bounded, printable name; a Uuid that is an id; a
+/// URL over http(s) (the server fetches it, if at all, only through its outbound fence); a QR
+/// text of bounded size.
+fn check_incoming(fb: &FileBox) -> Result<(), Status> {
+    let invalid = |why: String| Err(Status::invalid_argument(format!("`file_box`: {why}")));
+    check_name(&fb.name)?;
+    match &fb.source {
+        FileBoxSource::Uuid(id) => validate::id("file_box.uuid", id.clone()).map(drop),
+        FileBoxSource::Url { url, .. } => {
+            let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase()).unwrap_or_default();
+            if url.len() > validate::MAX_URL_BYTES {
+                return invalid(format!("the URL is {} bytes; at most {}", url.len(), validate::MAX_URL_BYTES));
+            }
+            if scheme != "http" && scheme != "https" {
+                return invalid(format!("the URL `{}` is not http(s)", Shown(url)));
+            }
+            Ok(())
+        }
+        FileBoxSource::QrCode(text) if text.is_empty() || text.len() > 4096 => {
+            invalid(format!("a QR code text is 1 to 4096 bytes, not {}", text.len()))
+        }
+        FileBoxSource::QrCode(_) | FileBoxSource::Base64(_) => Ok(()),
+    }
+}
+
+/// A file name: at most [`MAX_FILE_NAME_CHARS`], no control characters.
+pub fn check_name(name: &str) -> Result<(), Status> {
+    let name_chars = name.chars().count();
+    if name_chars > MAX_FILE_NAME_CHARS {
+        return Err(Status::invalid_argument(format!(
+            "`file_box`: the name is {name_chars} characters; at most {MAX_FILE_NAME_CHARS}"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "`file_box`: the name `{}` contains control characters",
+            Shown(name)
+        )));
+    }
+    Ok(())
+}
+
+fn non_empty_file(bytes: Vec<u8>) -> Result<Vec<u8>, Status> {
+    if bytes.is_empty() {
+        return Err(Status::invalid_argument("`file_box`: the file is empty; WeChat cannot send empty files"));
+    }
+    Ok(bytes)
+}
+
+/// A FileBox from a client, made ready for the backend: checked ([`check_incoming`]), large
+/// inline data moved into the store, Uuid boxes checked to exist. The second value is the blob
+/// this call created, if any: the caller removes it when the call fails after all.
+pub async fn incoming(store: &BlobStore, mut fb: FileBox) -> Result<(FileBox, Option<String>), Status> {
+    check_incoming(&fb)?;
+    let mut created = None;
     match &fb.source {
         FileBoxSource::Uuid(id) => {
             let meta = store.touch(id).map_err(blob_status)?;
             fb.size = Some(meta.size);
         }
         FileBoxSource::Base64(b64) if (b64.len() as u64) / 4 * 3 > INLINE_LIMIT => {
-            let bytes = decode(b64)?;
+            let bytes = non_empty_file(decode(b64)?)?;
             let meta = store.put(&bytes).await.map_err(blob_status)?;
             fb.size = Some(meta.size);
+            created = Some(meta.id.clone());
             fb.source = FileBoxSource::Uuid(meta.id);
         }
         FileBoxSource::Base64(b64) => {
-            fb.size = Some(decode(b64)?.len() as u64);
+            fb.size = Some(non_empty_file(decode(b64)?)?.len() as u64);
         }
         FileBoxSource::Url { .. } | FileBoxSource::QrCode(_) => {}
     }
-    Ok(fb)
+    Ok((fb, created))
 }
 
 /// A FileBox from the backend, made ready for this client (see the module docs).
@@ -189,8 +232,9 @@ mod tests {
         let (s, dir) = store();
         let big = vec![7u8; (INLINE_LIMIT + 1) as usize];
         let fb = FileBox::new("big.bin", FileBoxSource::Base64(BASE64.encode(&big)));
-        let stored = incoming(&s, fb).await.unwrap();
+        let (stored, created) = incoming(&s, fb).await.unwrap();
         let FileBoxSource::Uuid(id) = &stored.source else { panic!("{stored:?}") };
+        assert_eq!(created.as_ref(), Some(id), "the caller learns which blob it created");
         assert_eq!(stored.size, Some(big.len() as u64));
         assert_eq!(s.read_all(id).await.unwrap(), big);
 

@@ -8,6 +8,7 @@ pub mod files;
 pub mod mock_world;
 pub mod official_account;
 pub mod status;
+pub mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::backend::{Backend, BackendError, Outgoing, Referrer};
 use crate::blobs::BlobStore;
 use crate::events::{EventBus, StartAt, SubscribeError};
-use convert::{card, file_box, legacy_json, non_empty, required};
+use convert::{card, file_box, legacy_json, non_empty};
 use event::{EventStream, pump};
 use files::{ClientKind, blob_status};
 use puppet_proto::filebox::{FileBox, FileBoxSource};
@@ -51,6 +52,14 @@ impl PuppetService {
     fn err(&self, e: BackendError) -> Status {
         status::to_status(self.backend.name(), e)
     }
+
+    /// Removes the blob a call wrote for a file when the backend then refused the call: nobody
+    /// will ever ask for it.
+    fn discard_on_error<T>(&self, outcome: &Result<T, BackendError>, created: Option<String>) {
+        if let (Err(_), Some(id)) = (outcome, created) {
+            self.blobs.remove(&id);
+        }
+    }
 }
 
 fn ok<T>(t: T) -> RpcResult<T> {
@@ -58,16 +67,20 @@ fn ok<T>(t: T) -> RpcResult<T> {
 }
 
 fn contact_id(field: &str, v: String) -> Result<ContactId, Status> {
-    required(field, v).map(ContactId)
+    validate::id(field, v).map(ContactId)
 }
 fn room_id(field: &str, v: String) -> Result<RoomId, Status> {
-    required(field, v).map(RoomId)
+    validate::id(field, v).map(RoomId)
 }
 fn message_id(field: &str, v: String) -> Result<MessageId, Status> {
-    required(field, v).map(MessageId)
+    validate::id(field, v).map(MessageId)
 }
 fn conversation(v: String) -> Result<ConversationId, Status> {
-    required("conversation_id", v).map(ConversationId)
+    validate::id("conversation_id", v).map(ConversationId)
+}
+/// An optional id field (the wire's "" for none), checked like any id.
+fn optional(field: &str, v: Option<String>) -> Result<Option<String>, Status> {
+    non_empty(v).map(|v| validate::optional_id(field, v)).transpose()
 }
 
 /// The current and deprecated id fields of every "message sent" response.
@@ -130,6 +143,7 @@ impl Puppet for PuppetService {
             }
             let Some(chunk) = msg.file_box_chunk else { continue };
             if let Some(n) = chunk.name {
+                files::check_name(&n)?;
                 name = Some(n);
             }
             if let Some(data) = chunk.data {
@@ -150,9 +164,11 @@ impl Puppet for PuppetService {
         let name = name.ok_or_else(|| Status::invalid_argument("MessageSendFileStream: the file name is missing"))?;
         let writer = writer.ok_or_else(|| Status::invalid_argument("MessageSendFileStream: the file has no data"))?;
         let meta = writer.finish().await.map_err(blob_status)?;
-        let mut fb = FileBox::new(name, FileBoxSource::Uuid(meta.id));
+        let mut fb = FileBox::new(name, FileBoxSource::Uuid(meta.id.clone()));
         fb.size = Some(meta.size);
-        let id = self.backend.send(&to, Outgoing::File(fb)).await.map_err(|e| self.err(e))?;
+        let sent = self.backend.send(&to, Outgoing::File(fb)).await;
+        self.discard_on_error(&sent, Some(meta.id));
+        let id = sent.map_err(|e| self.err(e))?;
         ok(sent!(MessageSendFileStreamResponse, id))
     }
 
@@ -174,7 +190,8 @@ impl Puppet for PuppetService {
     }
 
     async fn ding(&self, req: Request<pb::DingRequest>) -> RpcResult<pb::DingResponse> {
-        self.backend.ding(req.into_inner().data).await.map_err(|e| self.err(e))?;
+        let data = validate::ding(req.into_inner().data)?;
+        self.backend.ding(data).await.map_err(|e| self.err(e))?;
         ok(pb::DingResponse {})
     }
 
@@ -194,7 +211,7 @@ impl Puppet for PuppetService {
         let kind = PayloadType::from_wire(r.r#type)
             .filter(|k| *k != PayloadType::Unknown)
             .ok_or_else(|| Status::invalid_argument(format!("`type` {} is not a payload type (1-5)", r.r#type)))?;
-        let id = required("id", r.id)?;
+        let id = validate::id("id", r.id)?;
         self.backend.dirty_payload(kind, id).await.map_err(|e| self.err(e))?;
         ok(pb::DirtyPayloadResponse {})
     }
@@ -213,7 +230,7 @@ impl Puppet for PuppetService {
         &self,
         req: Request<pb::ContactSelfNameRequest>,
     ) -> RpcResult<pb::ContactSelfNameResponse> {
-        let name = required("name", req.into_inner().name)?;
+        let name = validate::required_text("name", req.into_inner().name, validate::MAX_NAME_CHARS)?;
         self.backend.set_self_name(name).await.map_err(|e| self.err(e))?;
         ok(pb::ContactSelfNameResponse {})
     }
@@ -222,7 +239,8 @@ impl Puppet for PuppetService {
         &self,
         req: Request<pb::ContactSelfSignatureRequest>,
     ) -> RpcResult<pb::ContactSelfSignatureResponse> {
-        self.backend.set_self_signature(req.into_inner().signature).await.map_err(|e| self.err(e))?;
+        let signature = validate::text("signature", req.into_inner().signature, validate::MAX_LINE_CHARS)?;
+        self.backend.set_self_signature(signature).await.map_err(|e| self.err(e))?;
         ok(pb::ContactSelfSignatureResponse {})
     }
 
@@ -239,6 +257,7 @@ impl Puppet for PuppetService {
         let r = req.into_inner();
         let id = contact_id("id", r.id)?;
         if let Some(alias) = r.alias.or(r.alias_string_value_deprecated) {
+            let alias = validate::text("alias", alias, validate::MAX_NAME_CHARS)?;
             self.backend.set_contact_alias(&id, alias).await.map_err(|e| self.err(e))?;
             return ok(pb::ContactAliasResponse::default());
         }
@@ -253,8 +272,10 @@ impl Puppet for PuppetService {
         let req_meta = &metadata;
         let id = contact_id("id", r.id)?;
         if let Some(json) = r.file_box.or(r.filebox_string_value_deprecated) {
-            let fb = files::incoming(&self.blobs, file_box("file_box", &json)?).await?;
-            self.backend.set_contact_avatar(&id, fb).await.map_err(|e| self.err(e))?;
+            let (fb, created) = files::incoming(&self.blobs, file_box("file_box", &json)?).await?;
+            let set = self.backend.set_contact_avatar(&id, fb).await;
+            self.discard_on_error(&set, created);
+            set.map_err(|e| self.err(e))?;
             return ok(pb::ContactAvatarResponse::default());
         }
         let fb = self.backend.contact_avatar(&id).await.map_err(|e| self.err(e))?;
@@ -265,8 +286,9 @@ impl Puppet for PuppetService {
     async fn contact_phone(&self, req: Request<pb::ContactPhoneRequest>) -> RpcResult<pb::ContactPhoneResponse> {
         let r = req.into_inner();
         let id = contact_id("contact_id", r.contact_id)?;
-        self.backend.set_contact_phones(&id, r.phones.clone()).await.map_err(|e| self.err(e))?;
-        ok(pb::ContactPhoneResponse { phones: r.phones })
+        let phones = validate::phones(r.phones)?;
+        self.backend.set_contact_phones(&id, phones.clone()).await.map_err(|e| self.err(e))?;
+        ok(pb::ContactPhoneResponse { phones })
     }
 
     #[allow(deprecated)]
@@ -278,6 +300,7 @@ impl Puppet for PuppetService {
         let id = contact_id("contact_id", r.contact_id)?;
         // Node sends both fields for a value and neither for null (= clear).
         let remark = r.corporation_remark_string_value_deprecated.or(non_empty(Some(r.corporation_remark)));
+        let remark = remark.map(|t| validate::text("corporation_remark", t, validate::MAX_LINE_CHARS)).transpose()?;
         self.backend.set_contact_corporation_remark(&id, remark).await.map_err(|e| self.err(e))?;
         ok(pb::ContactCorporationRemarkResponse {})
     }
@@ -290,6 +313,8 @@ impl Puppet for PuppetService {
         let r = req.into_inner();
         let id = contact_id("contact_id", r.contact_id)?;
         let description = r.description_string_value_deprecated.or(non_empty(Some(r.description)));
+        let description =
+            description.map(|t| validate::text("description", t, validate::MAX_LINE_CHARS)).transpose()?;
         self.backend.set_contact_description(&id, description).await.map_err(|e| self.err(e))?;
         ok(pb::ContactDescriptionResponse {})
     }
@@ -306,7 +331,7 @@ impl Puppet for PuppetService {
         req: Request<pb::FriendshipPayloadRequest>,
     ) -> RpcResult<pb::FriendshipPayloadResponse> {
         // The payload fields (Python sends the literal "null") are an old write path nobody needs.
-        let id = FriendshipId(required("id", req.into_inner().id)?);
+        let id = FriendshipId(validate::id("id", req.into_inner().id)?);
         let f = self.backend.friendship(&id).await.map_err(|e| self.err(e))?;
         ok(f.into())
     }
@@ -316,7 +341,7 @@ impl Puppet for PuppetService {
         &self,
         req: Request<pb::FriendshipSearchPhoneRequest>,
     ) -> RpcResult<pb::FriendshipSearchPhoneResponse> {
-        let phone = required("phone", req.into_inner().phone)?;
+        let phone = validate::required_text("phone", req.into_inner().phone, 32)?;
         let found = self.backend.friendship_search_phone(&phone).await.map_err(|e| self.err(e))?;
         let id = found.map(|c| c.0);
         ok(pb::FriendshipSearchPhoneResponse {
@@ -337,7 +362,7 @@ impl Puppet for PuppetService {
         &self,
         req: Request<pb::FriendshipSearchHandleRequest>,
     ) -> RpcResult<pb::FriendshipSearchHandleResponse> {
-        let handle = required("weixin", req.into_inner().weixin)?;
+        let handle = validate::required_text("weixin", req.into_inner().weixin, validate::MAX_NAME_CHARS)?;
         let found = self.backend.friendship_search_handle(&handle).await.map_err(|e| self.err(e))?;
         let id = found.map(|c| c.0);
         ok(pb::FriendshipSearchHandleResponse {
@@ -352,12 +377,19 @@ impl Puppet for PuppetService {
         let id = contact_id("contact_id", r.contact_id)?;
         let given = r.referrer.unwrap_or_default();
         let referrer = Referrer {
-            contact_id: non_empty(Some(given.contact_id))
-                .or(non_empty(r.source_contact_id_string_value_deprecated))
-                .map(ContactId),
-            room_id: non_empty(Some(given.room_id)).or(non_empty(r.source_room_id_string_value_deprecated)).map(RoomId),
+            contact_id: optional(
+                "referrer.contact_id",
+                non_empty(Some(given.contact_id)).or(r.source_contact_id_string_value_deprecated),
+            )?
+            .map(ContactId),
+            room_id: optional(
+                "referrer.room_id",
+                non_empty(Some(given.room_id)).or(r.source_room_id_string_value_deprecated),
+            )?
+            .map(RoomId),
         };
-        self.backend.friendship_add(&id, r.hello, referrer).await.map_err(|e| self.err(e))?;
+        let hello = validate::text("hello", r.hello, validate::MAX_LINE_CHARS)?;
+        self.backend.friendship_add(&id, hello, referrer).await.map_err(|e| self.err(e))?;
         ok(pb::FriendshipAddResponse {})
     }
 
@@ -365,7 +397,7 @@ impl Puppet for PuppetService {
         &self,
         req: Request<pb::FriendshipAcceptRequest>,
     ) -> RpcResult<pb::FriendshipAcceptResponse> {
-        let id = FriendshipId(required("id", req.into_inner().id)?);
+        let id = FriendshipId(validate::id("id", req.into_inner().id)?);
         self.backend.friendship_accept(&id).await.map_err(|e| self.err(e))?;
         ok(pb::FriendshipAcceptResponse {})
     }
@@ -393,8 +425,10 @@ impl Puppet for PuppetService {
     ) -> RpcResult<pb::MessageSendFileResponse> {
         let r = req.into_inner();
         let to = conversation(r.conversation_id)?;
-        let fb = files::incoming(&self.blobs, file_box("file_box", &r.file_box)?).await?;
-        let id = self.backend.send(&to, Outgoing::File(fb)).await.map_err(|e| self.err(e))?;
+        let (fb, created) = files::incoming(&self.blobs, file_box("file_box", &r.file_box)?).await?;
+        let sent = self.backend.send(&to, Outgoing::File(fb)).await;
+        self.discard_on_error(&sent, created);
+        let id = sent.map_err(|e| self.err(e))?;
         ok(sent!(MessageSendFileResponse, id))
     }
 
@@ -467,8 +501,9 @@ impl Puppet for PuppetService {
     ) -> RpcResult<pb::MessageSendTextResponse> {
         let r = req.into_inner();
         let to = conversation(r.conversation_id)?;
-        let mentions = r.mentional_ids.into_iter().filter(|m| !m.is_empty()).map(ContactId).collect();
-        let id = self.backend.send(&to, Outgoing::Text { text: r.text, mentions }).await.map_err(|e| self.err(e))?;
+        let mentions = validate::ids("mentional_ids", r.mentional_ids)?.into_iter().map(ContactId).collect();
+        let text = validate::text("text", r.text, validate::MAX_TEXT_CHARS)?;
+        let id = self.backend.send(&to, Outgoing::Text { text, mentions }).await.map_err(|e| self.err(e))?;
         ok(sent!(MessageSendTextResponse, id))
     }
 
@@ -479,7 +514,12 @@ impl Puppet for PuppetService {
     ) -> RpcResult<pb::MessageSendMiniProgramResponse> {
         let r = req.into_inner();
         let to = conversation(r.conversation_id)?;
-        let m = card("mini_program", r.mini_program, &r.mini_program_deprecated, MiniProgram::from)?;
+        let m = validate::mini_program(card(
+            "mini_program",
+            r.mini_program,
+            &r.mini_program_deprecated,
+            MiniProgram::from,
+        )?)?;
         let id = self.backend.send(&to, Outgoing::MiniProgram(m)).await.map_err(|e| self.err(e))?;
         ok(sent!(MessageSendMiniProgramResponse, id))
     }
@@ -488,7 +528,7 @@ impl Puppet for PuppetService {
     async fn message_send_url(&self, req: Request<pb::MessageSendUrlRequest>) -> RpcResult<pb::MessageSendUrlResponse> {
         let r = req.into_inner();
         let to = conversation(r.conversation_id)?;
-        let u = card("url_link", r.url_link, &r.url_link_deprecated, UrlLink::from)?;
+        let u = validate::url_link(card("url_link", r.url_link, &r.url_link_deprecated, UrlLink::from)?)?;
         let id = self.backend.send(&to, Outgoing::Url(u)).await.map_err(|e| self.err(e))?;
         ok(sent!(MessageSendUrlResponse, id))
     }
@@ -499,8 +539,9 @@ impl Puppet for PuppetService {
     ) -> RpcResult<pb::MessageSendLocationResponse> {
         let r = req.into_inner();
         let to = conversation(r.conversation_id)?;
-        let l = r.location.ok_or_else(|| Status::invalid_argument("`location` is required"))?;
-        let id = self.backend.send(&to, Outgoing::Location(l.into())).await.map_err(|e| self.err(e))?;
+        let l =
+            validate::location(r.location.ok_or_else(|| Status::invalid_argument("`location` is required"))?.into())?;
+        let id = self.backend.send(&to, Outgoing::Location(l)).await.map_err(|e| self.err(e))?;
         ok(pb::MessageSendLocationResponse { id: id.map(|m| m.0).unwrap_or_default() })
     }
 
@@ -534,8 +575,9 @@ impl Puppet for PuppetService {
 
     async fn room_create(&self, req: Request<pb::RoomCreateRequest>) -> RpcResult<pb::RoomCreateResponse> {
         let r = req.into_inner();
-        let contacts = r.contact_ids.into_iter().filter(|c| !c.is_empty()).map(ContactId).collect();
-        let id = self.backend.room_create(contacts, r.topic).await.map_err(|e| self.err(e))?;
+        let contacts = validate::ids("contact_ids", r.contact_ids)?.into_iter().map(ContactId).collect();
+        let topic = validate::text("topic", r.topic, validate::MAX_NAME_CHARS)?;
+        let id = self.backend.room_create(contacts, topic).await.map_err(|e| self.err(e))?;
         ok(pb::RoomCreateResponse { id: id.0 })
     }
 
@@ -559,6 +601,7 @@ impl Puppet for PuppetService {
         let id = room_id("id", r.id)?;
         // Python sets through the wrapper only (the official server ignores it: a bug not copied).
         if let Some(topic) = r.topic.or(r.topic_string_value_deprecated) {
+            let topic = validate::text("topic", topic, validate::MAX_NAME_CHARS)?;
             self.backend.set_room_topic(&id, topic).await.map_err(|e| self.err(e))?;
             return ok(pb::RoomTopicResponse::default());
         }
@@ -578,6 +621,7 @@ impl Puppet for PuppetService {
         let r = req.into_inner();
         let id = room_id("id", r.id)?;
         if let Some(text) = r.text.or(r.text_string_value_deprecated) {
+            let text = validate::text("text", text, validate::MAX_ANNOUNCE_CHARS)?;
             self.backend.set_room_announce(&id, text).await.map_err(|e| self.err(e))?;
             return ok(pb::RoomAnnounceResponse::default());
         }
@@ -606,7 +650,7 @@ impl Puppet for PuppetService {
         &self,
         req: Request<pb::RoomInvitationPayloadRequest>,
     ) -> RpcResult<pb::RoomInvitationPayloadResponse> {
-        let id = RoomInvitationId(required("id", req.into_inner().id)?);
+        let id = RoomInvitationId(validate::id("id", req.into_inner().id)?);
         let i = self.backend.room_invitation(&id).await.map_err(|e| self.err(e))?;
         ok(i.into())
     }
@@ -615,7 +659,7 @@ impl Puppet for PuppetService {
         &self,
         req: Request<pb::RoomInvitationAcceptRequest>,
     ) -> RpcResult<pb::RoomInvitationAcceptResponse> {
-        let id = RoomInvitationId(required("id", req.into_inner().id)?);
+        let id = RoomInvitationId(validate::id("id", req.into_inner().id)?);
         self.backend.room_invitation_accept(&id).await.map_err(|e| self.err(e))?;
         ok(pb::RoomInvitationAcceptResponse {})
     }
@@ -624,7 +668,7 @@ impl Puppet for PuppetService {
 
     async fn tag_contact_add(&self, req: Request<pb::TagContactAddRequest>) -> RpcResult<pb::TagContactAddResponse> {
         let r = req.into_inner();
-        let tag = TagId(required("id", r.id)?);
+        let tag = TagId(validate::id("id", r.id)?);
         let contact = contact_id("contact_id", r.contact_id)?;
         self.backend.tag_contact_add(&tag, &contact).await.map_err(|e| self.err(e))?;
         ok(pb::TagContactAddResponse {})
@@ -635,7 +679,7 @@ impl Puppet for PuppetService {
         req: Request<pb::TagContactRemoveRequest>,
     ) -> RpcResult<pb::TagContactRemoveResponse> {
         let r = req.into_inner();
-        let tag = TagId(required("id", r.id)?);
+        let tag = TagId(validate::id("id", r.id)?);
         let contact = contact_id("contact_id", r.contact_id)?;
         self.backend.tag_contact_remove(&tag, &contact).await.map_err(|e| self.err(e))?;
         ok(pb::TagContactRemoveResponse {})
@@ -645,7 +689,7 @@ impl Puppet for PuppetService {
         &self,
         req: Request<pb::TagContactDeleteRequest>,
     ) -> RpcResult<pb::TagContactDeleteResponse> {
-        let tag = TagId(required("id", req.into_inner().id)?);
+        let tag = TagId(validate::id("id", req.into_inner().id)?);
         self.backend.tag_delete(&tag).await.map_err(|e| self.err(e))?;
         ok(pb::TagContactDeleteResponse {})
     }
@@ -653,7 +697,8 @@ impl Puppet for PuppetService {
     #[allow(deprecated)]
     async fn tag_contact_list(&self, req: Request<pb::TagContactListRequest>) -> RpcResult<pb::TagContactListResponse> {
         let r = req.into_inner();
-        let contact = non_empty(Some(r.contact_id)).or(non_empty(r.contact_id_string_value_deprecated)).map(ContactId);
+        let contact = optional("contact_id", non_empty(Some(r.contact_id)).or(r.contact_id_string_value_deprecated))?
+            .map(ContactId);
         let tags = self.backend.tag_list(contact.as_ref()).await.map_err(|e| self.err(e))?;
         ok(pb::TagContactListResponse { ids: tags.into_iter().map(|t| t.0).collect() })
     }
@@ -673,7 +718,7 @@ impl Puppet for PuppetService {
     // ---- blobs --------------------------------------------------------------------------------
 
     async fn download(&self, req: Request<pb::DownloadRequest>) -> RpcResult<Self::DownloadStream> {
-        let id = required("id", req.into_inner().id)?;
+        let id = validate::id("id", req.into_inner().id)?;
         let fb = FileBox::new("", FileBoxSource::Uuid(id));
         let chunks = files::stream_bytes(&self.blobs, &fb, None, |chunk| pb::DownloadResponse { chunk });
         ok(Box::pin(chunks.await?))
@@ -705,7 +750,8 @@ fn image_type(n: i32) -> Result<ImageType, Status> {
 /// `contact_id` (published clients) merged with `contact_ids` (upstream HEAD), de-duplicated.
 fn contact_set(one: String, many: Vec<String>) -> Result<Vec<ContactId>, Status> {
     let mut out: Vec<ContactId> = Vec::new();
-    for id in std::iter::once(one).chain(many).filter(|c| !c.is_empty()) {
+    let many = validate::ids("contact_ids", many)?;
+    for id in std::iter::once(validate::optional_id("contact_id", one)?).chain(many).filter(|c| !c.is_empty()) {
         if !out.iter().any(|c| c.0 == id) {
             out.push(ContactId(id));
         }

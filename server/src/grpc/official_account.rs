@@ -19,12 +19,12 @@ type RpcResult<T> = Result<Response<T>, Status>;
 #[derive(Clone)]
 pub struct OfficialAccountService {
     oa: OfficialAccount,
-    stopping: tokio::sync::watch::Receiver<bool>,
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl OfficialAccountService {
-    /// Serves `oa`'s extras; `Events` streams end with OK once `stopping` turns true.
-    pub fn new(oa: OfficialAccount, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+    /// Serves `oa`'s extras; `Events` streams end with OK once `stopping` is cancelled.
+    pub fn new(oa: OfficialAccount, stopping: tokio_util::sync::CancellationToken) -> Self {
         Self { oa, stopping }
     }
 }
@@ -158,7 +158,7 @@ impl ext::official_account_server::OfficialAccount for OfficialAccountService {
     async fn events(&self, req: Request<ext::EventsRequest>) -> RpcResult<Self::EventsStream> {
         let types = req.into_inner().types;
         let mut rx = self.oa.subscribe_pushes();
-        let mut stopping = self.stopping.clone();
+        let stopping = self.stopping.clone();
         // A bounded hand-off: the stream holds at most one push beyond the broadcast's own buffer.
         let (tx, out) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
@@ -166,7 +166,7 @@ impl ext::official_account_server::OfficialAccount for OfficialAccountService {
                 let received = tokio::select! {
                     r = rx.recv() => r,
                     _ = tx.closed() => break,
-                    _ = stopping.wait_for(|s| *s) => break,
+                    _ = stopping.cancelled() => break,
                 };
                 let item = match received {
                     Ok(p) => {

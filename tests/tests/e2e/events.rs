@@ -33,6 +33,18 @@ async fn two_subscribers_see_identical_ordered_streams() {
     assert_eq!(got_b, got_a);
 }
 
+/// Floods `total` events in chunks of `chunk`, each only after `reader` has read the previous one:
+/// the reader never falls more than a chunk behind, however slow the machine.
+async fn paced_flood(w: &mut puppet_tests::World, reader: &mut Events, total: usize, chunk: usize) -> Vec<String> {
+    let mut got = Vec::with_capacity(total);
+    while got.len() < total {
+        let n = chunk.min(total - got.len());
+        w.flood(ext::FloodRequest { count: n as u64, per_second: 0 }).await.unwrap();
+        got.extend(flood_data(reader, n).await);
+    }
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_is_cut_off_while_a_fast_one_keeps_receiving_and_memory_stays_flat() {
     let server = Server::start(&["--event-retention", "8192", "--subscriber-max-lag", "4096"]);
@@ -42,13 +54,12 @@ async fn a_slow_subscriber_is_cut_off_while_a_fast_one_keeps_receiving_and_memor
     let mut fast = Events::open(&mut server.puppet().await).await;
     let mut w = world(&server).await;
 
-    let fast_reader = tokio::spawn(async move {
-        let got = flood_data(&mut fast, 50_000).await;
-        (fast, got)
-    });
-    w.flood(ext::FloodRequest { count: 50_000, per_second: 50_000 }).await.unwrap();
-    let (mut fast, got) = fast_reader.await.unwrap();
-    assert_eq!(got, expected(0..50_000), "the fast subscriber missed nothing");
+    // Each flood chunk (1,000) is far under the lag limit (4,096), and the fast reader reads it
+    // before the next: it can never be the one cut off, while the slow one falls 20,000 behind.
+    let got = paced_flood(&mut w, &mut fast, 20_000, 1_000).await;
+    let numbers: Vec<usize> = got.iter().map(|d| d.trim_start_matches("flood-").parse().unwrap()).collect();
+    assert_eq!(numbers.len(), 20_000, "the fast subscriber missed nothing");
+    assert!(numbers.windows(2).all(|p| p[1] == p[0] + 1 || p[1] == 0), "in order, chunk after chunk");
 
     // The slow one never read; now it does, and learns it was cut off.
     let status = tokio::time::timeout(EVENT_TIMEOUT, async {
@@ -68,9 +79,8 @@ async fn a_slow_subscriber_is_cut_off_while_a_fast_one_keeps_receiving_and_memor
     // Memory does not grow with the number of events while a subscriber is stuck.
     let _stuck = Events::open(&mut server.puppet_with_window(16 * 1024).await).await;
     let before = rss_kib(server.pid());
-    let reader = tokio::spawn(async move { flood_data(&mut fast, 200_000).await.len() });
-    w.flood(ext::FloodRequest { count: 200_000, per_second: 50_000 }).await.unwrap();
-    assert_eq!(reader.await.unwrap(), 200_000);
+    let read = paced_flood(&mut w, &mut fast, 200_000, 2_000).await;
+    assert_eq!(read.len(), 200_000);
     let after = rss_kib(server.pid());
     let grown = after.saturating_sub(before);
     eprintln!("server RSS {before} KiB before, {after} KiB after 200k more events");

@@ -1,7 +1,7 @@
 //! Operations: the side port (liveness, readiness, Prometheus metrics).
 
 use puppet_proto::pb::wechaty::puppet as pb;
-use puppet_tests::{Events, Server, http_get, kind};
+use puppet_tests::{Events, Server, TOKEN, http_get, http_request, kind};
 
 /// The value of one sample line, e.g. `puppet_rpc_requests_total{method="…",code="Ok"}`.
 fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
@@ -245,13 +245,21 @@ async fn the_qrcode_page_shows_the_qr_while_scanning_and_the_account_after_login
     let scanning = Server::start(&["--http-listen", "127.0.0.1:0", "--login-step-ms", "600000"]);
     let mut events = Events::open(&mut scanning.puppet().await).await;
     let scan = events.wait_for(kind::SCAN).await;
-    let dom = rendered(&format!("http://{}/qrcode", scanning.http_addr.unwrap())).await;
+    let http = scanning.http_addr.unwrap();
+    // The QR is the account: without the token the page refuses, and says how to open it.
+    let (status, body) = http_request(http, "GET", "/qrcode", "").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("/qrcode?token=") && !body.contains("https://login"), "{body}");
+    let (status, _) = http_request(http, "GET", "/qrcode?token=wrong", "").await;
+    assert_eq!(status, 401);
+    let dom = rendered(&format!("http://{http}/qrcode?token={TOKEN}")).await;
     assert!(dom.contains(r#"<h1 id="state">Scan to log in</h1>"#), "{dom}");
     assert!(dom.contains("<svg"), "a QR image: {dom}");
     assert!(dom.contains(scan["qrcode"].as_str().unwrap()), "the QR text under it");
     assert!(dom.contains(r#"http-equiv="refresh""#), "the page reloads itself");
 
-    let online = Server::start(&["--http-listen", "127.0.0.1:0"]);
+    // --qrcode-public serves it to anyone who reaches the side port.
+    let online = Server::start(&["--http-listen", "127.0.0.1:0", "--qrcode-public", "true"]);
     Events::open(&mut online.puppet().await).await.wait_for(kind::READY).await;
     let dom = rendered(&format!("http://{}/qrcode", online.http_addr.unwrap())).await;
     assert!(dom.contains(r#"<h1 id="state">Logged in as Puppet Bot</h1>"#), "{dom}");

@@ -134,7 +134,7 @@ impl MockBackend {
             None => {
                 let stranger = Contact {
                     id: contact.clone(),
-                    name: if name.is_empty() { contact.to_string() } else { name },
+                    name: if name.is_empty() { contact.as_str().to_owned() } else { name },
                     kind: ContactType::Individual,
                     ..Default::default()
                 };
@@ -181,7 +181,7 @@ impl MockBackend {
             member_count: r.member_ids.len() as u32,
             member_ids: r.member_ids.clone(),
             avatar: r.avatar.clone(),
-            invitation: room.to_string(),
+            invitation: room.as_str().to_owned(),
             receiver_id: w.me.clone(),
             timestamp_ms: now_ms(),
         };

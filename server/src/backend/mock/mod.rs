@@ -2,8 +2,8 @@
 //! (login flow, messages with ids and payloads, rooms that change and say so, DIRTY after every data
 //! change) so that clients, tests and benchmarks exercise real behaviour, not canned answers.
 //!
-//! Bounds: the message store keeps the newest [`MESSAGE_CAPACITY`] messages; older ones answer
-//! `NOT_FOUND`. Everything else grows only with what the world or the bot creates.
+//! Bounds: the message store keeps the newest [`MESSAGE_CAPACITY`] messages and at most
+//! [`MESSAGE_BYTES`] of them; older ones answer `NOT_FOUND`. Everything else grows only with what the world or the bot creates.
 
 pub mod control;
 pub mod state;
@@ -27,14 +27,16 @@ use puppet_proto::model::{
 
 use super::{Backend, BackendError, BackendResult, Outgoing, Referrer};
 use crate::blobs::BlobStore;
-use crate::config::Config;
 use crate::events::EventSink;
-use crate::grpc::files::BASE64;
+use crate::tasks::Tasks;
 use base64::Engine;
+use puppet_proto::filebox::BASE64;
 use world::{RoomSpec, WorldSpec};
 
 /// How many messages the mock remembers.
 pub const MESSAGE_CAPACITY: usize = 100_000;
+/// How many bytes of messages (texts, names, inline files) the mock remembers.
+pub const MESSAGE_BYTES: usize = 64 << 20;
 /// How long after sending a message the bot may still recall it (WeChat's rule).
 const RECALL_WINDOW_MS: u64 = 2 * 60 * 1000;
 
@@ -49,22 +51,6 @@ pub struct MockOptions {
     pub print_qr: bool,
     /// Where the world's state is kept across restarts (none: nothing is kept).
     pub state_file: Option<std::path::PathBuf>,
-}
-
-impl MockOptions {
-    /// From the server flags.
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let world = match &config.world {
-            Some(path) => WorldSpec::load(path)?,
-            None => WorldSpec::builtin(),
-        };
-        Ok(Self {
-            world,
-            login_step: Duration::from_millis(config.login_step_ms),
-            print_qr: true,
-            state_file: Some(config.data_dir().join("mock-world.json")),
-        })
-    }
 }
 
 /// What a stored message carries besides its payload.
@@ -82,6 +68,29 @@ enum Attachment {
 struct StoredMessage {
     message: Message,
     attachment: Attachment,
+}
+
+impl StoredMessage {
+    /// Roughly what keeping it costs, in bytes: its texts and an inline file's data.
+    fn cost(&self) -> usize {
+        let m = &self.message;
+        let texts = m.text.len() + m.filename.len() + m.id.as_str().len() + 64 * (1 + m.mention_ids.len());
+        let attachment = match &self.attachment {
+            Attachment::File(fb) => {
+                let data = match &fb.source {
+                    FileBoxSource::Base64(b) => b.len(),
+                    FileBoxSource::Url { url, .. } => url.len(),
+                    FileBoxSource::Uuid(id) | FileBoxSource::QrCode(id) => id.len(),
+                };
+                data + fb.name.len()
+            }
+            Attachment::Url(u) => u.url.len() + u.title.len() + u.description.len() + u.thumbnail_url.len(),
+            Attachment::MiniProgram(p) => p.title.len() + p.description.len() + p.page_path.len() + p.thumb_url.len(),
+            Attachment::Location(l) => l.name.len() + l.address.len(),
+            Attachment::Contact(_) | Attachment::None => 0,
+        };
+        std::mem::size_of::<Self>() + texts + attachment
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +114,8 @@ struct World {
     tags: BTreeMap<TagId, BTreeSet<ContactId>>,
     messages: HashMap<MessageId, StoredMessage>,
     message_order: VecDeque<MessageId>,
+    /// What the remembered messages cost ([`StoredMessage::cost`]).
+    message_bytes: usize,
     friendships: HashMap<FriendshipId, Friendship>,
     invitations: HashMap<RoomInvitationId, RoomInvitation>,
     read: HashMap<ConversationId, bool>,
@@ -121,6 +132,7 @@ struct Inner {
     sink: EventSink,
     blobs: BlobStore,
     options: MockOptions,
+    tasks: Tasks,
 }
 
 /// The mock backend. Cheap to clone.
@@ -159,6 +171,7 @@ impl World {
             tags,
             messages: HashMap::new(),
             message_order: VecDeque::new(),
+            message_bytes: 0,
             friendships: HashMap::new(),
             invitations: HashMap::new(),
             read: HashMap::new(),
@@ -265,19 +278,25 @@ impl World {
     }
 
     fn store(&mut self, message: Message, attachment: Attachment) {
-        if self.message_order.len() == MESSAGE_CAPACITY
-            && let Some(old) = self.message_order.pop_front()
+        let stored = StoredMessage { message, attachment };
+        self.message_bytes += stored.cost();
+        self.message_order.push_back(stored.message.id.clone());
+        self.messages.insert(stored.message.id.clone(), stored);
+        while self.message_order.len() > 1
+            && (self.message_order.len() > MESSAGE_CAPACITY || self.message_bytes > MESSAGE_BYTES)
         {
-            self.messages.remove(&old);
+            let Some(old) = self.message_order.pop_front() else { break };
+            if let Some(gone) = self.messages.remove(&old) {
+                self.message_bytes -= gone.cost();
+            }
         }
-        self.message_order.push_back(message.id.clone());
-        self.messages.insert(message.id.clone(), StoredMessage { message, attachment });
     }
 }
 
 impl MockBackend {
     /// A mock account in the given world, publishing into `sink`.
-    pub fn new(options: MockOptions, sink: EventSink, blobs: BlobStore) -> anyhow::Result<Self> {
+    /// Its loops (the state writer, login flows) belong to `tasks`.
+    pub fn new(options: MockOptions, sink: EventSink, blobs: BlobStore, tasks: Tasks) -> anyhow::Result<Self> {
         options.world.validate().map_err(|e| anyhow::anyhow!("mock world: {e}"))?;
         let restored = match &options.state_file {
             Some(path) => state::load(path).unwrap_or_else(|why| {
@@ -293,9 +312,10 @@ impl MockBackend {
             }
             None => World::new(options.world.clone()),
         };
-        let backend = Self { inner: Arc::new(Inner { world: Mutex::new(world), sink, blobs, options }) };
+        let backend = Self { inner: Arc::new(Inner { world: Mutex::new(world), sink, blobs, options, tasks }) };
         if let Some(path) = backend.inner.options.state_file.clone() {
-            tokio::spawn(backend.clone().keep_state(path));
+            let this = backend.clone();
+            backend.inner.tasks.spawn("mock-state-writer", |stop| this.keep_state(path, stop));
         }
         Ok(backend)
     }
@@ -306,28 +326,37 @@ impl MockBackend {
         self.inner.world.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes the state file whenever the world changed, checking once a second.
-    async fn keep_state(self, path: std::path::PathBuf) {
+    /// Writes the state file whenever the world changed, checking once a second, until `stop`.
+    /// It stops between two writes, never during one: the final save at shutdown comes after it and
+    /// is the last writer of the file.
+    async fn keep_state(self, path: std::path::PathBuf, stop: tokio_util::sync::CancellationToken) {
         let mut written = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
-            tick.tick().await;
-            // Only the backend and this task hold the world; when the server is gone, stop.
-            if Arc::strong_count(&self.inner) == 1 {
-                return;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
             }
-            self.save_if_changed(&path, &mut written);
+            self.save_if_changed(&path, &mut written).await;
         }
     }
 
-    fn save_if_changed(&self, path: &std::path::Path, written: &mut Vec<u8>) {
-        let snapshot = self.world().snapshot();
-        let Ok(bytes) = serde_json::to_vec_pretty(&snapshot) else { return };
-        if bytes != *written {
-            match state::write(path, &bytes) {
-                Ok(()) => *written = bytes,
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not save the mock world"),
-            }
+    /// The world serialized now.
+    fn snapshot_bytes(&self) -> BackendResult<Vec<u8>> {
+        serde_json::to_vec_pretty(&self.world().snapshot())
+            .map_err(|e| BackendError::Internal(format!("serializing the mock world: {e}")))
+    }
+
+    async fn save_if_changed(&self, path: &std::path::Path, written: &mut Vec<u8>) {
+        let Ok(bytes) = self.snapshot_bytes() else { return };
+        if bytes == *written {
+            return;
+        }
+        let (target, data) = (path.to_owned(), bytes.clone());
+        match tokio::task::spawn_blocking(move || state::write(&target, &data)).await {
+            Ok(Ok(())) => *written = bytes,
+            Ok(Err(e)) => tracing::warn!(path = %path.display(), error = %e, "could not save the mock world"),
+            Err(e) => tracing::warn!(error = %e, "the mock world writer failed"),
         }
     }
 
@@ -447,7 +476,7 @@ fn avatar(name: &str, id: &str) -> FileBox {
          fill=\"hsl({hue},60%,55%)\"/><text x=\"32\" y=\"42\" font-size=\"32\" text-anchor=\"middle\" \
          fill=\"white\">{initial}</text></svg>"
     );
-    let mut fb = FileBox::new(format!("{id}.svg"), FileBoxSource::Base64(BASE64.encode(svg.as_bytes())));
+    let mut fb = FileBox::new(format!("{}.svg", id), FileBoxSource::Base64(BASE64.encode(svg.as_bytes())));
     fb.size = Some(svg.len() as u64);
     fb
 }
@@ -475,7 +504,9 @@ impl Backend for MockBackend {
             w.login_generation += 1;
             w.login_generation
         };
-        tokio::spawn(self.clone().login_flow(generation));
+        let this = self.clone();
+        // A login flow stops at its next step once superseded; at shutdown it is simply dropped.
+        self.inner.tasks.spawn_cancellable("mock-login", this.login_flow(generation));
         Ok(())
     }
 
@@ -485,10 +516,13 @@ impl Backend for MockBackend {
     }
 
     async fn shutdown(&self) -> BackendResult<()> {
-        if let Some(path) = &self.inner.options.state_file {
-            let bytes = serde_json::to_vec_pretty(&self.world().snapshot())
-                .map_err(|e| BackendError::Internal(format!("serializing the mock world: {e}")))?;
-            state::write(path, &bytes).map_err(|e| BackendError::Internal(format!("{}: {e}", path.display())))?;
+        if let Some(path) = self.inner.options.state_file.clone() {
+            let bytes = self.snapshot_bytes()?;
+            let shown = path.display().to_string();
+            tokio::task::spawn_blocking(move || state::write(&path, &bytes))
+                .await
+                .map_err(|e| BackendError::Internal(format!("saving the mock world: {e}")))?
+                .map_err(|e| BackendError::Internal(format!("{shown}: {e}")))?;
         }
         Ok(())
     }
@@ -567,7 +601,7 @@ impl Backend for MockBackend {
         Ok(if c.avatar.is_empty() {
             avatar(&c.name, c.id.as_str())
         } else {
-            FileBox::new(format!("{id}.jpg"), FileBoxSource::Url { url: c.avatar.clone(), headers: None })
+            FileBox::new(format!("{}.jpg", id.as_str()), FileBoxSource::Url { url: c.avatar.clone(), headers: None })
         })
     }
 
@@ -878,7 +912,7 @@ impl Backend for MockBackend {
         Ok(if r.avatar.is_empty() {
             avatar(&r.topic, r.id.as_str())
         } else {
-            FileBox::new(format!("{room}.jpg"), FileBoxSource::Url { url: r.avatar.clone(), headers: None })
+            FileBox::new(format!("{}.jpg", room.as_str()), FileBoxSource::Url { url: r.avatar.clone(), headers: None })
         })
     }
 

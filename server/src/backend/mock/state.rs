@@ -83,14 +83,20 @@ fn aside_path(path: &Path) -> PathBuf {
     path.with_extension(format!("corrupt-{stamp}.json"))
 }
 
-/// Writes `bytes` to `path` atomically.
+/// Writes `bytes` to `path` atomically: to a temporary file of its own (no two writers ever share
+/// one), then renamed over the target. Blocking: call it from `spawn_blocking`.
 pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    let tmp = path.with_extension(format!("tmp-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]
