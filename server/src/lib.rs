@@ -9,6 +9,7 @@ pub mod backend;
 pub mod blobs;
 pub mod config;
 pub mod events;
+pub mod fetch;
 pub mod grpc;
 pub mod health;
 pub mod http;
