@@ -381,7 +381,8 @@ pub fn build(
                     settings.webhook_path
                 );
             }
-            let oa = official_account::OfficialAccount::new(settings, sink, blobs, metrics.oa.clone())?;
+            let outbound = config.fetch.build()?;
+            let oa = official_account::OfficialAccount::new(settings, outbound, sink, blobs, metrics.oa.clone())?;
             Ok(Built { backend: std::sync::Arc::new(oa.clone()), mock: None, official_account: Some(oa) })
         }
     }
