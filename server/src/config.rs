@@ -227,6 +227,10 @@ pub struct Config {
     /// `--backend official-account` settings.
     #[command(flatten)]
     pub oa: crate::backend::official_account::settings::OaFlags,
+
+    /// Fetches of URLs from clients and pushes.
+    #[command(flatten)]
+    pub fetch: crate::fetch::FetchFlags,
 }
 
 /// The default gRPC port (the official puppet service examples use 8788).

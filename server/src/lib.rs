@@ -10,6 +10,7 @@ pub mod backend;
 pub mod blobs;
 pub mod config;
 pub mod events;
+pub mod fetch;
 pub mod grpc;
 pub mod health;
 pub mod http;
@@ -86,7 +87,9 @@ pub fn build_backend(
                     settings.webhook_path
                 );
             }
-            let oa = backend::official_account::OfficialAccount::new(settings, sink, blobs, metrics.oa.clone())?;
+            let outbound = config.fetch.build()?;
+            let oa =
+                backend::official_account::OfficialAccount::new(settings, outbound, sink, blobs, metrics.oa.clone())?;
             Ok(Built { backend: Arc::new(oa.clone()), mock: None, official_account: Some(oa) })
         }
     }

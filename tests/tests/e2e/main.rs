@@ -10,6 +10,7 @@ mod mock;
 mod mqtt;
 mod official_account;
 mod ops;
+mod outbound;
 mod polyglot;
 mod puppetctl;
 mod python_auth;

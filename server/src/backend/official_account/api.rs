@@ -5,12 +5,17 @@
 //! it is refreshed ahead of expiry by [`Api::refresh_loop`], and a call answered with 40001, 40014
 //! or 42001 drops the token it used, fetches a new one and is retried once. The token and the
 //! AppSecret never appear in logs or errors (reqwest errors are stripped of their URL).
+//!
+//! URLs that come from outside (a `PicUrl`, a `video_url`, a client's URL FileBox) are not fetched
+//! with the API's client but with the [`OutboundFetcher`] handed in, which refuses non-public
+//! addresses; the API base itself is the operator's and is not fenced.
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::backend::BackendError;
+use crate::fetch::{FetchError, OutboundFetcher};
 
 /// Largest media body accepted from WeChat (its own limits stop at 10 MB; video URLs may be larger).
 const MAX_DOWNLOAD: usize = 64 << 20;
@@ -35,6 +40,9 @@ pub enum ApiError {
     /// The API answered something that is not what the protocol says.
     #[error("the WeChat API answered unexpectedly: {0}")]
     Protocol(String),
+    /// A URL from outside (a `video_url`, …) could not be fetched.
+    #[error("{0}")]
+    Fetch(FetchError),
 }
 
 fn hint(errcode: i64) -> &'static str {
@@ -59,6 +67,7 @@ impl ApiError {
         let (errcode, errmsg) = match self {
             ApiError::Transport(m) => return BackendError::Unavailable(format!("{what}: {m}")),
             ApiError::Protocol(m) => return BackendError::Internal(format!("{what}: {m}")),
+            ApiError::Fetch(e) => return e.into(),
             ApiError::WeChat { errcode, errmsg } => (errcode, errmsg),
         };
         let text = format!("WeChat refused {what}: errcode {errcode}: {errmsg}{}", hint(errcode));
@@ -138,15 +147,17 @@ pub struct Api {
     secret: String,
     token: tokio::sync::Mutex<Option<AccessToken>>,
     fetches: prometheus_client::metrics::counter::Counter,
+    outbound: OutboundFetcher,
 }
 
 impl Api {
-    /// A client for `base` (no trailing `/`).
+    /// A client for `base` (no trailing `/`); URLs from outside go through `outbound`.
     pub fn new(
         base: &str,
         app_id: &str,
         secret: &str,
         fetches: prometheus_client::metrics::counter::Counter,
+        outbound: OutboundFetcher,
     ) -> anyhow::Result<Self> {
         // reqwest is built without a rustls provider of its own; ring is the process's one.
         _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
@@ -162,6 +173,7 @@ impl Api {
             secret: secret.to_owned(),
             token: tokio::sync::Mutex::new(None),
             fetches,
+            outbound,
         })
     }
 
@@ -336,27 +348,31 @@ impl Api {
         match self.exchange(|t| self.http.get(&url).query(&[("access_token", t), ("media_id", media_id)])).await? {
             Body::Bytes(m) => Ok(m),
             Body::Json(v) => match v.get("video_url").and_then(Value::as_str) {
-                Some(video) => self.fetch_public(video).await,
+                Some(video) => self.fetch_public(video).await.map_err(ApiError::Fetch),
                 None => Err(ApiError::Protocol("media/get answered JSON without a `video_url`".into())),
             },
         }
     }
 
-    /// Fetches a URL that needs no token (a `PicUrl`, a `video_url`, a file a client named by URL).
-    pub async fn fetch_public(&self, url: &str) -> Result<Media, ApiError> {
-        let response = self.http.get(url).send().await.map_err(transport)?;
-        if !response.status().is_success() {
-            return Err(ApiError::Transport(format!("HTTP {} from {url}", response.status())));
-        }
-        read_media(response).await
+    /// Fetches a URL from outside that needs no token (a `PicUrl`, a `video_url`, a file a client
+    /// named by URL), through the outbound fence.
+    pub async fn fetch_public(&self, url: &str) -> Result<Media, FetchError> {
+        let fetched = self.outbound.get(url).await?;
+        let (content_type, filename) = media_headers(&fetched.headers);
+        Ok(Media { bytes: fetched.bytes, filename, content_type })
     }
+}
+
+/// The content type and `Content-Disposition` file name of a response.
+fn media_headers(headers: &reqwest::header::HeaderMap) -> (Option<String>, Option<String>) {
+    let header = |name| headers.get(name).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok());
+    let content_type = header(reqwest::header::CONTENT_TYPE).map(str::to_owned);
+    (content_type, header(reqwest::header::CONTENT_DISPOSITION).and_then(disposition_filename))
 }
 
 /// A response's body (capped), content type and `Content-Disposition` file name.
 async fn read_media(response: reqwest::Response) -> Result<Media, ApiError> {
-    let header = |name| response.headers().get(name).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok());
-    let content_type = header(reqwest::header::CONTENT_TYPE).map(str::to_owned);
-    let filename = header(reqwest::header::CONTENT_DISPOSITION).and_then(disposition_filename);
+    let (content_type, filename) = media_headers(response.headers());
     Ok(Media { bytes: read_capped(response).await?, filename, content_type })
 }
 
@@ -424,7 +440,9 @@ mod tests {
     #[tokio::test]
     async fn transport_errors_never_carry_the_secret() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let api = Api::new(&format!("http://127.0.0.1:{port}"), "wxapp", "TOPSECRET", Default::default()).unwrap();
+        let outbound = OutboundFetcher::new(Default::default()).unwrap();
+        let api =
+            Api::new(&format!("http://127.0.0.1:{port}"), "wxapp", "TOPSECRET", Default::default(), outbound).unwrap();
         let e = api.access_token().await.unwrap_err();
         assert!(matches!(e, ApiError::Transport(_)), "{e:?}");
         assert!(!format!("{e} {e:?}").contains("TOPSECRET"), "{e:?}");

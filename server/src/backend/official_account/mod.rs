@@ -50,6 +50,7 @@ use self::xml::{Inbound, InboundKind, Reply};
 use super::{Backend, BackendError, BackendResult, Outgoing, Referrer};
 use crate::blobs::{BlobError, BlobStore};
 use crate::events::EventSink;
+use crate::fetch::OutboundFetcher;
 use crate::grpc::files::BASE64;
 use crate::metrics::{OaMetrics, PushOutcome, ReplyPath};
 
@@ -289,9 +290,22 @@ fn media_kind(name: &str, bytes: &[u8]) -> BackendResult<(&'static str, usize, M
 }
 
 impl OfficialAccount {
-    /// Builds the backend; nothing is fetched until `start`.
-    pub fn new(settings: OaSettings, sink: EventSink, blobs: BlobStore, metrics: OaMetrics) -> anyhow::Result<Self> {
-        let api = Api::new(&settings.api_base, &settings.app_id, &settings.app_secret, metrics.token_fetches.clone())?;
+    /// Builds the backend; nothing is fetched until `start`. URLs from clients and pushes are fetched
+    /// through `outbound`.
+    pub fn new(
+        settings: OaSettings,
+        outbound: OutboundFetcher,
+        sink: EventSink,
+        blobs: BlobStore,
+        metrics: OaMetrics,
+    ) -> anyhow::Result<Self> {
+        let api = Api::new(
+            &settings.api_base,
+            &settings.app_id,
+            &settings.app_secret,
+            metrics.token_fetches.clone(),
+            outbound,
+        )?;
         let me = ContactId(settings.original_id.clone().unwrap_or_else(|| settings.app_id.clone()));
         let state = State {
             logged_in: false,
@@ -562,13 +576,7 @@ impl OfficialAccount {
                 .decode(b.trim())
                 .map_err(|_| BackendError::InvalidArgument(format!("FileBox `{}`: `base64` is not base64", fb.name))),
             FileBoxSource::Uuid(id) => self.inner.blobs.read_all(id).await.map_err(blob_error),
-            FileBoxSource::Url { url, .. } => Ok(self
-                .inner
-                .api
-                .fetch_public(url)
-                .await
-                .map_err(|e| e.into_backend(&format!("fetching {url}")))?
-                .bytes),
+            FileBoxSource::Url { url, .. } => Ok(self.inner.api.fetch_public(url).await?.bytes),
             FileBoxSource::QrCode(_) => Err(BackendError::InvalidArgument(
                 "a QR-code FileBox has no bytes to send: render it to an image first".into(),
             )),
@@ -697,7 +705,7 @@ impl OfficialAccount {
         };
         let media = match (media_id, pic_url) {
             (Some(m), _) => self.inner.api.download_media(&m).await.map_err(|e| e.into_backend("media/get"))?,
-            (None, Some(url)) => self.inner.api.fetch_public(&url).await.map_err(|e| e.into_backend("PicUrl"))?,
+            (None, Some(url)) => self.inner.api.fetch_public(&url).await?,
             (None, None) => return Err(BackendError::FailedPrecondition(format!("message `{id}` has no MediaId"))),
         };
         let meta = self.inner.blobs.put(&media.bytes).await.map_err(blob_error)?;
