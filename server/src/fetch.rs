@@ -21,10 +21,11 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use reqwest::Url;
 use reqwest::header::HeaderMap;
 
+use puppet_proto::ids::Shown;
+
 use crate::backend::BackendError;
 
 /// How many characters of a URL (or host) an error message quotes.
-const QUOTE_CHARS: usize = 64;
 /// How much of a transport error's text an error message keeps.
 const REASON_CHARS: usize = 200;
 
@@ -299,21 +300,9 @@ enum UrlProblem {
     Refused(Refusal),
 }
 
-/// At most 64 characters of `text`, control and bidi-override characters escaped, `…` when cut.
-pub fn quote(text: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == QUOTE_CHARS {
-            out.push('…');
-            break;
-        }
-        if c.is_control() || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}') {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+/// `text` as a message may show client input ([`Shown`]: escaped, at most 64 characters).
+fn quote(text: &str) -> String {
+    Shown(text).to_string()
 }
 
 /// A parsed URL quoted for a message, without its user name and password.
@@ -1055,8 +1044,8 @@ mod tests {
         let long = format!("http://example.com/{}", "a".repeat(200));
         let e = fetcher(&[], |_| {}).check(&format!("ftp://u:pw@example.com/{long}")).unwrap_err();
         let FetchError::Invalid { url, .. } = &e else { panic!("{e:?}") };
-        assert_eq!(url.chars().count(), 65, "{url}");
-        assert!(url.ends_with('…') && !url.contains("pw"), "{url}");
+        assert!(url.starts_with("ftp://example.com/") && url.ends_with(" bytes)"), "{url}");
+        assert!(url.chars().take_while(|c| *c != '…').count() == 64 && !url.contains("pw"), "{url}");
         assert_eq!(quote("a\nb\u{202E}c\u{1b}"), "a\\nb\\u{202e}c\\u{1b}");
         let e = fetcher(&[], |_| {}).check("not a url\r\n\u{7}").unwrap_err();
         assert!(!e.to_string().contains(['\r', '\n', '\u{7}']), "{e}");

@@ -67,7 +67,10 @@ fn check_incoming(fb: &FileBox) -> Result<(), Status> {
                 return invalid(format!("the URL is {} bytes; at most {}", url.len(), validate::MAX_URL_BYTES));
             }
             if scheme != "http" && scheme != "https" {
-                return invalid(format!("the URL `{}` is not http(s)", Shown(url)));
+                return invalid(format!(
+                    "the URL `{}` is not http(s): files are fetched only over http and https",
+                    Shown(url)
+                ));
             }
             Ok(())
         }

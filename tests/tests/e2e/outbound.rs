@@ -182,7 +182,7 @@ async fn urls_at_non_public_addresses_are_refused_and_never_fetched() {
     // Not http(s): INVALID_ARGUMENT.
     let e = send_url(&mut oa, "file:///etc/passwd").await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert!(e.message().contains("only http and https"), "{}", e.message());
+    assert!(e.message().contains("only over http and https"), "{}", e.message());
 
     // A push's PicUrl (no MediaId) and a video's video_url are fenced the same way.
     let image = push(&mut oa, "image", &format!("<PicUrl><![CDATA[{}]]></PicUrl>", origin.url("/pic.jpg")), 7001).await;
