@@ -70,17 +70,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let mqtt = config.mqtt_url.clone().map(|url| {
-        let tail: String = token.rsplit(['_', '-']).next().unwrap_or("bot").chars().take(12).collect();
-        mqtt::MqttConfig {
-            url,
-            client_id: config.mqtt_client_id.clone().unwrap_or_else(|| format!("puppet-rs-{tail}")),
-            events: config
-                .mqtt_events
-                .as_ref()
-                .map(|e| e.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()),
-            secret: config.mqtt_secret.clone().filter(|s| !s.is_empty()),
-        }
+    let mqtt_id = match (&config.mqtt_url, &config.mqtt_client_id) {
+        (Some(_), None) => mqtt::default_client_id(&config.data_dir())?,
+        (_, id) => id.clone().unwrap_or_default(),
+    };
+    let mqtt = config.mqtt_url.clone().map(|url| mqtt::MqttConfig {
+        url,
+        client_id: mqtt_id,
+        events: config
+            .mqtt_events
+            .as_ref()
+            .map(|e| e.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()),
+        secret: config.mqtt_secret.clone().filter(|s| !s.is_empty()),
     });
     if let Some(m) = &mqtt {
         mqtt::validate(m)?;
@@ -128,13 +129,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         });
     }
+    let (mqtt_stop, mut mqtt_task) = (tokio_util::sync::CancellationToken::new(), None);
     if let Some(m) = mqtt {
-        let (backend, bus) = (backend.clone(), bus.clone());
-        tokio::spawn(async move {
-            if let Err(e) = mqtt::run(m, backend, bus).await {
+        let (backend, bus, stop) = (backend.clone(), bus.clone(), mqtt_stop.clone());
+        mqtt_task = Some(tokio::spawn(async move {
+            if let Err(e) = mqtt::run(m, backend, bus, stop).await {
                 tracing::error!(error = %e, "MQTT bridge stopped");
             }
-        });
+        }));
     }
     if config.autostart {
         let backend = backend.clone();
@@ -170,6 +172,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     shutdown.await;
     tracing::info!("shutting down: ending event streams and draining calls");
     drain_bus.close();
+    mqtt_stop.cancel();
     _ = stop_tx.send(true);
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     match tokio::time::timeout(grace, serving).await {
@@ -178,6 +181,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Err(_) => {
             tracing::warn!(grace_secs = grace.as_secs(), "connections still open after the grace period; exiting")
         }
+    }
+    if let Some(task) = mqtt_task {
+        _ = task.await; // bounded: mqtt::STOP_GRACE, then a clean DISCONNECT
     }
     if let Err(e) = backend.shutdown().await {
         tracing::error!(error = %e, "saving state at shutdown failed");
