@@ -123,7 +123,8 @@ pub struct Config {
     #[arg(long, env = "PUPPET_MQTT_URL", hide_env_values = true)]
     pub mqtt_url: Option<String>,
 
-    /// MQTT: the `{clientId}` in the topics (default: `puppet-rs-` plus the end of the token).
+    /// MQTT: the `{clientId}` in the topics (default: `puppet-rs-` and 12 random hex digits, kept in the
+    /// data dir as `mqtt-client-id`).
     #[arg(long, env = "PUPPET_MQTT_CLIENT_ID")]
     pub mqtt_client_id: Option<String>,
 

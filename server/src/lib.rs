@@ -143,17 +143,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let mqtt = config.mqtt_url.clone().map(|url| {
-        let tail: String = token.rsplit(['_', '-']).next().unwrap_or("bot").chars().take(12).collect();
-        mqtt::MqttConfig {
-            url,
-            client_id: config.mqtt_client_id.clone().unwrap_or_else(|| format!("puppet-rs-{tail}")),
-            events: config
-                .mqtt_events
-                .as_ref()
-                .map(|e| e.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()),
-            secret: config.mqtt_secret.clone().filter(|s| !s.is_empty()),
-        }
+    let mqtt_id = match (&config.mqtt_url, &config.mqtt_client_id) {
+        (Some(_), None) => mqtt::default_client_id(&config.data_dir())?,
+        (_, id) => id.clone().unwrap_or_default(),
+    };
+    let mqtt = config.mqtt_url.clone().map(|url| mqtt::MqttConfig {
+        url,
+        client_id: mqtt_id,
+        events: config
+            .mqtt_events
+            .as_ref()
+            .map(|e| e.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()),
+        secret: config.mqtt_secret.clone().filter(|s| !s.is_empty()),
     });
     if let Some(m) = &mqtt {
         mqtt::validate(m)?;
@@ -201,8 +202,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     if let Some(m) = mqtt {
         let (backend, bus) = (backend.clone(), bus.clone());
-        front.spawn_cancellable("mqtt-bridge", async move {
-            if let Err(e) = mqtt::run(m, backend, bus).await {
+        // A front door: it stops with the others, answering the commands it has taken first.
+        front.spawn("mqtt-bridge", |stop| async move {
+            if let Err(e) = mqtt::run(m, backend, bus, stop).await {
                 tracing::error!(error = %e, "MQTT bridge stopped");
             }
         });

@@ -55,9 +55,11 @@ impl PuppetService {
 
     /// Removes the blob a call wrote for a file when the backend then refused the call: nobody
     /// will ever ask for it.
-    fn discard_on_error<T>(&self, outcome: &Result<T, BackendError>, created: Option<String>) {
-        if let (Err(_), Some(id)) = (outcome, created) {
-            self.blobs.remove(&id);
+    async fn discard_on_error<T>(&self, outcome: &Result<T, BackendError>, created: Option<String>) {
+        if let (Err(_), Some(id)) = (outcome, created)
+            && let Err(e) = self.blobs.remove(&id).await
+        {
+            tracing::debug!(blob = %id, error = %e, "the blob of a failed call was gone already");
         }
     }
 }
@@ -167,7 +169,7 @@ impl Puppet for PuppetService {
         let mut fb = FileBox::new(name, FileBoxSource::Uuid(meta.id.clone()));
         fb.size = Some(meta.size);
         let sent = self.backend.send(&to, Outgoing::File(fb)).await;
-        self.discard_on_error(&sent, Some(meta.id));
+        self.discard_on_error(&sent, Some(meta.id)).await;
         let id = sent.map_err(|e| self.err(e))?;
         ok(sent!(MessageSendFileStreamResponse, id))
     }
@@ -274,7 +276,7 @@ impl Puppet for PuppetService {
         if let Some(json) = r.file_box.or(r.filebox_string_value_deprecated) {
             let (fb, created) = files::incoming(&self.blobs, file_box("file_box", &json)?).await?;
             let set = self.backend.set_contact_avatar(&id, fb).await;
-            self.discard_on_error(&set, created);
+            self.discard_on_error(&set, created).await;
             set.map_err(|e| self.err(e))?;
             return ok(pb::ContactAvatarResponse::default());
         }
@@ -427,7 +429,7 @@ impl Puppet for PuppetService {
         let to = conversation(r.conversation_id)?;
         let (fb, created) = files::incoming(&self.blobs, file_box("file_box", &r.file_box)?).await?;
         let sent = self.backend.send(&to, Outgoing::File(fb)).await;
-        self.discard_on_error(&sent, created);
+        self.discard_on_error(&sent, created).await;
         let id = sent.map_err(|e| self.err(e))?;
         ok(sent!(MessageSendFileResponse, id))
     }

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::backend::{Backend, BackendError, Outgoing};
 use crate::events::EventBus;
+use crate::mqtt::envelope::{clip_quoted, quote};
 
 /// What a command needs.
 pub struct Ctx {
@@ -124,7 +125,7 @@ impl Ctx {
                     .ok_or("missing param `id`, `alias` or `name`")?;
                 match self.find_contact(key).await? {
                     Some(c) => Ok(contact_json(&c)),
-                    None => Err(format!("联系人不存在: no contact with id, alias or name `{key}`")),
+                    None => Err(format!("联系人不存在: no contact with id, alias or name `{}`", quote(key))),
                 }
             }
             "contactSay" => {
@@ -150,7 +151,7 @@ impl Ctx {
                     .ok_or("missing param `id` or `topic`")?;
                 match self.find_room(key).await? {
                     Some(r) => Ok(room_json(&r)),
-                    None => Err(format!("群不存在: no room with id or topic `{key}`")),
+                    None => Err(format!("群不存在: no room with id or topic `{}`", quote(key))),
                 }
             }
             "roomMemberAllGet" => {
@@ -158,7 +159,7 @@ impl Ctx {
                     .iter()
                     .find_map(|k| params.get(*k).and_then(Value::as_str))
                     .ok_or("missing param `room`")?;
-                let room = self.find_room(key).await?.ok_or_else(|| format!("群不存在: `{key}`"))?;
+                let room = self.find_room(key).await?.ok_or_else(|| format!("群不存在: `{}`", quote(key)))?;
                 let mut members = Vec::new();
                 for id in self.backend.room_members(&room.id).await.map_err(err)? {
                     members.push(contact_json(&self.backend.contact(&id).await.map_err(err)?));
@@ -179,7 +180,7 @@ impl Ctx {
             }
             "roomSayAt" => {
                 let key = param_str(params, "room")?;
-                let room = self.find_room(key).await?.ok_or_else(|| format!("群不存在: `{key}`"))?;
+                let room = self.find_room(key).await?.ok_or_else(|| format!("群不存在: `{}`", quote(key)))?;
                 let text = params
                     .get("text")
                     .or_else(|| params.get("messagePayload"))
@@ -188,7 +189,7 @@ impl Ctx {
                 let mut mentions = Vec::new();
                 let mut prefix = String::new();
                 for who in param_list(params, "contacts")? {
-                    let c = self.find_contact(&who).await?.ok_or_else(|| format!("联系人不存在: `{who}`"))?;
+                    let c = self.find_contact(&who).await?.ok_or_else(|| format!("联系人不存在: `{}`", quote(&who)))?;
                     prefix.push_str(&format!("@{} ", c.name));
                     mentions.push(c.id);
                 }
@@ -207,7 +208,7 @@ impl Ctx {
                 let id = self.send(&to, &outgoing(params)?).await?;
                 Ok(json!({ "messageId": id }))
             }
-            other => Err(format!("unknown command `{other}`")),
+            other => Err(format!("unknown command `{}`", quote(other))),
         }
     }
 }
@@ -231,8 +232,9 @@ fn page(params: &Value, items: Vec<Value>) -> Result<Value, String> {
     };
     let (page, size) = (num("page", 1)?, num("size", 100)?);
     let total = items.len();
-    let start = ((page - 1) * size) as usize;
-    let items: Vec<Value> = items.into_iter().skip(start).take(size as usize).collect();
+    // Client numbers: a huge page or size must not overflow.
+    let start = usize::try_from((page - 1).saturating_mul(size)).unwrap_or(usize::MAX);
+    let items: Vec<Value> = items.into_iter().skip(start).take(usize::try_from(size).unwrap_or(usize::MAX)).collect();
     Ok(json!({ "page": page, "size": size, "total": total, "items": items }))
 }
 
@@ -274,13 +276,13 @@ fn outgoing(params: &Value) -> Result<Outgoing, String> {
             };
             Ok(Outgoing::File(FileBox::new(name, source)))
         }
-        "Url" => {
-            serde_json::from_value::<UrlLink>(object).map(Outgoing::Url).map_err(|e| format!("Url messagePayload: {e}"))
-        }
+        "Url" => serde_json::from_value::<UrlLink>(object)
+            .map(Outgoing::Url)
+            .map_err(|e| format!("Url messagePayload: {}", clip_quoted(&e.to_string()))),
         "MiniProgram" => serde_json::from_value::<MiniProgram>(object)
             .map(Outgoing::MiniProgram)
-            .map_err(|e| format!("MiniProgram messagePayload: {e}")),
-        other => Err(format!("unsupported messageType `{other}` (Text, Image, File, Url, MiniProgram)")),
+            .map_err(|e| format!("MiniProgram messagePayload: {}", clip_quoted(&e.to_string()))),
+        other => Err(format!("unsupported messageType `{}` (Text, Image, File, Url, MiniProgram)", quote(other))),
     }
 }
 
@@ -322,6 +324,9 @@ mod tests {
         let items: Vec<Value> = (0..5).map(|i| json!(i)).collect();
         assert_eq!(page(&json!({"page": 2, "size": 2}), items.clone()).unwrap()["items"], json!([2, 3]));
         assert_eq!(page(&json!({}), items.clone()).unwrap()["total"], 5);
-        assert!(page(&json!({"size": 0}), items).is_err());
+        assert!(page(&json!({"size": 0}), items.clone()).is_err());
+        let huge = page(&json!({"page": u64::MAX, "size": u64::MAX}), items.clone()).unwrap();
+        assert_eq!(huge["items"], json!([]), "client numbers cannot overflow");
+        assert_eq!(page(&json!({"page": u64::MAX}), items).unwrap()["items"], json!([]));
     }
 }

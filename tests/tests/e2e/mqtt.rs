@@ -14,6 +14,7 @@ const CID: &str = "bot1";
 /// A WeChatRemote-style controller: publishes commands, collects responses and events.
 struct Controller {
     client: AsyncClient,
+    cid: String,
     responses: mpsc::UnboundedReceiver<Value>,
     events: mpsc::UnboundedReceiver<Value>,
     pending: HashMap<String, Value>,
@@ -22,6 +23,11 @@ struct Controller {
 
 impl Controller {
     async fn connect(port: u16) -> Self {
+        Self::connect_as(port, CID).await
+    }
+
+    /// A controller for the bot with client id `cid`.
+    async fn connect_as(port: u16, cid: &str) -> Self {
         let mut opts = MqttOptions::new(format!("controller-{}", std::process::id()), "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(5));
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
@@ -30,13 +36,13 @@ impl Controller {
         eventloop.set_network_options(net);
         let (rtx, responses) = mpsc::unbounded_channel();
         let (etx, events) = mpsc::unbounded_channel();
-        let sub = client.clone();
+        let (sub, topic) = (client.clone(), format!("thing/chatbot/{cid}"));
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        _ = sub.subscribe(format!("thing/chatbot/{CID}/response/d2c/+"), QoS::AtLeastOnce).await;
-                        _ = sub.subscribe(format!("thing/chatbot/{CID}/event/post"), QoS::AtLeastOnce).await;
+                        _ = sub.subscribe(format!("{topic}/response/d2c/+"), QoS::AtLeastOnce).await;
+                        _ = sub.subscribe(format!("{topic}/event/post"), QoS::AtLeastOnce).await;
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
@@ -50,12 +56,12 @@ impl Controller {
                 }
             }
         });
-        Self { client, responses, events, pending: HashMap::new(), next: 0 }
+        Self { client, cid: cid.to_owned(), responses, events, pending: HashMap::new(), next: 0 }
     }
 
     async fn publish_raw(&self, payload: Vec<u8>) {
         self.client
-            .publish(format!("thing/chatbot/{CID}/command/invoke"), QoS::AtLeastOnce, false, payload)
+            .publish(format!("thing/chatbot/{}/command/invoke", self.cid), QoS::AtLeastOnce, false, payload)
             .await
             .unwrap();
     }
@@ -274,4 +280,50 @@ async fn a_python_paho_controller_drives_the_bot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_paho_controller_drives_the_bot_with_sealed_payloads() {
     paho(Some("s3cret")).await;
+}
+
+/// The banner's `mqtt` line (the server prints it after the address line).
+fn mqtt_banner_line(server: &Server) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = server.stdout.recv_timeout(left).expect("a banner line starting with `mqtt`");
+        if line.trim_start().starts_with("mqtt ") {
+            return line;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_client_id_is_random_kept_in_the_data_dir_and_tells_nothing_of_the_token() {
+    let broker = Mosquitto::start();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let dir = std::env::temp_dir().join(format!("puppet-mqtt-id-{}", std::process::id()));
+    _ = std::fs::remove_dir_all(&dir);
+    let args = ["--mqtt-url", url.as_str()];
+
+    let mut first = Server::start_in(&dir, &args);
+    let line = mqtt_banner_line(&first);
+    let token = puppet_tests::TOKEN;
+    for len in 4..=token.len() {
+        for start in 0..=token.len() - len {
+            let part = &token[start..start + len];
+            assert!(!line.contains(part), "the banner's mqtt line shows `{part}` of the token: {line}");
+        }
+    }
+    let id = line.split("thing/chatbot/").nth(1).and_then(|r| r.split('/').next()).expect("topic in the banner");
+    let hex = id.strip_prefix("puppet-rs-").unwrap_or_else(|| panic!("{id}"));
+    assert!(hex.len() == 12 && hex.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+    assert_eq!(std::fs::read_to_string(dir.join("mqtt-client-id")).unwrap().trim(), id);
+    let status = tokio::task::spawn_blocking(move || first.terminate()).await.unwrap();
+    assert!(status.success(), "a clean stop with the bridge connected: {status:?}");
+
+    // A restart on the same data dir answers on the same topics.
+    let second = Server::start_in(&dir, &args);
+    let again = mqtt_banner_line(&second);
+    assert_eq!(again.split("thing/chatbot/").nth(1).and_then(|r| r.split('/').next()), Some(id), "{again}");
+    let mut c = Controller::connect_as(broker.port, id).await;
+    assert!(ok(&c.call("wechatyLogonoff", json!({})).await)["logonoff"].is_boolean());
+    drop(second);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
