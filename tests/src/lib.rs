@@ -3,6 +3,7 @@
 
 pub mod contract;
 pub mod fake_wechat;
+pub mod raw;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -80,9 +81,47 @@ impl Server {
         Self::launch(data_dir.to_owned(), true, args, &[])
     }
 
+    /// As [`Server::start`], under a limit of `nofile` open file descriptors (`ulimit -n`), with
+    /// its log (level info) written to `<data dir>/server.log` (see [`Server::log`]).
+    pub fn start_limited(args: &[&str], nofile: u64) -> Self {
+        let data_dir = std::env::temp_dir().join(format!("puppet-e2e-{}-{}", std::process::id(), unique()));
+        Self::launch_with(data_dir, false, args, &[("PUPPET_LOG", "info")], Some(nofile), true)
+    }
+
+    /// As [`Server::start`], with its log (level info) written to `<data dir>/server.log` (see
+    /// [`Server::log`]).
+    pub fn start_logged(args: &[&str]) -> Self {
+        let data_dir = std::env::temp_dir().join(format!("puppet-e2e-{}-{}", std::process::id(), unique()));
+        Self::launch_with(data_dir, false, args, &[("PUPPET_LOG", "info")], None, true)
+    }
+
+    /// The log of a server started with [`Server::start_logged`] or [`Server::start_limited`].
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
+    }
+
     fn launch(data_dir: PathBuf, keep_data_dir: bool, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch_with(data_dir, keep_data_dir, args, env, None, false)
+    }
+
+    fn launch_with(
+        data_dir: PathBuf,
+        keep_data_dir: bool,
+        args: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+        logged: bool,
+    ) -> Self {
         std::fs::create_dir_all(&data_dir).expect("data dir");
-        let mut cmd = Command::new(server_binary());
+        let mut cmd = match nofile {
+            // The shell sets the limit, then becomes the server (same pid).
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")]).arg(server_binary());
+                c
+            }
+            None => Command::new(server_binary()),
+        };
         cmd.args(["--listen", "127.0.0.1:0", "--token", TOKEN, "--data-dir"])
             .arg(&data_dir)
             .args(args)
@@ -92,7 +131,11 @@ impl Server {
             .env("PUPPET_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if logged {
+                Stdio::from(std::fs::File::create(data_dir.join("server.log")).expect("server.log"))
+            } else {
+                Stdio::inherit()
+            });
         for (k, v) in env {
             cmd.env(k, v);
         }

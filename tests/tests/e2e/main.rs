@@ -7,6 +7,7 @@ mod contract;
 mod events;
 mod files;
 mod foundation;
+mod hostile;
 mod mock;
 mod mqtt;
 mod official_account;
