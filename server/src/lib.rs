@@ -391,6 +391,9 @@ fn print_banner(banner: &Banner<'_>) {
     out.push_str(&format!("  backend    {backend}\n"));
     if let Some(h) = http {
         out.push_str(&format!("  http       http://{h}  (/qrcode /healthz /readyz /metrics)\n"));
+        // The QR page shows the account, so it asks for the token (unless --qrcode-public).
+        let query = if config.qrcode_public { String::new() } else { format!("?token={tok}") };
+        out.push_str(&format!("  login QR   http://{h}/qrcode{query}\n"));
         if let Some((path, mode)) = webhook {
             out.push_str(&format!(
                 "  webhook    http://{h}{path}  (the Official Account's server URL, {mode}; expose it over HTTPS)\n"
