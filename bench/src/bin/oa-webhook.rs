@@ -106,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
                 let (path, body) = if plain {
                     (format!("/wechat?signature={sig}&timestamp={ts}&nonce={nonce}"), xml)
                 } else {
-                    let enc = key.encrypt(&xml, APP_ID);
+                    let enc = key.encrypt(&xml, APP_ID).expect("the OS random source");
                     let msg_sig = crypto::signature(&[OA_TOKEN, ts, &nonce, &enc]);
                     (
                         format!(

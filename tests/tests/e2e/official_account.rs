@@ -94,7 +94,7 @@ fn signed_push(xml: &str, mode: Mode, appid: &str) -> (String, String) {
     match mode {
         Mode::Plain => (format!("/wechat?signature={sig}&timestamp={ts}&nonce={nonce}&openid=o"), xml.to_owned()),
         Mode::Safe => {
-            let enc = AesKey::from_encoding_aes_key(AES_KEY).unwrap().encrypt(xml, appid);
+            let enc = AesKey::from_encoding_aes_key(AES_KEY).unwrap().encrypt(xml, appid).unwrap();
             let msg_sig = crypto::signature(&[OA_TOKEN, &ts, &nonce, &enc]);
             (
                 format!(

@@ -60,16 +60,18 @@ async fn verify(State(oa): State<Arc<OfficialAccount>>, Query(q): Query<Callback
     plain(StatusCode::OK, q.echostr.as_deref().unwrap_or_default())
 }
 
-/// The encrypted answer envelope (spec §2.2), signed over its own timestamp and nonce.
-fn envelope(oa: &OfficialAccount, key: &AesKey, reply_xml: &str) -> String {
+/// The encrypted answer envelope (spec §2.2), signed over its own timestamp and a nonce from the
+/// OS CSPRNG (a predictable nonce would let a forged answer be signed ahead).
+fn envelope(oa: &OfficialAccount, key: &AesKey, reply_xml: &str) -> Result<String, CryptoError> {
     let timestamp = super::now_secs().to_string();
-    let nonce = (uuid::Uuid::new_v4().as_u128() % 1_000_000_000).to_string();
-    let encrypted = key.encrypt(reply_xml, &oa.settings().app_id);
+    // WeChat's own nonces are decimal numbers.
+    let nonce = u32::from_be_bytes(crypto::random_bytes()?).to_string();
+    let encrypted = key.encrypt(reply_xml, &oa.settings().app_id)?;
     let signature = crypto::signature(&[&oa.settings().token, &timestamp, &nonce, &encrypted]);
-    format!(
+    Ok(format!(
         "<xml><Encrypt><![CDATA[{encrypted}]]></Encrypt><MsgSignature><![CDATA[{signature}]]></MsgSignature>\
          <TimeStamp>{timestamp}</TimeStamp><Nonce><![CDATA[{nonce}]]></Nonce></xml>"
-    )
+    ))
 }
 
 async fn push(State(oa): State<Arc<OfficialAccount>>, Query(q): Query<CallbackQuery>, body: String) -> Response {
@@ -176,7 +178,10 @@ async fn answer_push(oa: &OfficialAccount, q: CallbackQuery, body: String) -> (P
                 Some(reply) => {
                     let xml = xml::render_reply(&to, &from, super::now_secs(), &reply);
                     match &key {
-                        Some(key) => envelope(oa, key, &xml),
+                        Some(key) => envelope(oa, key, &xml).unwrap_or_else(|e| {
+                            oa.report(tonic::Code::Internal, format!("the passive reply could not be sealed: {e}"));
+                            "success".to_owned()
+                        }),
                         None => xml,
                     }
                 }
