@@ -176,8 +176,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         backend: backend.name(),
         webhook: official_account.as_ref().map(|oa| {
             let s = oa.settings();
-            let mode = if s.aes_key.is_some() { "safe or compatibility mode" } else { "plain mode" };
-            (s.webhook_path.clone(), mode)
+            (s.webhook_path.clone(), s.mode.describe())
         }),
         tls: &tls,
         mqtt: mqtt.as_ref(),

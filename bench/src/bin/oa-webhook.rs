@@ -101,12 +101,15 @@ async fn main() -> anyhow::Result<()> {
                      <Content><![CDATA[{n}]]></Content><MsgId>{}</MsgId></xml>",
                     1_000_000 + n
                 );
-                let (ts, nonce) = ("1700000000", n.to_string());
+                // Signed now: the server refuses timestamps outside its window (PUPPET_OA_MAX_SKEW_SECS),
+                // and each nonce once.
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let (ts, nonce) = (&now.as_secs().to_string(), n.to_string());
                 let sig = crypto::signature(&[OA_TOKEN, ts, &nonce]);
                 let (path, body) = if plain {
                     (format!("/wechat?signature={sig}&timestamp={ts}&nonce={nonce}"), xml)
                 } else {
-                    let enc = key.encrypt(&xml, APP_ID);
+                    let enc = key.encrypt(&xml, APP_ID).expect("the OS random source");
                     let msg_sig = crypto::signature(&[OA_TOKEN, ts, &nonce, &enc]);
                     (
                         format!(

@@ -87,15 +87,25 @@ fn nonce() -> String {
     N.fetch_add(1, Ordering::Relaxed).to_string()
 }
 
-/// The query and body WeChat would send for `xml`, encrypted for `appid` in safe mode.
+/// This machine's clock, in the unix seconds of a callback `timestamp`.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// The query and body WeChat would send for `xml` now, encrypted for `appid` in safe mode.
 fn signed_push(xml: &str, mode: Mode, appid: &str) -> (String, String) {
-    let (ts, nonce) = ("1700000000".to_owned(), nonce());
-    let sig = crypto::signature(&[OA_TOKEN, &ts, &nonce]);
+    signed_push_at(xml, mode, appid, &now_secs().to_string())
+}
+
+/// The same, signed with the given `timestamp`.
+fn signed_push_at(xml: &str, mode: Mode, appid: &str, ts: &str) -> (String, String) {
+    let nonce = nonce();
+    let sig = crypto::signature(&[OA_TOKEN, ts, &nonce]);
     match mode {
         Mode::Plain => (format!("/wechat?signature={sig}&timestamp={ts}&nonce={nonce}&openid=o"), xml.to_owned()),
         Mode::Safe => {
-            let enc = AesKey::from_encoding_aes_key(AES_KEY).unwrap().encrypt(xml, appid);
-            let msg_sig = crypto::signature(&[OA_TOKEN, &ts, &nonce, &enc]);
+            let enc = AesKey::from_encoding_aes_key(AES_KEY).unwrap().encrypt(xml, appid).unwrap();
+            let msg_sig = crypto::signature(&[OA_TOKEN, ts, &nonce, &enc]);
             (
                 format!(
                     "/wechat?signature={sig}&timestamp={ts}&nonce={nonce}&openid=o&encrypt_type=aes&msg_signature={msg_sig}"
@@ -153,23 +163,29 @@ async fn drain(oa: &mut Oa) -> Vec<(i32, Value)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_names_the_missing_or_bad_setting() {
-    let run = |args: &[&str], env: &[(&str, &str)]| {
-        let mut cmd = std::process::Command::new(puppet_tests::server_binary());
+    let run = async |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = tokio::process::Command::new(puppet_tests::server_binary());
         cmd.args(["--listen", "127.0.0.1:0", "--token", TOKEN, "--backend", "official-account"]).args(args);
-        for k in ["PUPPET_OA_APP_ID", "PUPPET_OA_APP_SECRET", "PUPPET_OA_TOKEN", "PUPPET_OA_AES_KEY"] {
+        for k in ["PUPPET_OA_APP_ID", "PUPPET_OA_APP_SECRET", "PUPPET_OA_TOKEN", "PUPPET_OA_AES_KEY", "PUPPET_OA_MODE"]
+        {
             cmd.env_remove(k);
         }
         cmd.env("PUPPET_DATA_DIR", std::env::temp_dir().join(format!("puppet-oa-cfg-{}", std::process::id())));
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let out = cmd.output().expect("run puppet-server");
+        // A server that accepted the settings would run on: bounded, then killed.
+        cmd.kill_on_drop(true);
+        let out = tokio::time::timeout(std::time::Duration::from_secs(30), cmd.output())
+            .await
+            .expect("start-up refused the settings (the server did not exit)")
+            .expect("run puppet-server");
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).trim().to_owned()
     };
     let http = ["--http-listen", "127.0.0.1:0"];
     let full = [("PUPPET_OA_APP_ID", APP_ID), ("PUPPET_OA_APP_SECRET", APP_SECRET), ("PUPPET_OA_TOKEN", OA_TOKEN)];
-    let e = run(&http, &[]);
+    let e = run(&http, &[]).await;
     assert!(
         e.ends_with(
             "PUPPET_OA_APP_ID is not set: the official-account backend needs the account's AppID (开发者ID, wx…)"
@@ -177,12 +193,20 @@ async fn start_up_names_the_missing_or_bad_setting() {
         "{e}"
     );
     assert_eq!(e.lines().count(), 1, "one line: {e}");
-    let e = run(&http, &[full[0], full[1], ("PUPPET_OA_TOKEN", "has spaces")]);
+    let e = run(&http, &[full[0], full[1], ("PUPPET_OA_TOKEN", "has spaces")]).await;
     assert!(e.contains("PUPPET_OA_TOKEN is malformed"), "{e}");
-    let e = run(&http, &[full[0], full[1], full[2], ("PUPPET_OA_AES_KEY", "abcde")]);
+    let e = run(&http, &[full[0], full[1], full[2], ("PUPPET_OA_AES_KEY", "abcde")]).await;
     assert!(e.contains("PUPPET_OA_AES_KEY is malformed") && e.contains("43"), "{e}");
-    let e = run(&[], &full);
+    let e = run(&[], &full).await;
     assert!(e.contains("PUPPET_HTTP_LISTEN is not set") && e.contains("/wechat"), "{e}");
+    for mode in ["safe", "compatible"] {
+        let e = run(&http, &[full[0], full[1], full[2], ("PUPPET_OA_MODE", mode)]).await;
+        assert!(e.contains(&format!("PUPPET_OA_MODE={mode} needs PUPPET_OA_AES_KEY")), "{e}");
+    }
+    let e = run(&[&http[..], &["--oa-max-body-kib", "0"]].concat(), &full).await;
+    assert!(e.contains("PUPPET_OA_MAX_BODY_KIB=0 is out of range"), "{e}");
+    let e = run(&http, &[full[0], full[1], full[2], ("PUPPET_OA_MAX_SKEW_SECS", "0")]).await;
+    assert!(e.contains("PUPPET_OA_MAX_SKEW_SECS=0 is out of range"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,10 +358,11 @@ async fn bad_signatures_and_foreign_pushes_are_refused() {
     let fake = FakeWeChat::start(7200).await;
     let mut oa = online(&fake, &safe_env()).await;
     let http = oa.http;
-    let sig = crypto::signature(&[OA_TOKEN, "1714036504", "1514711492"]);
+    let now = now_secs().to_string();
+    let sig = crypto::signature(&[OA_TOKEN, &now, "1514711492"]);
 
     // URL verification.
-    let good = format!("/wechat?signature={sig}&timestamp=1714036504&nonce=1514711492&echostr=4375120948345356249");
+    let good = format!("/wechat?signature={sig}&timestamp={now}&nonce=1514711492&echostr=4375120948345356249");
     assert_eq!(http_request(http, "GET", &good, "").await, (200, "4375120948345356249".to_owned()));
     let bad = good.replace("nonce=1514711492", "nonce=1514711493");
     assert_eq!(http_request(http, "GET", &bad, "").await.0, 403);
@@ -355,7 +380,7 @@ async fn bad_signatures_and_foreign_pushes_are_refused() {
     let (path, body) = signed_push(&push, Mode::Safe, "wx_other");
     assert_eq!(http_request(http, "POST", &path, &body).await.0, 403);
     // Addressed to another original id.
-    let (path, body) = signed_push(&push.replace(ORIGINAL_ID, "gh_someoneelse"), Mode::Plain, APP_ID);
+    let (path, body) = signed_push(&push.replace(ORIGINAL_ID, "gh_someoneelse"), Mode::Safe, APP_ID);
     assert_eq!(http_request(http, "POST", &path, &body).await.0, 403);
     // XXE.
     let xxe = format!("<!DOCTYPE xml [<!ENTITY x SYSTEM \"file:///etc/passwd\">]>{push}");
@@ -637,6 +662,177 @@ async fn replies_wechaty_cannot_express_go_through_the_extension() {
     for line in ["puppet_oa_replies_total{path=\"passive\"} 1", "puppet_oa_replies_total{path=\"api\"} 1"] {
         assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
     }
+}
+
+/// Whether the bot got a MESSAGE (from the events up to a fresh DONG).
+async fn messages_seen(oa: &mut Oa) -> Vec<String> {
+    drain(oa)
+        .await
+        .into_iter()
+        .filter(|(k, _)| *k == kind::MESSAGE)
+        .map(|(_, p)| p["messageId"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn errors(seen: &[(i32, Value)]) -> Vec<String> {
+    seen.iter()
+        .filter(|(k, _)| *k == kind::ERROR)
+        .map(|(_, p)| p["data"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+async fn metric(http: SocketAddr, line: &str) -> bool {
+    puppet_tests::http_get(http, "/metrics").await.1.lines().any(|l| l == line)
+}
+
+/// Hostile input: 10,000 nested elements (about 70 kB, under a raised body limit) once aborted the
+/// process with a stack overflow. Now: 400 with the reason, and the next push is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deeply_nested_push_is_refused_and_the_server_lives_on() {
+    let fake = FakeWeChat::start(7200).await;
+    let mut oa = online(&fake, &[("PUPPET_OA_MAX_BODY_KIB", "128"), ("PUPPET_OA_REPLY_WINDOW_MS", "100")]).await;
+    let deep = format!("{}{}", "<a>".repeat(10_000), "</a>".repeat(10_000));
+    assert_eq!(deep.len(), 70_000);
+    let (status, body) = post(oa.http, &deep, Mode::Plain).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("nested deeper than 32 levels"), "{body}");
+    // So is one just past the bounds inside a push, and a hundred thousand siblings (the 128 KiB
+    // limit lets 16,000 of them through).
+    let wide = format!("<xml>{}</xml>", "<i>1</i>".repeat(16_000));
+    let (status, body) = post(oa.http, &wide, Mode::Plain).await;
+    assert_eq!((status, body.as_str()), (400, "XML refused: more than 4096 elements\n"));
+
+    let (status, body) = post(oa.http, &text_push(ALICE, "still there?", 8001), Mode::Plain).await;
+    assert_eq!((status, body.as_str()), (200, "success"), "the process is alive and handles the next push");
+    let seen = drain(&mut oa).await;
+    assert_eq!(seen.iter().filter(|(k, _)| *k == kind::MESSAGE).count(), 1, "{seen:?}");
+    assert!(errors(&seen).iter().any(|e| e.contains("deeper than 32")), "clients hear of it: {seen:?}");
+    assert!(metric(oa.http, "puppet_oa_pushes_total{outcome=\"refused\"} 2").await);
+}
+
+/// Every request body is bounded (`PUPPET_OA_MAX_BODY_KIB`, 64 KiB by default): 413 with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_is_refused_with_413() {
+    let fake = FakeWeChat::start(7200).await;
+    let mut oa = online(&fake, &[("PUPPET_OA_REPLY_WINDOW_MS", "100")]).await;
+    // A well-formed, signed push of 65 KiB.
+    let mut big = text_push(BOB, "", 8101);
+    big = big.replace("<![CDATA[]]>", &format!("<![CDATA[{}]]>", "x".repeat(65 * 1024 - big.len())));
+    assert_eq!(big.len(), 65 * 1024);
+    let (status, body) = post(oa.http, &big, Mode::Plain).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("larger than 64 KiB (PUPPET_OA_MAX_BODY_KIB)"), "{body}");
+    // Just under the limit is fine.
+    let fits = text_push(BOB, &"y".repeat(60 * 1024), 8102);
+    assert_eq!(post(oa.http, &fits, Mode::Plain).await, (200, "success".to_owned()));
+    let seen = drain(&mut oa).await;
+    let messages: Vec<&Value> =
+        seen.iter().filter(|(k, _)| *k == kind::MESSAGE).map(|(_, p)| &p["messageId"]).collect();
+    assert_eq!(messages, vec!["8102"], "only the push that fits");
+    assert!(errors(&seen).iter().any(|e| e.contains("PUPPET_OA_MAX_BODY_KIB")), "clients hear of it: {seen:?}");
+    // Unsigned, it is refused all the same, and nobody hears of it.
+    let (status, _) = http_request(oa.http, "POST", "/wechat?signature=0&timestamp=1&nonce=1", &big).await;
+    assert_eq!(status, 413);
+    assert!(errors(&drain(&mut oa).await).is_empty());
+    assert!(metric(oa.http, "puppet_oa_pushes_total{outcome=\"refused\"} 2").await);
+}
+
+/// The three modes as WeChat defines them: safe takes encrypted pushes only (a plaintext one could
+/// be a downgrade), compatible both, plain plaintext only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_mode_takes_exactly_its_pushes() {
+    let fake = FakeWeChat::start(7200).await;
+    let fast = ("PUPPET_OA_REPLY_WINDOW_MS", "100");
+
+    // A key and no mode: safe.
+    let mut oa = online(&fake, &[("PUPPET_OA_AES_KEY", AES_KEY), fast]).await;
+    let (status, body) = post(oa.http, &text_push(ALICE, "downgraded", 8201), Mode::Plain).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("plaintext push to a server in safe mode"), "{body}");
+    let (status, _) = post(oa.http, &text_push(ALICE, "sealed", 8202), Mode::Safe).await;
+    assert_eq!(status, 200);
+    let seen = drain(&mut oa).await;
+    let messages: Vec<&Value> =
+        seen.iter().filter(|(k, _)| *k == kind::MESSAGE).map(|(_, p)| &p["messageId"]).collect();
+    assert_eq!(messages, vec!["8202"], "the plaintext push never reached the bot");
+    assert!(errors(&seen).iter().any(|e| e.contains("safe mode")), "clients hear of it: {seen:?}");
+    assert!(metric(oa.http, "puppet_oa_pushes_total{outcome=\"refused\"} 1").await);
+    drop(oa);
+
+    let mut oa = online(&fake, &[("PUPPET_OA_AES_KEY", AES_KEY), ("PUPPET_OA_MODE", "compatible"), fast]).await;
+    assert_eq!(post(oa.http, &text_push(ALICE, "plain", 8203), Mode::Plain).await.0, 200);
+    assert_eq!(post(oa.http, &text_push(ALICE, "sealed", 8204), Mode::Safe).await.0, 200);
+    assert_eq!(messages_seen(&mut oa).await, vec!["8203", "8204"]);
+    drop(oa);
+
+    let mut oa = online(&fake, &[("PUPPET_OA_AES_KEY", AES_KEY), ("PUPPET_OA_MODE", "plain"), fast]).await;
+    let (status, body) = post(oa.http, &text_push(ALICE, "sealed", 8205), Mode::Safe).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("plain mode"), "{body}");
+    assert_eq!(post(oa.http, &text_push(ALICE, "plain", 8206), Mode::Plain).await.0, 200);
+    assert_eq!(messages_seen(&mut oa).await, vec!["8206"]);
+}
+
+/// A plain-mode signature covers only token, timestamp and nonce: a captured request is refused
+/// once its timestamp leaves the window (±300 s), and sent twice inside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_and_replayed_callbacks_are_refused() {
+    let fake = FakeWeChat::start(7200).await;
+    let mut oa = online(&fake, &[("PUPPET_OA_REPLY_WINDOW_MS", "100")]).await;
+    let http = oa.http;
+    let push = text_push(CAROL, "once", 8301);
+
+    let (path, body) = signed_push_at(&push, Mode::Plain, APP_ID, &(now_secs() - 400).to_string());
+    let (status, answer) = http_request(http, "POST", &path, &body).await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("behind this server's clock") && answer.contains("PUPPET_OA_MAX_SKEW_SECS"), "{answer}");
+    let (path, body) = signed_push_at(&push, Mode::Plain, APP_ID, "yesterday");
+    let (status, answer) = http_request(http, "POST", &path, &body).await;
+    assert_eq!((status, answer.as_str()), (403, "timestamp `yesterday` is not a time in seconds\n"));
+
+    // A fractional timestamp (as WeRoBot's tests send) is fine; the same request again is not.
+    let (path, body) = signed_push_at(&push, Mode::Plain, APP_ID, &format!("{}.12", now_secs()));
+    assert_eq!(http_request(http, "POST", &path, &body).await, (200, "success".to_owned()));
+    let (status, answer) = http_request(http, "POST", &path, &body).await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("replayed request"), "{answer}");
+    assert_eq!(messages_seen(&mut oa).await, vec!["8301"]);
+
+    // URL verification checks the window too (a stale GET most often means a wrong clock).
+    let at = (now_secs() - 3600).to_string();
+    let sig = crypto::signature(&[OA_TOKEN, &at, "42"]);
+    let (status, answer) =
+        http_request(http, "GET", &format!("/wechat?signature={sig}&timestamp={at}&nonce=42&echostr=e"), "").await;
+    assert_eq!(status, 403);
+    assert!(answer.contains("3600 s behind"), "{answer}");
+    assert!(metric(http, "puppet_oa_pushes_total{outcome=\"refused\"} 3").await);
+}
+
+/// Pushes without a MsgId (here a type WeChat sends none for, and two menu clicks in one second)
+/// are told apart by their content; only a byte-identical re-delivery is a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_without_a_msg_id_are_not_taken_for_retries() {
+    let fake = FakeWeChat::start(7200).await;
+    let mut oa = online(&fake, &[("PUPPET_OA_REPLY_WINDOW_MS", "100")]).await;
+    let card = |title: &str| {
+        push_xml(ALICE, "miniprogrampage", &format!("<Title><![CDATA[{title}]]></Title>"), 1_700_000_700, None)
+    };
+    for push in [card("first"), card("second"), card("first")] {
+        assert_eq!(post(oa.http, &push, Mode::Plain).await.0, 200);
+    }
+    let seen = drain(&mut oa).await;
+    assert_eq!(seen.iter().filter(|(k, _)| *k == kind::MESSAGE).count(), 2, "two pushes, one retry: {seen:?}");
+    let mut pushes =
+        extension(&oa.server).await.events(ext::EventsRequest { types: vec![] }).await.unwrap().into_inner();
+    for key in ["A", "B"] {
+        let click = event_push(ALICE, "CLICK", &format!("<EventKey><![CDATA[{key}]]></EventKey>"), 1_700_000_800);
+        assert_eq!(post(oa.http, &click, Mode::Plain).await.0, 200);
+    }
+    for key in ["A", "B"] {
+        let p = tokio::time::timeout(puppet_tests::EVENT_TIMEOUT, pushes.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!(p.event_key, key);
+    }
+    assert!(metric(oa.http, "puppet_oa_pushes_total{outcome=\"retry\"} 1").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,16 @@ pub enum CryptoError {
     /// The frame's AppID is not ours (official code -40005).
     #[error("the message was encrypted for another AppID")]
     WrongAppId,
+    /// The operating system's random source failed (no frame prefix or nonce can be made).
+    #[error("the operating system's random source failed: {0}")]
+    NoRandomness(String),
+}
+
+/// `N` bytes from the operating system's CSPRNG.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], CryptoError> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(|e| CryptoError::NoRandomness(e.to_string()))?;
+    Ok(bytes)
 }
 
 /// SHA-1 hex of the sorted, concatenated parts: the URL `signature` (token, timestamp, nonce) and the
@@ -94,11 +104,9 @@ impl AesKey {
         base64::engine::general_purpose::STANDARD.encode(ct)
     }
 
-    /// Encrypts `xml` for `appid` with a fresh random prefix.
-    pub fn encrypt(&self, xml: &str, appid: &str) -> String {
-        let mut random = [0u8; 16];
-        random.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..]);
-        self.encrypt_with_random(&random, xml, appid)
+    /// Encrypts `xml` for `appid` with a fresh random prefix from the OS CSPRNG.
+    pub fn encrypt(&self, xml: &str, appid: &str) -> Result<String, CryptoError> {
+        Ok(self.encrypt_with_random(&random_bytes()?, xml, appid))
     }
 
     /// Decrypts an `Encrypt` value and checks it was meant for `appid`.
@@ -217,7 +225,54 @@ mod tests {
         let key = AesKey::from_encoding_aes_key("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG").unwrap();
         for n in 0..70 {
             let xml: String = "<xml>中".chars().cycle().take(n).collect();
-            assert_eq!(key.decrypt(&key.encrypt(&xml, "wxapp"), "wxapp").unwrap(), xml);
+            assert_eq!(key.decrypt(&key.encrypt(&xml, "wxapp").unwrap(), "wxapp").unwrap(), xml);
+        }
+        let (a, b) = (key.encrypt("<xml/>", "wxapp").unwrap(), key.encrypt("<xml/>", "wxapp").unwrap());
+        assert_ne!(a, b, "a fresh random prefix every time");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any `Encrypt` text at all: an error or a string, never a panic.
+        #[test]
+        fn decrypting_any_text_never_panics(text in "\\PC{0,300}|[A-Za-z0-9+/]{0,200}={0,2}") {
+            let key = AesKey::from_encoding_aes_key("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG").unwrap();
+            _ = key.decrypt(&text, "wxapp");
+        }
+
+        /// Any ciphertext bytes, block-aligned or not (so the padding, the length field and the
+        /// AppID check all see garbage): never a panic, and nothing opens for the wrong AppID.
+        #[test]
+        fn decrypting_any_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600), blocks in 0usize..20) {
+            use base64::Engine;
+            let key = AesKey::from_encoding_aes_key("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG").unwrap();
+            for data in [&bytes[..], &bytes[..(blocks * 16).min(bytes.len() / 16 * 16)]] {
+                let text = base64::engine::general_purpose::STANDARD.encode(data);
+                _ = key.decrypt(&text, "wxapp");
+            }
+        }
+
+        /// Frames that are well formed up to a lying length field or a wrong AppID.
+        #[test]
+        fn crafted_frames_are_refused_not_panicked_on(len in proptest::num::u32::ANY, body in "\\PC{0,80}", appid in "[a-z0-9]{0,12}") {
+            use aes::cipher::{BlockEncryptMut, KeyIvInit, block_padding::NoPadding};
+            use base64::Engine;
+            let key = AesKey::from_encoding_aes_key("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG").unwrap();
+            let mut frame = vec![7u8; 16];
+            frame.extend_from_slice(&len.to_be_bytes());
+            frame.extend_from_slice(body.as_bytes());
+            frame.extend_from_slice(appid.as_bytes());
+            let pad = PAD_BLOCK - frame.len() % PAD_BLOCK;
+            frame.extend(std::iter::repeat_n(pad as u8, pad));
+            let n = frame.len();
+            let ct = Encryptor::new(&key.0.into(), &key.iv().into()).encrypt_padded_mut::<NoPadding>(&mut frame, n).unwrap().to_vec();
+            let opened = key.decrypt(&base64::engine::general_purpose::STANDARD.encode(ct), "wxapp");
+            // Opened only when the length splits the frame into some XML and exactly our AppID.
+            if let Ok(xml) = opened {
+                proptest::prop_assert_eq!(len as usize, xml.len());
+                proptest::prop_assert_eq!(format!("{xml}wxapp"), format!("{body}{appid}"));
+            }
         }
     }
 }

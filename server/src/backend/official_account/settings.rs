@@ -6,8 +6,35 @@ use std::time::Duration;
 
 use super::crypto::AesKey;
 
+/// The callback mode (消息加解密方式), as the console sets it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OaMode {
+    /// 明文模式: plaintext pushes only.
+    Plain,
+    /// 兼容模式: plaintext and encrypted pushes (WeChat sends both while switching).
+    Compatible,
+    /// 安全模式: encrypted pushes only; a plaintext one is refused.
+    Safe,
+}
+
+impl OaMode {
+    /// How the start-up banner names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Plain => "plain mode",
+            Self::Compatible => "compatible mode",
+            Self::Safe => "safe mode",
+        }
+    }
+}
+
+/// Default of `--oa-max-skew-secs`.
+pub const DEFAULT_MAX_SKEW_SECS: u64 = 300;
+/// Default of `--oa-max-body-kib`.
+pub const DEFAULT_MAX_BODY_KIB: usize = 64;
+
 /// The Official Account flags, as given.
-#[derive(Clone, Default, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct OaFlags {
     /// Official Account: the AppID (开发者ID, `wx…`).
     #[arg(id = "oa_app_id", value_name = "APPID", long = "oa-app-id", env = "PUPPET_OA_APP_ID")]
@@ -83,6 +110,53 @@ pub struct OaFlags {
         default_value_t = 4500
     )]
     pub reply_window_ms: u64,
+
+    /// Official Account: the callback mode, as set in the console: `plain`, `compatible` or `safe`.
+    /// Default: `safe` when `PUPPET_OA_AES_KEY` is set, else `plain`. In `safe` mode a plaintext push
+    /// is refused (403); `compatible` takes both.
+    #[arg(id = "oa_mode", value_name = "MODE", long = "oa-mode", env = "PUPPET_OA_MODE", value_enum)]
+    pub mode: Option<OaMode>,
+
+    /// Official Account: how far a callback's `timestamp` may be from this server's clock, in
+    /// seconds, and so how long a request's (timestamp, nonce) is remembered to refuse replays.
+    #[arg(
+        id = "oa_max_skew_secs",
+        value_name = "SECS",
+        long = "oa-max-skew-secs",
+        env = "PUPPET_OA_MAX_SKEW_SECS",
+        default_value_t = DEFAULT_MAX_SKEW_SECS
+    )]
+    pub max_skew_secs: u64,
+
+    /// Official Account: the largest webhook request body, in KiB (413 beyond).
+    #[arg(
+        id = "oa_max_body_kib",
+        value_name = "KIB",
+        long = "oa-max-body-kib",
+        env = "PUPPET_OA_MAX_BODY_KIB",
+        default_value_t = DEFAULT_MAX_BODY_KIB
+    )]
+    pub max_body_kib: usize,
+}
+
+impl Default for OaFlags {
+    /// The clap defaults.
+    fn default() -> Self {
+        Self {
+            app_id: None,
+            app_secret: None,
+            token: None,
+            aes_key: None,
+            aes_key_previous: None,
+            api_base: "https://api.weixin.qq.com".into(),
+            original_id: None,
+            webhook_path: "/wechat".into(),
+            reply_window_ms: 4500,
+            mode: None,
+            max_skew_secs: DEFAULT_MAX_SKEW_SECS,
+            max_body_kib: DEFAULT_MAX_BODY_KIB,
+        }
+    }
 }
 
 // Hand-written so a `{:?}` can never print a secret.
@@ -94,6 +168,9 @@ impl std::fmt::Debug for OaFlags {
             .field("original_id", &self.original_id)
             .field("webhook_path", &self.webhook_path)
             .field("reply_window_ms", &self.reply_window_ms)
+            .field("mode", &self.mode)
+            .field("max_skew_secs", &self.max_skew_secs)
+            .field("max_body_kib", &self.max_body_kib)
             .finish_non_exhaustive()
     }
 }
@@ -119,16 +196,24 @@ pub struct OaSettings {
     pub webhook_path: String,
     /// See `--oa-reply-window-ms`.
     pub reply_window: Duration,
+    /// Which pushes are taken: plaintext, encrypted or both (`--oa-mode`).
+    pub mode: OaMode,
+    /// See `--oa-max-skew-secs`.
+    pub max_skew_secs: u64,
+    /// The largest request body, in bytes (`--oa-max-body-kib`).
+    pub max_body_bytes: usize,
 }
 
 impl std::fmt::Debug for OaSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OaSettings")
             .field("app_id", &self.app_id)
-            .field("safe_mode", &self.aes_key.is_some())
+            .field("mode", &self.mode)
             .field("api_base", &self.api_base)
             .field("original_id", &self.original_id)
             .field("webhook_path", &self.webhook_path)
+            .field("max_skew_secs", &self.max_skew_secs)
+            .field("max_body_bytes", &self.max_body_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -189,6 +274,29 @@ impl OaSettings {
                 flags.reply_window_ms
             );
         }
+        let mode = match (flags.mode, &aes_key) {
+            (None, Some(_)) => OaMode::Safe,
+            (None, None) => OaMode::Plain,
+            (Some(mode @ (OaMode::Compatible | OaMode::Safe)), None) => anyhow::bail!(
+                "PUPPET_OA_MODE={} needs PUPPET_OA_AES_KEY: copy the EncodingAESKey from the console, or use \
+                 PUPPET_OA_MODE=plain",
+                if mode == OaMode::Safe { "safe" } else { "compatible" }
+            ),
+            (Some(mode), _) => mode,
+        };
+        if !(1..=86_400).contains(&flags.max_skew_secs) {
+            anyhow::bail!(
+                "PUPPET_OA_MAX_SKEW_SECS={} is out of range: use 1..=86400 (seconds a callback's timestamp may be \
+                 off this server's clock)",
+                flags.max_skew_secs
+            );
+        }
+        if !(4..=1024).contains(&flags.max_body_kib) {
+            anyhow::bail!(
+                "PUPPET_OA_MAX_BODY_KIB={} is out of range: use 4..=1024 (a push is a few KiB)",
+                flags.max_body_kib
+            );
+        }
         Ok(Self {
             app_id,
             app_secret,
@@ -199,6 +307,9 @@ impl OaSettings {
             original_id,
             webhook_path: flags.webhook_path.clone(),
             reply_window: Duration::from_millis(flags.reply_window_ms),
+            mode,
+            max_skew_secs: flags.max_skew_secs,
+            max_body_bytes: flags.max_body_kib << 10,
         })
     }
 }
@@ -217,7 +328,7 @@ mod tests {
             api_base: "https://api.weixin.qq.com/".into(),
             original_id: Some("gh_10f6c3c3ac5a".into()),
             webhook_path: "/wechat".into(),
-            reply_window_ms: 4500,
+            ..OaFlags::default()
         }
     }
 
@@ -248,5 +359,27 @@ mod tests {
         assert!(error(OaFlags { original_id: Some("wx1".into()), ..flags() }).starts_with("PUPPET_OA_ORIGINAL_ID"));
         assert!(error(OaFlags { reply_window_ms: 6000, ..flags() }).starts_with("PUPPET_OA_REPLY_WINDOW_MS"));
         assert!(OaSettings::from_flags(&OaFlags { aes_key: None, ..flags() }).unwrap().aes_key.is_none());
+        assert!(
+            error(OaFlags { max_skew_secs: 0, ..flags() }).starts_with("PUPPET_OA_MAX_SKEW_SECS=0 is out of range")
+        );
+        assert!(error(OaFlags { max_body_kib: 2048, ..flags() }).starts_with("PUPPET_OA_MAX_BODY_KIB=2048"));
+    }
+
+    #[test]
+    fn the_mode_defaults_from_the_key_and_encryption_needs_one() {
+        let mode = |mode: Option<OaMode>, key: bool| {
+            let f = OaFlags { mode, aes_key: if key { flags().aes_key } else { None }, ..flags() };
+            OaSettings::from_flags(&f).map(|s| s.mode).map_err(|e| e.to_string())
+        };
+        assert_eq!(mode(None, true), Ok(OaMode::Safe));
+        assert_eq!(mode(None, false), Ok(OaMode::Plain));
+        assert_eq!(mode(Some(OaMode::Compatible), true), Ok(OaMode::Compatible));
+        assert_eq!(mode(Some(OaMode::Plain), true), Ok(OaMode::Plain));
+        for m in [OaMode::Safe, OaMode::Compatible] {
+            let e = mode(Some(m), false).unwrap_err();
+            assert!(e.starts_with("PUPPET_OA_MODE=") && e.contains("needs PUPPET_OA_AES_KEY"), "{e}");
+        }
+        let s = OaSettings::from_flags(&flags()).unwrap();
+        assert_eq!((s.max_skew_secs, s.max_body_bytes), (300, 64 * 1024));
     }
 }

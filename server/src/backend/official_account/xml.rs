@@ -1,11 +1,28 @@
 //! Official Account callback XML: a hardened reader (no DTD, no entities beyond the five predefined
-//! ones and character references) into a small tree, the typed inbound message, and the passive
-//! reply writer (spec `official-account.md` §1, §3).
+//! ones and character references, bounded depth, element count and text) into a small tree, the
+//! typed inbound message, and the passive reply writer (spec `official-account.md` §1, §3).
+//!
+//! Every walk over a [`Node`] — reading, [`Node::leaves`], comparing, printing, dropping — uses an
+//! explicit stack, so a tree of any depth (built by hand; [`parse_tree`] stops at [`MAX_DEPTH`])
+//! cannot overflow the thread's stack.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use quick_xml::Reader;
 use quick_xml::events::Event;
+use sha2::{Digest, Sha256};
+
+/// Deepest element nesting accepted (the root element is level 1; WeChat's deepest push,
+/// `SendPicsInfo/PicList/item/PicMd5Sum`, is level 5).
+pub const MAX_DEPTH: usize = 32;
+/// Most elements in one document (a push has a few dozen).
+pub const MAX_ELEMENTS: usize = 4096;
+/// Most text (CDATA and character data, after entity decoding) in one document.
+pub const MAX_TEXT_BYTES: usize = 1 << 20;
+/// Most bytes of element paths (`SendPicsInfo/PicList/item`, …) in one document, added up over its
+/// elements: what [`Node::leaves`] may build, so long names nested deep cannot multiply a small
+/// body into a large map.
+pub const MAX_PATH_BYTES: usize = 256 << 10;
 
 /// Why a callback body was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,15 +33,95 @@ pub enum XmlError {
     /// Not well-formed.
     #[error("malformed XML: {0}")]
     Malformed(String),
+    /// Well-formed, but beyond one of the reader's bounds.
+    #[error("XML refused: {0}")]
+    TooLarge(String),
+}
+
+/// At most `max` characters of `text` (client input) for an error message, control characters
+/// escaped, `…` when cut.
+pub fn clip(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// An element: its trimmed text and its children in order.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Default)]
 pub struct Node {
     /// Text content (CDATA and text, trimmed).
     pub text: String,
     /// Child elements.
     pub children: Vec<(String, Node)>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // The derived drop recurses once per level; a deep tree would overflow the stack. Children
+        // are moved onto a heap stack and emptied there, so every node drops with no children.
+        if self.children.iter().all(|(_, c)| c.children.is_empty()) {
+            return;
+        }
+        let mut pending: Vec<Node> = self.children.drain(..).map(|(_, c)| c).collect();
+        while let Some(mut node) = pending.pop() {
+            pending.extend(node.children.drain(..).map(|(_, c)| c));
+        }
+    }
+}
+
+impl PartialEq for Node {
+    fn eq(&self, other: &Self) -> bool {
+        let mut pending = vec![(self, other)];
+        while let Some((a, b)) = pending.pop() {
+            if a.text != b.text || a.children.len() != b.children.len() {
+                return false;
+            }
+            for ((na, ca), (nb, cb)) in a.children.iter().zip(&b.children) {
+                if na != nb {
+                    return false;
+                }
+                pending.push((ca, cb));
+            }
+        }
+        true
+    }
+}
+
+impl std::fmt::Debug for Node {
+    /// As XML-like text: `<name>text<child>…</child></name>` (never escaped; for diagnostics).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        enum Step<'a> {
+            Open(&'a str, &'a Node),
+            Close(&'a str),
+        }
+        f.write_str("Node(")?;
+        let mut steps = vec![Step::Open("", self)];
+        while let Some(step) = steps.pop() {
+            match step {
+                Step::Open(name, node) => {
+                    if !name.is_empty() {
+                        write!(f, "<{name}>")?;
+                    }
+                    f.write_str(&node.text)?;
+                    steps.push(Step::Close(name));
+                    steps.extend(node.children.iter().rev().map(|(n, c)| Step::Open(n, c)));
+                }
+                Step::Close("") => {}
+                Step::Close(name) => write!(f, "</{name}>")?,
+            }
+        }
+        f.write_str(")")
+    }
 }
 
 impl Node {
@@ -44,25 +141,37 @@ impl Node {
 
     /// Every leaf under this node as `path → text` (nested elements joined with `/`; the second and
     /// later of repeated siblings get an index, `item[1]`, `item[2]`, as WeChat's `PicList` needs).
+    /// When two leaves share a path, the first in document order wins.
     pub fn leaves(&self) -> BTreeMap<String, String> {
-        fn walk(node: &Node, prefix: &str, out: &mut BTreeMap<String, String>) {
-            let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-            for (name, child) in &node.children {
-                let n = seen.entry(name.as_str()).or_default();
-                let indexed = if *n == 0 { name.clone() } else { format!("{name}[{n}]") };
-                *n += 1;
-                let path = if prefix.is_empty() { indexed } else { format!("{prefix}/{indexed}") };
-                if child.children.is_empty() {
-                    if !child.text.is_empty() {
-                        out.entry(path).or_insert_with(|| child.text.clone());
-                    }
-                } else {
-                    walk(child, &path, out);
+        // One path buffer, cut back to a level's prefix for each child: the work is the output's
+        // size, however deep the tree.
+        type Level<'a> = (std::slice::Iter<'a, (String, Node)>, usize, HashMap<&'a str, usize>);
+        let mut out = BTreeMap::new();
+        let mut path = String::new();
+        let mut levels: Vec<Level<'_>> = vec![(self.children.iter(), 0, HashMap::new())];
+        while let Some((siblings, prefix, seen)) = levels.last_mut() {
+            let Some((name, child)) = siblings.next() else {
+                levels.pop();
+                continue;
+            };
+            path.truncate(*prefix);
+            if *prefix > 0 {
+                path.push('/');
+            }
+            path.push_str(name);
+            let n = seen.entry(name.as_str()).or_default();
+            if *n > 0 {
+                path.push_str(&format!("[{n}]"));
+            }
+            *n += 1;
+            if child.children.is_empty() {
+                if !child.text.is_empty() {
+                    out.entry(path.clone()).or_insert_with(|| child.text.clone());
                 }
+            } else {
+                levels.push((child.children.iter(), path.len(), HashMap::new()));
             }
         }
-        let mut out = BTreeMap::new();
-        walk(self, "", &mut out);
         out
     }
 }
@@ -78,40 +187,99 @@ fn predefined(name: &str) -> Option<char> {
     })
 }
 
-/// Reads a document into its root element.
+/// What [`parse_tree`] has spent of its bounds.
+#[derive(Default)]
+struct Budget {
+    elements: usize,
+    text: usize,
+    paths: usize,
+}
+
+impl Budget {
+    fn text(&mut self, bytes: usize) -> Result<(), XmlError> {
+        self.text += bytes;
+        if self.text > MAX_TEXT_BYTES {
+            return Err(XmlError::TooLarge(format!("more than {} KiB of text", MAX_TEXT_BYTES >> 10)));
+        }
+        Ok(())
+    }
+}
+
+/// An element being read: its name, the node so far, and the length of its path below the root.
+type Open = (String, Node, usize);
+
+/// Opens an element under the innermost open one, within the bounds.
+fn open(stack: &[Open], budget: &mut Budget, name: &str) -> Result<Open, XmlError> {
+    // `stack[0]` is the document itself, so `stack.len()` is the new element's level.
+    if stack.len() > MAX_DEPTH {
+        return Err(XmlError::TooLarge(format!("elements nested deeper than {MAX_DEPTH} levels")));
+    }
+    budget.elements += 1;
+    if budget.elements > MAX_ELEMENTS {
+        return Err(XmlError::TooLarge(format!("more than {MAX_ELEMENTS} elements")));
+    }
+    let name = name.to_owned();
+    // The root's own name is not part of the paths below it.
+    let path = match stack {
+        [_] => 0,
+        [_, _] => name.len(),
+        [.., (_, _, parent)] => parent + 1 + name.len(),
+        [] => 0,
+    };
+    budget.paths += path;
+    if budget.paths > MAX_PATH_BYTES {
+        return Err(XmlError::TooLarge(format!(
+            "element paths add up to more than {} KiB (long names nested deep)",
+            MAX_PATH_BYTES >> 10
+        )));
+    }
+    Ok((name, Node::default(), path))
+}
+
+/// Reads a document into its root element, within [`MAX_DEPTH`], [`MAX_ELEMENTS`],
+/// [`MAX_TEXT_BYTES`] and [`MAX_PATH_BYTES`]; the work is linear in the input and stops at the
+/// first bound crossed.
 pub fn parse_tree(xml: &str) -> Result<Node, XmlError> {
     let mut reader = Reader::from_str(xml);
-    let mut stack: Vec<(String, Node)> = vec![(String::new(), Node::default())];
+    let mut stack: Vec<Open> = vec![(String::new(), Node::default(), 0)];
+    let mut budget = Budget::default();
+    let malformed = |reader: &Reader<&[u8]>, e: quick_xml::Error| {
+        XmlError::Malformed(format!("{} (at byte {})", clip(&e.to_string(), 64), reader.error_position()))
+    };
     loop {
-        let event = reader.read_event().map_err(|e| XmlError::Malformed(e.to_string()))?;
+        let event = reader.read_event().map_err(|e| malformed(&reader, e))?;
         match event {
             Event::DocType(_) => return Err(XmlError::Entity),
             Event::Start(e) => {
-                let name = e.name().as_ref().to_owned();
-                stack.push((name, Node::default()));
+                let element = open(&stack, &mut budget, e.name().as_ref())?;
+                stack.push(element);
             }
             Event::Empty(e) => {
-                let name = e.name().as_ref().to_owned();
-                if let Some((_, parent)) = stack.last_mut() {
-                    parent.children.push((name, Node::default()));
+                let (name, node, _) = open(&stack, &mut budget, e.name().as_ref())?;
+                if let Some((_, parent, _)) = stack.last_mut() {
+                    parent.children.push((name, node));
                 }
             }
             Event::End(_) => {
-                let (name, mut node) = stack.pop().ok_or_else(|| XmlError::Malformed("unbalanced".into()))?;
+                let (name, mut node, _) = stack.pop().ok_or_else(|| XmlError::Malformed("unbalanced".into()))?;
                 node.text = node.text.trim().to_owned();
                 match stack.last_mut() {
-                    Some((_, parent)) => parent.children.push((name, node)),
+                    Some((_, parent, _)) => parent.children.push((name, node)),
                     None => return Err(XmlError::Malformed("unbalanced".into())),
                 }
             }
             Event::Text(t) => {
-                if let Some((_, node)) = stack.last_mut() {
-                    node.text.push_str(&t.xml10_content());
+                let text = t.xml10_content();
+                budget.text(text.len())?;
+                if let Some((_, node, _)) = stack.last_mut() {
+                    node.text.push_str(&text);
                 }
             }
             Event::CData(c) => {
-                if let Some((_, node)) = stack.last_mut() {
-                    node.text.push_str(&c.xml10_content());
+                let text = c.xml10_content();
+                budget.text(text.len())?;
+                if let Some((_, node, _)) = stack.last_mut() {
+                    node.text.push_str(&text);
                 }
             }
             Event::GeneralRef(r) => {
@@ -120,7 +288,8 @@ pub fn parse_tree(xml: &str) -> Result<Node, XmlError> {
                     Ok(None) => predefined(&r.xml10_content()).ok_or(XmlError::Entity)?,
                     Err(_) => return Err(XmlError::Entity),
                 };
-                if let Some((_, node)) = stack.last_mut() {
+                budget.text(c.len_utf8())?;
+                if let Some((_, node, _)) = stack.last_mut() {
                     node.text.push(c);
                 }
             }
@@ -128,7 +297,7 @@ pub fn parse_tree(xml: &str) -> Result<Node, XmlError> {
             Event::Comment(_) | Event::Decl(_) | Event::PI(_) => {}
         }
     }
-    let (_, mut document) = stack.pop().ok_or_else(|| XmlError::Malformed("empty".into()))?;
+    let (_, mut document, _) = stack.pop().ok_or_else(|| XmlError::Malformed("empty".into()))?;
     if !stack.is_empty() {
         return Err(XmlError::Malformed("unclosed element".into()));
     }
@@ -196,14 +365,27 @@ impl Inbound {
         }
     }
 
-    /// The key that identifies WeChat's retries of this push.
+    /// The key that identifies WeChat's retries of this push: `msg|<MsgId>` when it has one
+    /// (`MsgID` on job-finished events); else a digest of the sender, `CreateTime`, the type key and
+    /// every field — WeChat re-sends a push byte for byte, while two different pushes without an id
+    /// (two menu clicks in one second, messages of types without `MsgId`) differ somewhere. Fixed
+    /// size whatever the push holds.
     pub fn dedupe_key(&self) -> String {
-        match &self.kind {
-            InboundKind::Event { event, .. } if self.msg_id == 0 => {
-                format!("{}|{}|{event}", self.from, self.create_time)
-            }
-            _ => format!("msg|{}", self.msg_id),
+        if self.msg_id != 0 {
+            return format!("msg|{}", self.msg_id);
         }
+        let mut digest = Sha256::new();
+        let create_time = self.create_time.to_string();
+        let type_key = self.type_key();
+        let parts = [self.from.as_str(), create_time.as_str(), type_key.as_str()].into_iter();
+        let fields = self.fields.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]);
+        for part in parts.chain(fields) {
+            // Length-prefixed, so no two different sequences of parts hash the same bytes.
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part.as_bytes());
+        }
+        let hex: String = digest.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("push|{hex}")
     }
 }
 
@@ -421,7 +603,7 @@ mod tests {
             (event.as_str(), key.as_deref(), m.fields.get("Ticket").map(String::as_str)),
             ("SCAN", Some("123"), Some("t"))
         );
-        assert_eq!(m.dedupe_key(), "fromUser|1348831860|SCAN");
+        assert!(m.dedupe_key().starts_with("push|"), "{}", m.dedupe_key());
 
         let pics = "<Event>pic_weixin</Event><EventKey>k</EventKey><SendPicsInfo><Count>1</Count><PicList><item><PicMd5Sum>abc</PicMd5Sum></item></PicList></SendPicsInfo>";
         let m = parse_inbound(&push("event", pics)).unwrap();
@@ -519,6 +701,198 @@ mod tests {
         assert_eq!(parse_tree("<xml><C>a &amp; b &#20013;</C></xml>").unwrap().get("C"), Some("a & b 中"));
         assert!(matches!(parse_tree("<xml><C></xml>"), Err(XmlError::Malformed(_))));
         assert!(matches!(parse_tree(""), Err(XmlError::Malformed(_))));
+    }
+
+    /// Runs `f` on a thread with a small stack, so anything recursive per level fails loudly.
+    fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new().stack_size(256 << 10).spawn(f).unwrap().join().expect("no stack overflow");
+    }
+
+    /// A hand-built chain of `depth` nested `a` elements around the text `x`.
+    fn chain(depth: usize) -> Node {
+        let mut node = Node { text: "x".into(), children: vec![] };
+        for _ in 0..depth {
+            node = Node { text: String::new(), children: vec![("a".into(), node)] };
+        }
+        node
+    }
+
+    /// (deepest level, elements, text bytes) of a tree, the root counted as level 1.
+    fn measure(root: &Node) -> (usize, usize, usize) {
+        let (mut depth, mut count, mut text) = (0, 0, 0);
+        let mut pending = vec![(root, 1)];
+        while let Some((node, level)) = pending.pop() {
+            (depth, count, text) = (depth.max(level), count + 1, text + node.text.len());
+            pending.extend(node.children.iter().map(|(_, c)| (c, level + 1)));
+        }
+        (depth, count, text)
+    }
+
+    #[test]
+    fn ten_thousand_nesting_levels_are_refused_without_recursion() {
+        on_small_stack(|| {
+            let deep = format!("<xml>{}{}</xml>", "<a>".repeat(10_000), "</a>".repeat(10_000));
+            let e = parse_tree(&deep).unwrap_err();
+            assert_eq!(e, XmlError::TooLarge("elements nested deeper than 32 levels".into()));
+            // Unclosed as well.
+            assert!(matches!(parse_tree(&"<a>".repeat(10_000)), Err(XmlError::TooLarge(_))));
+        });
+    }
+
+    #[test]
+    fn the_bounds_are_exact() {
+        let nested = |levels: usize| format!("{}{}", "<a>".repeat(levels), "</a>".repeat(levels));
+        assert_eq!(measure(&parse_tree(&nested(MAX_DEPTH)).unwrap()).0, MAX_DEPTH);
+        assert!(matches!(parse_tree(&nested(MAX_DEPTH + 1)), Err(XmlError::TooLarge(_))));
+        assert!(matches!(
+            parse_tree(&format!("{}<b/>{}", "<a>".repeat(32), "</a>".repeat(32))),
+            Err(XmlError::TooLarge(_))
+        ));
+        let wide = |n: usize| format!("<xml>{}</xml>", "<i/>".repeat(n));
+        assert_eq!(parse_tree(&wide(MAX_ELEMENTS - 1)).unwrap().children.len(), MAX_ELEMENTS - 1);
+        let e = parse_tree(&wide(MAX_ELEMENTS)).unwrap_err();
+        assert_eq!(e, XmlError::TooLarge("more than 4096 elements".into()));
+        let text = |n: usize| format!("<xml><C>{}</C></xml>", "x".repeat(n));
+        assert_eq!(parse_tree(&text(MAX_TEXT_BYTES)).unwrap().get("C").map(str::len), Some(MAX_TEXT_BYTES));
+        assert!(matches!(parse_tree(&text(MAX_TEXT_BYTES + 1)), Err(XmlError::TooLarge(_))));
+        // 31 levels of 2,000-character names, then leaves: every leaf would carry a 62 kB path.
+        let name = "n".repeat(2000);
+        let long = format!(
+            "<xml>{}{}{}</xml>",
+            format!("<{name}>").repeat(30),
+            "<a>x</a>".repeat(100),
+            format!("</{name}>").repeat(30)
+        );
+        let e = parse_tree(&long).unwrap_err();
+        assert!(matches!(&e, XmlError::TooLarge(m) if m.contains("paths")), "{e}");
+    }
+
+    #[test]
+    fn a_hundred_thousand_siblings_stop_at_the_element_bound() {
+        let wide = format!("<xml>{}</xml>", "<item>x</item>".repeat(100_000));
+        assert_eq!(parse_tree(&wide), Err(XmlError::TooLarge("more than 4096 elements".into())));
+        // Built by hand instead, the walks still work.
+        let root = Node { text: String::new(), children: (0..100_000).map(|_| ("item".into(), chain(0))).collect() };
+        let leaves = root.leaves();
+        assert_eq!((leaves.len(), leaves["item"].as_str(), leaves["item[99999]"].as_str()), (100_000, "x", "x"));
+    }
+
+    #[test]
+    fn every_walk_of_a_deep_tree_is_iterative() {
+        on_small_stack(|| {
+            let (a, b) = (chain(100_000), chain(100_000));
+            assert_eq!(a.leaves().len(), 1);
+            assert_eq!(a.leaves().into_values().next().as_deref(), Some("x"));
+            assert_eq!(a.get(&["a"; 100_000].join("/")), Some("x"));
+            assert!(a == b);
+            assert!(a != chain(99_999));
+            let shown = format!("{:?}", chain(3));
+            assert_eq!(shown, "Node(<a><a><a>x</a></a></a>)");
+            assert!(format!("{a:?}").len() > 700_000);
+            drop((a, b));
+        });
+    }
+
+    #[test]
+    fn pushes_without_msg_id_have_their_own_dedupe_keys() {
+        let no_id = |content: &str| {
+            parse_inbound(&push("miniprogrampage", &format!("<Title><![CDATA[{content}]]></Title>"))).unwrap()
+        };
+        let (a, b) = (no_id("first"), no_id("second"));
+        assert_eq!((a.msg_id, b.msg_id), (0, 0));
+        assert_ne!(a.dedupe_key(), b.dedupe_key(), "two different pushes in the same second");
+        assert_eq!(a.dedupe_key(), no_id("first").dedupe_key(), "WeChat's retry of the same push");
+        let c = parse_inbound(&push("text", "<Content>x</Content>")).unwrap();
+        let d = parse_inbound(&push("text", "<Content>y</Content>")).unwrap();
+        assert_ne!(c.dedupe_key(), d.dedupe_key());
+        // Two menu clicks of one second.
+        let click = |key: &str| {
+            parse_inbound(&push("event", &format!("<Event>CLICK</Event><EventKey>{key}</EventKey>"))).unwrap()
+        };
+        assert_ne!(click("A").dedupe_key(), click("B").dedupe_key());
+        // Fixed size, whatever the push holds.
+        let huge = no_id(&"z".repeat(50_000));
+        assert_eq!(huge.dedupe_key().len(), a.dedupe_key().len());
+        let with_id = parse_inbound(&push("text", "<Content>x</Content><MsgId>42</MsgId>")).unwrap();
+        assert_eq!(with_id.dedupe_key(), "msg|42");
+    }
+
+    #[test]
+    fn error_messages_quote_little_and_escape_controls() {
+        assert_eq!(clip("a\nb", 64), "a\\nb");
+        assert_eq!(clip(&"x".repeat(100), 3), "xxx…");
+        let e = parse_tree(&format!("<xml><{0}>\u{1}</{0}x></xml>", "n".repeat(500))).unwrap_err().to_string();
+        assert!(e.chars().count() < 140 && !e.chars().any(char::is_control), "{e}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Anything at all: never a panic, and a tree within the bounds when accepted.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            if let Ok(root) = parse_tree(&text) {
+                let (depth, count, bytes) = measure(&root);
+                proptest::prop_assert!(depth <= MAX_DEPTH && count <= MAX_ELEMENTS && bytes <= MAX_TEXT_BYTES);
+            }
+            _ = parse_inbound(&text);
+        }
+
+        /// Tag soup from XML's own alphabet, which reaches far more of the reader.
+        #[test]
+        fn tag_soup_never_panics(parts in proptest::collection::vec(
+            proptest::sample::select(vec!["<a>", "</a>", "<b/>", "<![CDATA[", "]]>", "&amp;", "&#20013;", "&x;",
+                                          "<!DOCTYPE x>", "<?xml version=\"1.0\"?>", "<!--", "-->", "x", " ", "<", ">",
+                                          "&", "\"", "'", "=", "<Content>", "</Content>", "<MsgId>", "</MsgId>", "1",
+                                          "\u{0}", "中"]),
+            0..300,
+        )) {
+            let text = parts.concat();
+            if let Ok(root) = parse_tree(&text) {
+                let (depth, count, _) = measure(&root);
+                proptest::prop_assert!(depth <= MAX_DEPTH && count <= MAX_ELEMENTS);
+                _ = root.leaves();
+            }
+            _ = parse_inbound(&format!("<xml>{text}</xml>"));
+        }
+
+        /// Deep and wide documents of any shape: refused past the bounds, read within them.
+        #[test]
+        fn deep_and_huge_documents_are_bounded(depth in 0usize..20_000, width in 0usize..20_000, closed: bool) {
+            let mut doc = "<a>".repeat(depth);
+            doc.push_str(&"<i>t</i>".repeat(width));
+            if closed {
+                doc.push_str(&"</a>".repeat(depth));
+            }
+            let root = match parse_tree(&doc) {
+                Ok(root) => root,
+                Err(XmlError::TooLarge(_)) => {
+                    proptest::prop_assert!(depth > MAX_DEPTH || depth + width > MAX_ELEMENTS);
+                    return Ok(());
+                }
+                Err(_) => return Ok(()),
+            };
+            proptest::prop_assert!(closed || depth + width == 1);
+            let (d, n, _) = measure(&root);
+            proptest::prop_assert!(d <= MAX_DEPTH && n <= MAX_ELEMENTS);
+            // Each `i` is a leaf under the `a`s; a lone `i` is the root itself, with no leaves below.
+            proptest::prop_assert_eq!(root.leaves().len(), if depth == 0 { 0 } else { width });
+        }
+
+        /// A real push with bytes cut out, doubled or replaced: never a panic.
+        #[test]
+        fn near_valid_pushes_never_panic(cut in 0usize..400, len in 0usize..20, insert in "\\PC{0,8}") {
+            let valid = push("text", "<Content><![CDATA[你好 &amp; ]]></Content><MsgId>1234567890123456</MsgId>");
+            let chars: Vec<char> = valid.chars().collect();
+            let at = cut.min(chars.len());
+            let end = (at + len).min(chars.len());
+            let mutated: String = chars[..at].iter().chain(insert.chars().collect::<Vec<_>>().iter()).chain(&chars[end..]).collect();
+            if let Ok(m) = parse_inbound(&mutated) {
+                _ = (m.type_key(), m.dedupe_key());
+            }
+            let doubled: String = chars[..end].iter().chain(&chars[at..]).collect();
+            _ = parse_inbound(&doubled);
+        }
     }
 
     #[test]
