@@ -129,10 +129,12 @@ async fn push(oa: &mut Oa, msg_type: &str, extra: &str, msg_id: u64) -> String {
         "<xml><ToUserName><![CDATA[{ORIGINAL_ID}]]></ToUserName><FromUserName><![CDATA[{ALICE}]]></FromUserName>\
          <CreateTime>1700000000</CreateTime><MsgType><![CDATA[{msg_type}]]></MsgType>{extra}<MsgId>{msg_id}</MsgId></xml>"
     );
-    let (ts, nonce) = ("1700000000", msg_id.to_string());
+    // Signed now: the webhook refuses callbacks outside its time window.
+    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    let nonce = msg_id.to_string();
     let path = format!(
         "/wechat?signature={}&timestamp={ts}&nonce={nonce}&openid=o",
-        crypto::signature(&[OA_TOKEN, ts, &nonce])
+        crypto::signature(&[OA_TOKEN, &ts, &nonce])
     );
     let http = oa.http;
     let answered = tokio::spawn(async move { http_request(http, "POST", &path, &xml).await.0 });
