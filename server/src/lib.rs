@@ -88,8 +88,14 @@ pub fn build_backend(
                 );
             }
             let outbound = config.fetch.build()?;
-            let oa =
-                backend::official_account::OfficialAccount::new(settings, outbound, sink, blobs, metrics.oa.clone())?;
+            let oa = backend::official_account::OfficialAccount::new(
+                settings,
+                outbound,
+                sink,
+                blobs,
+                metrics.oa.clone(),
+                tasks,
+            )?;
             Ok(Built { backend: Arc::new(oa.clone()), mock: None, official_account: Some(oa) })
         }
     }

@@ -11,7 +11,8 @@
 //! recall, contact cards and locations do not exist on the platform and answer `UNIMPLEMENTED` with
 //! the reason.
 //!
-//! Bounded state: the last [`MESSAGES_KEPT`] messages (older ids answer NOT_FOUND), follower
+//! Bounded state: the last [`MESSAGES_KEPT`] messages and [`MESSAGE_BYTES`] of them (older ids
+//! answer NOT_FOUND), follow requests and template results by count and [`SMALL_RECORD_BYTES`], follower
 //! payloads until a DIRTY or [`CONTACTS_KEPT`], the retry cache ([`SEEN_KEPT`] pushes for
 //! [`SEEN_TTL`]), [`TEMPLATE_RESULTS_KEPT`] template results, at most [`MAX_WAITING`] pushes held
 //! open for a passive reply, and a 1024-push broadcast for the Events stream (a subscriber further
@@ -48,14 +49,19 @@ use self::api::{Api, ApiError};
 use self::settings::OaSettings;
 use self::xml::{Inbound, InboundKind, Reply};
 use super::{Backend, BackendError, BackendResult, Outgoing, Referrer};
-use crate::blobs::{BlobError, BlobStore};
+use crate::blobs::BlobStore;
 use crate::events::EventSink;
 use crate::fetch::OutboundFetcher;
-use crate::grpc::files::BASE64;
 use crate::metrics::{OaMetrics, PushOutcome, ReplyPath};
+use crate::tasks::Tasks;
+use puppet_proto::filebox::BASE64;
 
 /// Messages kept for `MessagePayload` and media downloads.
 pub const MESSAGES_KEPT: usize = 10_000;
+/// At most this many bytes of them.
+pub const MESSAGE_BYTES: usize = 32 << 20;
+/// Follow requests and template results kept, in bytes (each list also by count).
+pub const SMALL_RECORD_BYTES: usize = 4 << 20;
 /// Follower payloads cached (the cache is emptied when it would grow beyond).
 pub const CONTACTS_KEPT: usize = 50_000;
 /// Pushes remembered to recognise WeChat's retries.
@@ -75,32 +81,66 @@ const NO_FRIEND_REQUESTS: &str = "people follow an Official Account themselves (
      the account cannot add or accept anyone";
 const NO_RECALL: &str = "the Official Account API cannot recall a message once sent";
 
-/// A map that forgets its oldest entries beyond a capacity.
-struct Bounded<K, V> {
-    map: HashMap<K, V>,
-    order: VecDeque<K>,
-    cap: usize,
+/// What keeping a value costs, in bytes (roughly: its texts plus a fixed overhead).
+trait Cost {
+    fn cost(&self) -> usize;
 }
 
-impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
-    fn new(cap: usize) -> Self {
-        Self { map: HashMap::new(), order: VecDeque::new(), cap }
+/// A map that forgets its oldest entries beyond a count and a byte budget.
+struct Bounded<K, V> {
+    map: HashMap<K, (V, usize)>,
+    order: VecDeque<K>,
+    cap: usize,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl<K: Hash + Eq + Clone, V: Cost> Bounded<K, V> {
+    fn new(cap: usize, max_bytes: usize) -> Self {
+        Self { map: HashMap::new(), order: VecDeque::new(), cap, bytes: 0, max_bytes }
     }
     fn insert(&mut self, k: K, v: V) {
-        if self.map.insert(k.clone(), v).is_none() {
-            self.order.push_back(k);
+        let cost = v.cost();
+        self.bytes += cost;
+        match self.map.insert(k.clone(), (v, cost)) {
+            Some((_, old)) => self.bytes -= old,
+            None => self.order.push_back(k),
         }
-        while self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
+        while self.order.len() > 1 && (self.order.len() > self.cap || self.bytes > self.max_bytes) {
+            if let Some(old) = self.order.pop_front()
+                && let Some((_, cost)) = self.map.remove(&old)
+            {
+                self.bytes -= cost;
             }
         }
     }
     fn get(&self, k: &K) -> Option<&V> {
-        self.map.get(k)
+        self.map.get(k).map(|(v, _)| v)
     }
     fn get_mut(&mut self, k: &K) -> Option<&mut V> {
-        self.map.get_mut(k)
+        self.map.get_mut(k).map(|(v, _)| v)
+    }
+}
+
+impl Cost for Friendship {
+    fn cost(&self) -> usize {
+        std::mem::size_of::<Self>() + self.hello.len() + self.id.as_str().len() + self.contact_id.as_str().len()
+    }
+}
+
+impl Cost for TemplateResult {
+    fn cost(&self) -> usize {
+        std::mem::size_of::<Self>() + self.status.len() + self.to_user.len()
+    }
+}
+
+impl Cost for Stored {
+    fn cost(&self) -> usize {
+        let m = &self.message;
+        // An inbound push's kind repeats its text (and a link's fields): count it again.
+        let inbound = if self.inbound.is_some() { m.text.len() + 256 } else { 0 };
+        let url = self.url.as_ref().map_or(0, |u| u.url.len() + u.title.len() + u.description.len());
+        std::mem::size_of::<Self>() + m.text.len() + m.filename.len() + m.id.as_str().len() + inbound + url
     }
 }
 
@@ -175,6 +215,8 @@ struct Inner {
     state: Mutex<State>,
     pushes: broadcast::Sender<Arc<PushRecord>>,
     refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The refresher belongs to the server's background tasks.
+    tasks: Tasks,
     next_id: AtomicU64,
     metrics: OaMetrics,
 }
@@ -187,15 +229,6 @@ pub struct OfficialAccount {
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
-}
-
-fn blob_error(e: BlobError) -> BackendError {
-    match e {
-        BlobError::NotFound(_) => BackendError::Absent(format!("the file is no longer stored ({e})")),
-        BlobError::TooLarge { .. } => BackendError::ResourceExhausted(e.to_string()),
-        BlobError::Empty => BackendError::InvalidArgument(e.to_string()),
-        BlobError::Io(_) => BackendError::Internal(e.to_string()),
-    }
 }
 
 /// What goes to a follower: anything WeChat can also give as a passive reply, or a mini-program
@@ -298,6 +331,7 @@ impl OfficialAccount {
         sink: EventSink,
         blobs: BlobStore,
         metrics: OaMetrics,
+        tasks: Tasks,
     ) -> anyhow::Result<Self> {
         let api = Api::new(
             &settings.api_base,
@@ -309,13 +343,13 @@ impl OfficialAccount {
         let me = ContactId(settings.original_id.clone().unwrap_or_else(|| settings.app_id.clone()));
         let state = State {
             logged_in: false,
-            messages: Bounded::new(MESSAGES_KEPT),
-            friendships: Bounded::new(MESSAGES_KEPT),
+            messages: Bounded::new(MESSAGES_KEPT, MESSAGE_BYTES),
+            friendships: Bounded::new(MESSAGES_KEPT, SMALL_RECORD_BYTES),
             contacts: HashMap::new(),
             followers: None,
             waiting: Vec::new(),
             seen: HashMap::new(),
-            templates: Bounded::new(TEMPLATE_RESULTS_KEPT),
+            templates: Bounded::new(TEMPLATE_RESULTS_KEPT, SMALL_RECORD_BYTES),
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -327,6 +361,7 @@ impl OfficialAccount {
                 state: Mutex::new(state),
                 pushes: broadcast::channel(PUSH_BUFFER).0,
                 refresher: Mutex::new(None),
+                tasks,
                 next_id: AtomicU64::new(1),
                 metrics,
             }),
@@ -575,7 +610,7 @@ impl OfficialAccount {
             FileBoxSource::Base64(b) => BASE64
                 .decode(b.trim())
                 .map_err(|_| BackendError::InvalidArgument(format!("FileBox `{}`: `base64` is not base64", fb.name))),
-            FileBoxSource::Uuid(id) => self.inner.blobs.read_all(id).await.map_err(blob_error),
+            FileBoxSource::Uuid(id) => self.inner.blobs.read_all(id).await.map_err(BackendError::from),
             FileBoxSource::Url { url, .. } => Ok(self.inner.api.fetch_public(url).await?.bytes),
             FileBoxSource::QrCode(_) => Err(BackendError::InvalidArgument(
                 "a QR-code FileBox has no bytes to send: render it to an image first".into(),
@@ -708,7 +743,7 @@ impl OfficialAccount {
             (None, Some(url)) => self.inner.api.fetch_public(&url).await?,
             (None, None) => return Err(BackendError::FailedPrecondition(format!("message `{id}` has no MediaId"))),
         };
-        let meta = self.inner.blobs.put(&media.bytes).await.map_err(blob_error)?;
+        let meta = self.inner.blobs.put(&media.bytes).await.map_err(BackendError::from)?;
         let mut fb = FileBox::new(media.filename.unwrap_or(filename), FileBoxSource::Uuid(meta.id));
         fb.size = Some(meta.size);
         if let Some(s) = self.state().messages.get_mut(id) {
@@ -732,8 +767,14 @@ impl OfficialAccount {
         }
         let mut refresher = self.inner.refresher.lock().unwrap_or_else(|p| p.into_inner());
         if refresher.as_ref().is_none_or(|h| h.is_finished()) {
-            let this = self.clone();
-            *refresher = Some(tokio::spawn(async move { this.inner.api.refresh_loop(Duration::from_secs(60)).await }));
+            let (this, stop) = (self.clone(), self.inner.tasks.stop_signal());
+            // Owned by the background group (stopped at shutdown), and aborted on logout.
+            *refresher = Some(self.inner.tasks.tracker().spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = this.inner.api.refresh_loop(Duration::from_secs(60)) => {}
+                }
+            }));
         }
         tracing::info!(account = %self.inner.me, "official account online");
         self.emit(PuppetEvent::Login(LoginEvent { contact_id: self.inner.me.clone() }));
@@ -1124,6 +1165,18 @@ impl Backend for OfficialAccount {
 mod tests {
     use super::*;
 
+    impl Cost for &str {
+        fn cost(&self) -> usize {
+            self.len()
+        }
+    }
+
+    impl Cost for String {
+        fn cost(&self) -> usize {
+            self.len()
+        }
+    }
+
     #[test]
     fn files_are_classified_by_name_then_content() {
         assert_eq!(media_kind("a.JPG", b"x").unwrap().0, "image");
@@ -1164,11 +1217,23 @@ mod tests {
 
     #[test]
     fn the_bounded_map_forgets_the_oldest() {
-        let mut m = Bounded::new(2);
+        let mut m = Bounded::new(2, 1 << 20);
         m.insert(1, "a");
         m.insert(2, "b");
         m.insert(1, "a2");
         m.insert(3, "c");
         assert_eq!((m.get(&1), m.get(&2), m.get(&3)), (None, Some(&"b"), Some(&"c")));
+    }
+
+    #[test]
+    fn the_bounded_map_keeps_to_its_byte_budget() {
+        let mut m = Bounded::new(1000, 10_000);
+        for i in 0..100 {
+            m.insert(i, "x".repeat(1000));
+        }
+        assert!(m.bytes <= 10_000, "{} bytes kept", m.bytes);
+        assert!(m.get(&99).is_some() && m.get(&0).is_none());
+        m.insert(1000, "y".repeat(50_000));
+        assert_eq!(m.order.len(), 1, "one entry over the budget is still kept, alone");
     }
 }
