@@ -19,24 +19,36 @@ fn needs_escape(c: char) -> bool {
         || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{061c}' | '\u{feff}')
 }
 
+/// `text` as [`Shown`] shows it, but cut after `max_chars` characters (for a place that has less
+/// room than a message, such as a request id).
+pub fn shown(text: &str, max_chars: usize) -> String {
+    let mut out = String::new();
+    _ = write_shown(&mut out, text, max_chars);
+    out
+}
+
+fn write_shown(f: &mut impl Write, text: &str, max_chars: usize) -> fmt::Result {
+    for (shown, c) in text.chars().enumerate() {
+        if shown == max_chars {
+            return write!(f, "… ({} bytes)", text.len());
+        }
+        if needs_escape(c) {
+            match c {
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                c => write!(f, "\\u{{{:x}}}", c as u32)?,
+            }
+        } else {
+            f.write_char(c)?;
+        }
+    }
+    Ok(())
+}
+
 impl fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (shown, c) in self.0.chars().enumerate() {
-            if shown == SHOWN_CHARS {
-                return write!(f, "… ({} bytes)", self.0.len());
-            }
-            if needs_escape(c) {
-                match c {
-                    '\n' => f.write_str("\\n")?,
-                    '\r' => f.write_str("\\r")?,
-                    '\t' => f.write_str("\\t")?,
-                    c => write!(f, "\\u{{{:x}}}", c as u32)?,
-                }
-            } else {
-                f.write_char(c)?;
-            }
-        }
-        Ok(())
+        write_shown(f, self.0, SHOWN_CHARS)
     }
 }
 

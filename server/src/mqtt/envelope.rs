@@ -166,21 +166,9 @@ impl Seal {
     }
 }
 
-/// Client input for an error message: at most 64 characters, control characters escaped.
+/// Client input for an error message, shown as [`puppet_proto::ids::Shown`] shows input.
 pub fn quote(input: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in input.chars().enumerate() {
-        if i == 64 {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    puppet_proto::ids::Shown(input).to_string()
 }
 
 /// A serde message with the client input it quotes (`"…"` or `` `…` ``) clipped as by [`quote`].
@@ -269,9 +257,12 @@ mod tests {
     #[test]
     fn client_input_in_messages_is_clipped_and_escaped() {
         assert_eq!(quote("a\nb"), "a\\nb");
-        assert_eq!(quote(&"x".repeat(100)), format!("{}…", "x".repeat(64)));
+        assert_eq!(quote(&"x".repeat(100)), format!("{}… (100 bytes)", "x".repeat(64)));
         let long = format!("invalid type: string \"{}\", expected u64", "y".repeat(500));
-        assert_eq!(clip_quoted(&long), format!("invalid type: string \"{}…\", expected u64", "y".repeat(64)));
+        assert_eq!(
+            clip_quoted(&long),
+            format!("invalid type: string \"{}… (500 bytes)\", expected u64", "y".repeat(64))
+        );
         let e = Seal::new(None).open(format!("{{\"reqId\": 1, \"method\": \"{}\"}}", "z".repeat(10_000)).as_bytes());
         assert!(e.unwrap_err().len() < 200, "malformed JSON is described, not repeated");
         assert!(!valid_req_id("") && !valid_req_id("a/b") && !valid_req_id("a+") && !valid_req_id("#"));

@@ -55,6 +55,28 @@ async fn alive(server: &Server) {
     assert!(version.is_ok(), "the server stopped answering: {version:?}");
 }
 
+/// Retries `Version` on new connections until one is answered, for at most `bound`.
+async fn answers_again_within(server: &Server, bound: Duration) {
+    let deadline = Instant::now() + bound;
+    loop {
+        let answered = match tonic::transport::Channel::from_shared(server.endpoint()).unwrap().connect().await {
+            Ok(ch) => puppet_proto::pb::wechaty::puppet_client::PuppetClient::with_interceptor(
+                ch,
+                puppet_tests::Token(TOKEN.into()),
+            )
+            .version(pb::VersionRequest {})
+            .await
+            .is_ok(),
+            Err(_) => false,
+        };
+        if answered {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the server took no calls again within {bound:?}:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// CPU seconds (user + system) the process has used.
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
@@ -312,24 +334,7 @@ async fn the_connection_cap_closes_one_more_and_frees_slots() {
     assert!(waited < Duration::from_secs(5), "the fourth connection should be closed at once, took {waited:?}");
     drop(held);
     // Slots free up as the server sees the three close; then calls work again.
-    let deadline = Instant::now() + CLOSE_BOUND;
-    loop {
-        let ok = match tonic::transport::Channel::from_shared(server.endpoint()).unwrap().connect().await {
-            Ok(ch) => puppet_proto::pb::wechaty::puppet_client::PuppetClient::with_interceptor(
-                ch,
-                puppet_tests::Token(TOKEN.into()),
-            )
-            .version(pb::VersionRequest {})
-            .await
-            .is_ok(),
-            Err(_) => false,
-        };
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the server never took connections again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    answers_again_within(&server, CLOSE_BOUND).await;
     let text = metrics(&server).await;
     assert!(metric(&text, "puppet_connections_refused_total") >= 1.0, "{text}");
 }
@@ -364,24 +369,7 @@ async fn running_out_of_file_descriptors_backs_off_instead_of_spinning_and_recov
     assert!(warnings <= 5, "{warnings} warnings, one per failed accept?\n{}", server.log());
 
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ok = match tonic::transport::Channel::from_shared(server.endpoint()).unwrap().connect().await {
-            Ok(ch) => puppet_proto::pb::wechaty::puppet_client::PuppetClient::with_interceptor(
-                ch,
-                puppet_tests::Token(TOKEN.into()),
-            )
-            .version(pb::VersionRequest {})
-            .await
-            .is_ok(),
-            Err(_) => false,
-        };
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the server did not recover:\n{}", server.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    answers_again_within(&server, Duration::from_secs(30)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !server.log().contains("accepting connections works again") {
         assert!(Instant::now() < deadline, "no recovery line:\n{}", server.log());

@@ -38,22 +38,10 @@ pub enum XmlError {
     TooLarge(String),
 }
 
-/// At most `max` characters of `text` (client input) for an error message, control characters
-/// escaped, `…` when cut.
+/// At most `max` characters of `text` (client input) for an error message, shown as
+/// [`puppet_proto::ids::Shown`] shows input.
 pub fn clip(text: &str, max: usize) -> String {
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == max {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    puppet_proto::ids::shown(text, max)
 }
 
 /// An element: its trimmed text and its children in order.
@@ -820,7 +808,7 @@ mod tests {
     #[test]
     fn error_messages_quote_little_and_escape_controls() {
         assert_eq!(clip("a\nb", 64), "a\\nb");
-        assert_eq!(clip(&"x".repeat(100), 3), "xxx…");
+        assert_eq!(clip(&"x".repeat(100), 3), "xxx… (100 bytes)");
         let e = parse_tree(&format!("<xml><{0}>\u{1}</{0}x></xml>", "n".repeat(500))).unwrap_err().to_string();
         assert!(e.chars().count() < 140 && !e.chars().any(char::is_control), "{e}");
     }
