@@ -91,6 +91,11 @@ pub struct Config {
     #[arg(long, env = "PUPPET_HEARTBEAT_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub heartbeat_secs: u64,
 
+    /// Largest message of a call that carries no file, in KiB (the calls that carry files take up
+    /// to `--max-message-mib`).
+    #[arg(long, env = "PUPPET_MAX_REQUEST_KIB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(64..=2_097_152))]
+    pub max_request_kib: u64,
+
     /// Largest message accepted from clients, in MiB (Python sends files inline, so this is large).
     #[arg(long, env = "PUPPET_MAX_MESSAGE_MIB", default_value_t = 150, value_parser = clap::value_parser!(u64).range(4..=2048))]
     pub max_message_mib: u64,

@@ -240,6 +240,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .layer(net::TrackRequestsLayer)
         .layer(metrics::RpcMetricsLayer(metrics.clone()))
         .layer(grpc::status::CodecStatusLayer)
+        .layer(grpc::size::RequestSizeLayer {
+            max_request: (config.max_request_kib as usize).saturating_mul(1024).min(max_message),
+        })
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path(), request_id = %request_id(req.headers())))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -433,8 +436,11 @@ fn print_banner(banner: &Banner<'_>) {
     _ = stdout.flush();
 }
 
-/// Shows enough of a token to recognise it, not to use it.
+/// Lets a person recognise a token without showing any piece of it: its length and a short
+/// SHA-256 fingerprint.
 fn mask(token: &str) -> String {
-    let keep: String = token.chars().take(6).collect();
-    format!("{keep}… ({} chars)", token.chars().count())
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    let fingerprint: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    format!("({} chars, sha256 {fingerprint}…)", token.chars().count())
 }

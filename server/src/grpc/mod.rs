@@ -7,6 +7,7 @@ pub mod event;
 pub mod files;
 pub mod mock_world;
 pub mod official_account;
+pub mod size;
 pub mod status;
 pub mod validate;
 

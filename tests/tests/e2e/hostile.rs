@@ -156,10 +156,10 @@ async fn fields_are_held_to_what_wechat_accepts() {
         e.message().to_owned()
     }
 
-    // A 6 MB unknown id: refused for what it is, not echoed (it used to come back inside the
-    // status, which then exceeded the client's limit: RESOURCE_EXHAUSTED instead of NOT_FOUND).
-    let m = invalid(p.contact_payload(pb::ContactPayloadRequest { id: "x".repeat(6 << 20) }).await, "6 MB id");
-    assert!(m.len() < 100 && m.contains("6291456 bytes"), "{m}");
+    // A 3 MB unknown id: refused for what it is, not echoed (an 8 MB one used to come back inside
+    // the status, which then exceeded the client's limit: RESOURCE_EXHAUSTED instead of NOT_FOUND).
+    let m = invalid(p.contact_payload(pb::ContactPayloadRequest { id: "x".repeat(3 << 20) }).await, "3 MB id");
+    assert!(m.len() < 100 && m.contains("3145728 bytes"), "{m}");
     let e = p.contact_payload(pb::ContactPayloadRequest { id: "wxid_\u{1b}[31mred\u{202e}".into() }).await.unwrap_err();
     assert!(!e.message().contains('\u{1b}') && !e.message().contains('\u{202e}'), "{:?}", e.message());
     let e = p.contact_payload(pb::ContactPayloadRequest { id: "y".repeat(200) }).await.unwrap_err();
@@ -203,18 +203,59 @@ async fn fields_are_held_to_what_wechat_accepts() {
     assert!(m.contains("latitude"), "{m}");
 
     // Over --max-message-mib: RESOURCE_EXHAUSTED (tonic's own answer is OUT_OF_RANGE), naming the flag.
-    let nine_mib = "z".repeat(9 << 20);
+    let nine_mib = puppet_proto::filebox::BASE64.encode(vec![1u8; 7 << 20]);
     let e = p
-        .message_send_text(pb::MessageSendTextRequest {
+        .message_send_file(pb::MessageSendFileRequest {
             conversation_id: "wxid_alice".into(),
-            text: nine_mib,
-            ..Default::default()
+            file_box: format!(r#"{{"boxType":1,"base64":"{nine_mib}","name":"x.bin"}}"#),
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("--max-message-mib"), "{}", e.message());
+    // A call that carries no file is held to --max-request-kib.
+    let five_mib = "z".repeat(5 << 20);
+    let e = p
+        .message_send_text(pb::MessageSendTextRequest {
+            conversation_id: "wxid_alice".into(),
+            text: five_mib,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("--max-request-kib"), "{}", e.message());
     alive(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_messages_of_calls_that_carry_no_file_are_refused_unread() {
+    let server = Server::start(&[]);
+    let before = rss_kib(server.pid());
+    // Three 40 MiB Dings at once (once: 100 MiB each took the server's RSS past a gigabyte).
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        let mut p = server.puppet().await;
+        calls.push(tokio::spawn(
+            async move { p.ding(pb::DingRequest { data: "d".repeat(40 << 20) }).await.unwrap_err() },
+        ));
+    }
+    for call in calls {
+        let e = call.await.unwrap();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert!(e.message().contains("--max-request-kib"), "{}", e.message());
+    }
+    let after = rss_kib(server.pid());
+    eprintln!("server RSS {before} KiB before, {after} KiB after three 40 MiB Dings");
+    assert!(after < before + 32 * 1024, "the server read the messages anyway: {before} → {after} KiB");
+    // Files still travel inline up to --max-message-mib (the Python client needs it).
+    let mut p = server.puppet().await;
+    Events::open(&mut p).await.wait_for(kind::READY).await;
+    let big = puppet_proto::filebox::BASE64.encode(vec![9u8; 6 << 20]);
+    let fb = format!(r#"{{"boxType":1,"base64":"{big}","name":"big.bin"}}"#);
+    p.message_send_file(pb::MessageSendFileRequest { conversation_id: "wxid_alice".into(), file_box: fb })
+        .await
+        .expect("a 6 MiB inline file is a file call");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
