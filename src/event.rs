@@ -295,7 +295,7 @@ impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::UnknownKind(n) => write!(f, "unknown event type {n}"),
-            Self::Payload(e) => write!(f, "malformed event payload: {e}"),
+            Self::Payload(e) => write!(f, "malformed event payload: {}", crate::ids::shown_quotes(&e.to_string())),
         }
     }
 }
@@ -430,5 +430,212 @@ mod tests {
     fn unknown_kinds_are_reported() {
         assert!(matches!(PuppetEvent::from_wire(4, "{}"), Err(DecodeError::UnknownKind(4))));
         assert!(matches!(PuppetEvent::from_wire(25, "{}"), Err(DecodeError::Payload(_))));
+    }
+
+    #[test]
+    fn a_malformed_payload_is_described_not_repeated() {
+        let huge = "\u{1b}[31m".repeat(1 << 16);
+        let payload = serde_json::json!({ "status": huge }).to_string();
+        let e = PuppetEvent::from_wire(EventKind::Scan.wire(), &payload).unwrap_err().to_string();
+        assert!(e.chars().count() < MAX_MESSAGE, "{}", &e[..e.len().min(300)]);
+        assert!(e.contains("invalid type: string") && e.contains("expected i32") && !e.contains('\u{1b}'), "{e}");
+    }
+
+    #[test]
+    fn deep_nesting_in_a_payload_never_overflows_the_stack() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        for kind in [EventKind::Message, EventKind::Heartbeat, EventKind::Scan, EventKind::RoomJoin] {
+            let fields = format!(r#"{{"messageId":{deep},"data":{deep},"status":{deep},"inviteeIdList":{deep}}}"#);
+            for text in [&deep, &fields] {
+                let e = PuppetEvent::from_wire(kind.wire(), text).unwrap_err().to_string();
+                assert!(e.len() < MAX_MESSAGE, "{e}");
+            }
+        }
+        // An unknown key is skipped by serde_json without recursion, however deep.
+        let skipped = PuppetEvent::from_wire(EventKind::Message.wire(), &format!(r#"{{"messageId":"m","x":{deep}}}"#));
+        assert_eq!(skipped.unwrap(), PuppetEvent::Message(MessageEvent { message_id: "m".into() }));
+    }
+
+    /// Every file in `tests/fixtures/hostile/event/` (named `<event type number>-….json`) decodes
+    /// or is refused with a short message.
+    #[test]
+    fn hostile_fixtures_are_decoded_or_refused() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile/event");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let kind: i32 = name.split('-').next().and_then(|n| n.parse().ok()).expect("named <type>-…");
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(e) = PuppetEvent::from_wire(kind, &text) {
+                assert!(e.to_string().chars().count() < MAX_MESSAGE, "{name}: {e}");
+            }
+            seen += 1;
+        }
+        assert!(seen > 0, "no fixtures in {}", dir.display());
+    }
+
+    /// No decoding error is longer than this, whatever the payload.
+    const MAX_MESSAGE: usize = 400;
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        fn id<T: From<String> + std::fmt::Debug>() -> impl Strategy<Value = T> {
+            any::<String>().prop_map(T::from)
+        }
+
+        fn ids<T: From<String> + std::fmt::Debug>() -> impl Strategy<Value = Vec<T>> {
+            prop::collection::vec(id::<T>(), 0..4)
+        }
+
+        fn data() -> impl Strategy<Value = DataPayload> {
+            any::<String>().prop_map(|data| DataPayload { data })
+        }
+
+        /// Every variant, with arbitrary strings and numbers.
+        fn event() -> impl Strategy<Value = PuppetEvent> {
+            prop_oneof![
+                data().prop_map(PuppetEvent::Heartbeat),
+                id().prop_map(|message_id| PuppetEvent::Message(MessageEvent { message_id })),
+                data().prop_map(PuppetEvent::Dong),
+                (any::<String>(), any::<String>())
+                    .prop_map(|(data, gerror)| PuppetEvent::Error(ErrorEvent { data, gerror })),
+                (any::<i32>(), any::<String>()).prop_map(|(code, m)| PuppetEvent::Error(ErrorEvent::new(code, m))),
+                id().prop_map(|friendship_id| PuppetEvent::Friendship(FriendshipEvent { friendship_id })),
+                id().prop_map(|room_invitation_id| PuppetEvent::RoomInvite(RoomInviteEvent { room_invitation_id })),
+                (ids(), id(), id(), any::<u64>()).prop_map(|(invitee_id_list, inviter_id, room_id, timestamp)| {
+                    PuppetEvent::RoomJoin(RoomJoinEvent { invitee_id_list, inviter_id, room_id, timestamp })
+                }),
+                (ids(), id(), id(), any::<u64>()).prop_map(|(removee_id_list, remover_id, room_id, timestamp)| {
+                    PuppetEvent::RoomLeave(RoomLeaveEvent { removee_id_list, remover_id, room_id, timestamp })
+                }),
+                (id(), any::<String>(), any::<String>(), id(), any::<u64>()).prop_map(
+                    |(changer_id, new_topic, old_topic, room_id, timestamp)| {
+                        PuppetEvent::RoomTopic(RoomTopicEvent { changer_id, new_topic, old_topic, room_id, timestamp })
+                    }
+                ),
+                (id(), any::<String>(), any::<Option<String>>(), id(), any::<u64>()).prop_map(
+                    |(changer_id, new_announce, old_announce, room_id, timestamp)| {
+                        PuppetEvent::RoomAnnounce(RoomAnnounceEvent {
+                            changer_id,
+                            new_announce,
+                            old_announce,
+                            room_id,
+                            timestamp,
+                        })
+                    }
+                ),
+                (any::<i32>(), any::<Option<String>>(), any::<Option<String>>())
+                    .prop_map(|(status, qrcode, data)| PuppetEvent::Scan(ScanEvent { status, qrcode, data })),
+                data().prop_map(PuppetEvent::Ready),
+                id().prop_map(|contact_id| PuppetEvent::Login(LoginEvent { contact_id })),
+                (id(), any::<String>())
+                    .prop_map(|(contact_id, data)| PuppetEvent::Logout(LogoutEvent { contact_id, data })),
+                (any::<i32>(), any::<String>())
+                    .prop_map(|(payload_type, payload_id)| PuppetEvent::Dirty(DirtyEvent { payload_type, payload_id })),
+            ]
+        }
+
+        fn kind() -> impl Strategy<Value = i32> {
+            prop_oneof![prop::sample::select((1..=40).collect::<Vec<i32>>()), any::<i32>()]
+        }
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                any::<String>().prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(any::<String>(), inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn every_event_round_trips(event in event()) {
+                let json = event.payload_json();
+                prop_assert!(json.starts_with('{') && json != "{}", "never an empty payload: {}", json);
+                prop_assert_eq!(PuppetEvent::from_wire(event.kind().wire(), &json).map_err(|e| e.to_string()), Ok(event));
+            }
+
+            #[test]
+            fn arbitrary_text_is_decoded_or_refused_briefly(
+                kind in kind(),
+                text in prop_oneof![any::<String>(), "[\\[\\]{}\":,0-9a-zA-Z .eE+-]{0,120}"],
+            ) {
+                if let Err(e) = PuppetEvent::from_wire(kind, &text) {
+                    prop_assert!(e.to_string().chars().count() < MAX_MESSAGE, "{}", e);
+                    prop_assert!(!e.to_string().contains(|c: char| c.is_control()), "{}", e);
+                }
+            }
+
+            #[test]
+            fn near_valid_payloads_are_decoded_or_refused_briefly(
+                event in event(),
+                key in any::<prop::sample::Index>(),
+                value in json_value(),
+                extra in any::<String>(),
+                how in 0..3u8,
+            ) {
+                let Value::Object(mut obj) = serde_json::from_str::<Value>(&event.payload_json()).unwrap() else {
+                    unreachable!("payloads are objects")
+                };
+                let keys: Vec<String> = obj.keys().cloned().collect();
+                let target = key.get(&keys).clone();
+                match how {
+                    0 => { obj.remove(&target); }
+                    1 => { obj.insert(target, value); }
+                    _ => { if !obj.contains_key(&extra) { obj.insert(extra, value); } }
+                }
+                let decoded = PuppetEvent::from_wire(event.kind().wire(), &Value::Object(obj).to_string());
+                match decoded {
+                    Ok(back) => {
+                        prop_assert_eq!(back.kind(), event.kind());
+                        if how == 2 {
+                            prop_assert_eq!(back, event, "unknown keys are ignored");
+                        }
+                    }
+                    Err(e) => {
+                        prop_assert!(how != 2, "an unknown key refused: {}", e);
+                        prop_assert!(e.to_string().chars().count() < MAX_MESSAGE, "{}", e);
+                        prop_assert!(!e.to_string().contains(|c: char| c.is_control()), "{}", e);
+                    }
+                }
+            }
+
+            #[test]
+            fn deep_payloads_never_overflow(event in event(), depth in 1usize..5_000, object in any::<bool>()) {
+                let (open, close) = if object { ("{\"k\":", "}") } else { ("[", "]") };
+                let deep = format!("{}0{}", open.repeat(depth), close.repeat(depth));
+                let kind = event.kind().wire();
+                match PuppetEvent::from_wire(kind, &deep) {
+                    Err(e) => prop_assert!(e.to_string().chars().count() < MAX_MESSAGE, "{}", e),
+                    // Only an all-defaults payload (`data`) skips an unknown key `k`, however deep.
+                    Ok(p) => prop_assert!(object && p.payload_json() == r#"{"data":""}"#, "{:?}", p),
+                }
+                // Deep JSON under an unknown key is skipped: the event is what it was.
+                let json = event.payload_json();
+                let with_deep = json.replacen('{', &format!(r#"{{"x":{deep},"#), 1);
+                prop_assert_eq!(PuppetEvent::from_wire(kind, &with_deep).map_err(|e| e.to_string()), Ok(event));
+                // Deep JSON where a field's value belongs is refused.
+                if let Some(colon) = json.find(':') {
+                    let bad = format!("{}:{deep}}}", &json[..colon]);
+                    prop_assert!(PuppetEvent::from_wire(kind, &bad).is_err());
+                }
+            }
+        }
     }
 }

@@ -192,4 +192,206 @@ mod tests {
             self
         }
     }
+
+    #[test]
+    fn a_deeply_nested_box_is_refused_without_overflowing_the_stack() {
+        // serde_json stops at 128 levels; 100 000 would overflow any stack if it did not.
+        for (open, close) in [("[", "]"), ("{\"a\":", "}")] {
+            let deep = format!("{}1{}", open.repeat(100_000), close.repeat(100_000));
+            let e = FileBox::from_json(&format!(r#"{{"type":7,"uuid":"u","metadata":{deep}}}"#)).unwrap_err();
+            assert!(e.0.contains("recursion limit"), "{e}");
+            assert!(FileBox::from_json(&deep).unwrap_err().0.contains("recursion limit"));
+        }
+    }
+
+    #[test]
+    fn a_huge_box_parses_in_linear_time() {
+        let fb = FileBox::new("n".repeat(1 << 20), FileBoxSource::Base64("QUJD".repeat(1 << 18)));
+        let started = std::time::Instant::now();
+        assert_eq!(FileBox::from_json(&fb.to_json()).unwrap(), fb.clone().with_metadata_default());
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+
+    /// Every file in `tests/fixtures/hostile/filebox/` (inputs that once misbehaved somewhere)
+    /// parses or is refused with a short message.
+    #[test]
+    fn hostile_fixtures_are_parsed_or_refused() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile/filebox");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(e) = FileBox::from_json(&text) {
+                assert!(e.to_string().chars().count() < MAX_MESSAGE, "{}: {e}", path.display());
+            }
+            seen += 1;
+        }
+        assert!(seen > 0, "no fixtures in {}", dir.display());
+    }
+
+    /// No refusal is longer than this, whatever the input.
+    const MAX_MESSAGE: usize = 200;
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// JSON values without floats (which serde_json does not round-trip exactly by default).
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<String>().prop_map(Value::from),
+            ];
+            leaf.prop_recursive(6, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(any::<String>(), inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn json_object() -> impl Strategy<Value = Value> {
+            prop::collection::btree_map(any::<String>(), json_value(), 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect()))
+        }
+
+        fn source() -> impl Strategy<Value = FileBoxSource> {
+            prop_oneof![
+                any::<String>().prop_map(FileBoxSource::Base64),
+                (any::<String>(), prop::option::of(json_value().prop_filter("null is no headers", |h| !h.is_null())))
+                    .prop_map(|(url, headers)| FileBoxSource::Url { url, headers }),
+                any::<String>().prop_map(FileBoxSource::QrCode),
+                any::<String>().prop_map(FileBoxSource::Uuid),
+            ]
+        }
+
+        /// Any box `to_json` can write and `from_json` can give back: metadata is an object or
+        /// absent (absent comes back as `{}`).
+        fn file_box() -> impl Strategy<Value = FileBox> {
+            (any::<String>(), source(), any::<Option<u64>>(), any::<Option<String>>(), prop::option::of(json_object()))
+                .prop_map(|(name, source, size, md5, metadata)| FileBox { name, source, size, md5, metadata })
+        }
+
+        /// One change that makes a valid box's object near-valid.
+        #[derive(Clone, Debug)]
+        enum Mutation {
+            Remove(usize),
+            Replace(usize, Value),
+            Insert(String, Value),
+        }
+
+        fn mutation() -> impl Strategy<Value = Mutation> {
+            const KEYS: &[&str] =
+                &["type", "boxType", "name", "url", "remoteUrl", "base64", "qrCode", "uuid", "size", "md5"];
+            let wrong = prop_oneof![
+                json_value(),
+                Just(json!(-1)),
+                Just(json!(7.0)),
+                Just(json!(u64::MAX)),
+                Just(json!("7")),
+                (0u64..10).prop_map(Value::from),
+            ];
+            prop_oneof![
+                any::<usize>().prop_map(Mutation::Remove),
+                (any::<usize>(), wrong.clone()).prop_map(|(i, v)| Mutation::Replace(i, v)),
+                (prop::sample::select(KEYS).prop_map(str::to_owned), wrong).prop_map(|(k, v)| Mutation::Insert(k, v)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn arbitrary_text_is_parsed_or_refused_briefly(
+                text in prop_oneof![any::<String>(), "[\\[\\]{}\":,0-9a-zA-Z .eE+-]{0,120}"],
+            ) {
+                if let Err(e) = FileBox::from_json(&text) {
+                    prop_assert!(e.to_string().chars().count() < MAX_MESSAGE, "{}", e);
+                }
+            }
+
+            #[test]
+            fn arbitrary_json_values_are_parsed_or_refused_briefly(value in json_value()) {
+                match FileBox::from_json(&value.to_string()) {
+                    Ok(fb) => {
+                        let t = value.get("type").or_else(|| value.get("boxType")).and_then(Value::as_u64);
+                        prop_assert_eq!(Some(fb.source.type_number()), t);
+                    }
+                    Err(e) => prop_assert!(e.to_string().chars().count() < MAX_MESSAGE, "{}", e),
+                }
+            }
+
+            #[test]
+            fn any_box_round_trips(fb in file_box()) {
+                let text = fb.to_json();
+                let back = FileBox::from_json(&text);
+                prop_assert_eq!(back, Ok(fb.with_metadata_default()), "{}", text);
+            }
+
+            #[test]
+            fn near_valid_boxes_are_parsed_or_refused_briefly(fb in file_box(), mutations in prop::collection::vec(mutation(), 1..4)) {
+                let Value::Object(mut obj) = serde_json::from_str::<Value>(&fb.to_json()).unwrap() else {
+                    unreachable!("to_json writes an object")
+                };
+                for m in mutations {
+                    let keys: Vec<String> = obj.keys().cloned().collect();
+                    match m {
+                        Mutation::Remove(i) if !keys.is_empty() => { obj.remove(&keys[i % keys.len()]); }
+                        Mutation::Replace(i, v) if !keys.is_empty() => { obj.insert(keys[i % keys.len()].clone(), v); }
+                        Mutation::Insert(k, v) => { obj.insert(k, v); }
+                        _ => {}
+                    }
+                }
+                let expected_type = obj.get("type").or_else(|| obj.get("boxType")).and_then(Value::as_u64);
+                match FileBox::from_json(&Value::Object(obj.clone()).to_string()) {
+                    Ok(back) => {
+                        prop_assert_eq!(Some(back.source.type_number()), expected_type);
+                        prop_assert_eq!(back.name.as_str(), obj.get("name").and_then(Value::as_str).unwrap_or(""));
+                    }
+                    Err(e) => {
+                        prop_assert!(e.to_string().chars().count() < MAX_MESSAGE, "{}", e);
+                        // Only a missing or unusable `type`, or a missing source field, is refused.
+                        let needs = match expected_type {
+                            None => true,
+                            Some(1) => obj.get("base64").and_then(Value::as_str).is_none(),
+                            Some(2) => ["url", "remoteUrl"].iter().all(|k| obj.get(*k).and_then(Value::as_str).is_none()),
+                            Some(3) => obj.get("qrCode").and_then(Value::as_str).is_none(),
+                            Some(7) => obj.get("uuid").and_then(Value::as_str).is_none(),
+                            Some(_) => true,
+                        };
+                        prop_assert!(needs, "refused a usable box: {}", e);
+                    }
+                }
+            }
+
+            #[test]
+            fn deep_nesting_anywhere_is_refused_or_parsed_without_overflow(
+                depth in 1usize..5_000,
+                object in any::<bool>(),
+                place in 0usize..3,
+            ) {
+                let (open, close) = if object { ("{\"k\":", "}") } else { ("[", "]") };
+                let deep = format!("{}null{}", open.repeat(depth), close.repeat(depth));
+                let text = match place {
+                    0 => deep,
+                    1 => format!(r#"{{"type":7,"uuid":"u","metadata":{{"m":{deep}}}}}"#),
+                    _ => format!(r#"{{"type":2,"url":"http://x","headers":{deep}}}"#),
+                };
+                let parsed = FileBox::from_json(&text);
+                // serde_json refuses beyond 128 levels; the box adds one or two of its own.
+                if depth + 3 < 128 && place > 0 {
+                    prop_assert!(parsed.is_ok(), "{:?}", parsed);
+                    let fb = parsed.unwrap();
+                    prop_assert_eq!(FileBox::from_json(&fb.to_json()), Ok(fb.clone().with_metadata_default()));
+                } else if depth > 128 {
+                    let e = parsed.unwrap_err();
+                    prop_assert!(e.0.contains("recursion limit"), "{}", e);
+                }
+            }
+        }
+    }
 }

@@ -52,6 +52,31 @@ impl fmt::Display for Shown<'_> {
     }
 }
 
+/// A serde error message made safe to show: every part it quotes (between `"…"` or `` `…` ``,
+/// where serde puts the input it complains about) and every part between them shown as [`Shown`]
+/// shows input, so `invalid type: string "…"` stays short however long the string was.
+pub fn shown_quotes(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(start) = rest.find(['"', '`']) {
+        let mark = if rest.as_bytes()[start] == b'"' { '"' } else { '`' };
+        write!(out, "{}{mark}", Shown(&rest[..start])).ok();
+        rest = &rest[start + 1..];
+        // serde writes a `"` inside a quoted string as `\"`.
+        let mut escaped = false;
+        let end = rest.char_indices().find(|&(_, c)| {
+            let closes = !escaped && c == mark;
+            escaped = !escaped && c == '\\';
+            closes
+        });
+        let Some((end, _)) = end else { break };
+        write!(out, "{}{mark}", Shown(&rest[..end])).ok();
+        rest = &rest[end + 1..];
+    }
+    write!(out, "{}", Shown(rest)).ok();
+    out
+}
+
 macro_rules! id_type {
     ($($(#[$doc:meta])+ $name:ident),* $(,)?) => {$(
         $(#[$doc])+
@@ -130,5 +155,33 @@ mod tests {
         assert!(shown.len() < 100);
         assert_eq!(ContactId("a\u{7}".into()).to_string(), "a\\u{7}");
         assert_eq!(ContactId("a\u{7}".into()).as_str(), "a\u{7}", "the wire form is untouched");
+    }
+
+    #[test]
+    fn serde_messages_show_their_quotes_cut() {
+        let long = "y".repeat(10_000);
+        let m = shown_quotes(&format!(r#"invalid type: string "{long}", expected i32 at line 1 column 10012"#));
+        assert_eq!(
+            m,
+            format!(r#"invalid type: string "{}… (10000 bytes)", expected i32 at line 1 column 10012"#, &long[..64])
+        );
+        assert_eq!(shown_quotes(r#"a "q\"uote" b `x` c"#), r#"a "q\"uote" b `x` c"#);
+        assert_eq!(shown_quotes("unknown field `a\u{1b}b`, expected `c`"), "unknown field `a\\u{1b}b`, expected `c`");
+        assert_eq!(shown_quotes("unterminated \"xyz"), "unterminated \"xyz");
+        assert_eq!(shown_quotes(""), "");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn shown_quotes_is_bounded_and_escaped(parts in proptest::collection::vec(proptest::prelude::any::<String>(), 0..8)) {
+            let message = parts.join("\"");
+            let shown = shown_quotes(&message);
+            // At most 64 characters and a length note per piece, whatever each piece's length.
+            let quotes = message.matches(['"', '`']).count();
+            proptest::prop_assert!(shown.chars().count() <= quotes + 90 * (quotes + 1), "{}", shown);
+            proptest::prop_assert!(!shown.contains(|c: char| c.is_control()), "{}", shown);
+        }
     }
 }

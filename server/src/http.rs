@@ -217,6 +217,17 @@ async fn qrcode_html(s: &HttpState) -> axum::response::Html<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::backend::mock::world::WorldSpec;
+    use crate::backend::mock::{MockBackend, MockOptions};
+    use crate::events::StartAt;
+    use crate::net::ThrottleSettings;
+    use axum::http::{HeaderName, HeaderValue, Request};
+    use proptest::prelude::*;
+    use puppet_proto::event::EventKind;
+
+    const TOKEN: &str = "s3cret-token";
+
     #[test]
     fn names_are_escaped_into_the_page() {
         assert_eq!(
@@ -224,5 +235,228 @@ mod tests {
             "&lt;b&gt;&quot;Tom&quot; &amp; &#39;Jerry&#39;&lt;/b&gt;"
         );
         assert_eq!(super::escape("张伟"), "张伟");
+    }
+
+    /// The side port's routes over the built-in mock world (logged in when `login`), with the
+    /// blob directory to remove after.
+    async fn app(login: bool, throttle: ThrottleSettings) -> (Router, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("puppet-http-{}", uuid::Uuid::new_v4()));
+        let limits = crate::blobs::BlobLimits { max_file: 1 << 20, max_total: 1 << 20, ttl: Duration::from_secs(60) };
+        let blobs = crate::blobs::BlobStore::open(&dir, limits).unwrap();
+        let bus = EventBus::new(1024, 1 << 20, 1024);
+        let options =
+            MockOptions { world: WorldSpec::builtin(), login_step: Duration::ZERO, print_qr: false, state_file: None };
+        let backend: Arc<dyn crate::backend::Backend> =
+            Arc::new(MockBackend::new(options, bus.sink(), blobs.clone(), crate::tasks::Tasks::new()).unwrap());
+        if login {
+            let mut sub = bus.subscribe(StartAt::Live { replay_state: true }).unwrap();
+            backend.start().await.unwrap();
+            let logged_in = async {
+                let mut batch = Vec::new();
+                while !batch.iter().any(|e: &Arc<crate::events::Envelope>| e.kind == EventKind::Login) {
+                    batch.clear();
+                    sub.next_batch(&mut batch).await.unwrap();
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), logged_in).await.expect("the mock account logs in");
+        }
+        let state = HttpState {
+            bus,
+            ready_when: crate::config::ReadyWhen::Started,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            blobs,
+            backend,
+            token: TOKEN.into(),
+            qrcode_public: false,
+            throttle: AuthThrottle::new(throttle, crate::metrics::NetMetrics::default()),
+        };
+        let limits = HttpLimits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            max_body: 16 << 10,
+        };
+        (router(state, None, limits), dir)
+    }
+
+    /// A GET as the accept loop hands it over (with the peer's address), answered in-process.
+    async fn get(
+        app: &Router,
+        uri: http::Uri,
+        headers: &[(HeaderName, HeaderValue)],
+        peer: SocketAddr,
+    ) -> (StatusCode, String) {
+        let mut req = Request::get(uri).body(axum::body::Body::empty()).unwrap();
+        for (name, value) in headers {
+            req.headers_mut().append(name.clone(), value.clone());
+        }
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let response = app.clone().oneshot(req).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("a body under 1 MiB");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Percent-encodes everything but unreserved characters.
+    fn pct(text: &str) -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+                b => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+
+    /// Query strings: raw ones over every character a URI's query may hold (malformed `%`
+    /// escapes, `+`, repeated and empty keys included), and arbitrary text percent-encoded.
+    fn query() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9%&=+;,./:@!$'()*?~_-]{0,120}",
+            "(token|tok%65n|t%6Fken|%74oken|x|)(=[a-zA-Z0-9%+]{0,40})?(&(token|x|)(=[a-zA-Z0-9%+]{0,20})?){0,4}",
+            prop::collection::vec((any::<String>(), any::<String>()), 0..4).prop_map(|pairs| {
+                pairs.iter().map(|(k, v)| format!("{}={}", pct(k), pct(v))).collect::<Vec<_>>().join("&")
+            }),
+        ]
+    }
+
+    /// Header values over every byte a header value may hold (visible ASCII, tab, obs-text).
+    fn header_value() -> impl Strategy<Value = HeaderValue> {
+        let byte = prop_oneof![0x20u8..0x7f, Just(b'\t'), 0x80u8..=0xff];
+        prop_oneof![
+            prop::collection::vec(byte, 0..80),
+            "(Bearer|bearer|WECHATY|Wechaty|Basic|)( {0,3})(s3cret-token|s3cret|[ -~]{0,30})( {0,2})"
+                .prop_map(String::into_bytes),
+        ]
+        .prop_filter_map("not a header value", |bytes| HeaderValue::from_bytes(&bytes).ok())
+    }
+
+    fn headers() -> impl Strategy<Value = Vec<(HeaderName, HeaderValue)>> {
+        let name = prop_oneof![
+            3 => Just(http::header::AUTHORIZATION),
+            1 => "[a-z][a-z0-9-]{0,15}".prop_filter_map("a header name", |n| HeaderName::try_from(n).ok()),
+            1 => Just(http::header::COOKIE),
+        ];
+        prop::collection::vec((name, header_value()), 0..4)
+    }
+
+    /// Whether the request carries the account's token where `/qrcode` looks for it.
+    fn carries_token(query: &str, headers: &[(HeaderName, HeaderValue)]) -> bool {
+        query.contains(TOKEN)
+            || headers
+                .iter()
+                .find(|(n, _)| n == http::header::AUTHORIZATION)
+                .is_some_and(|(_, v)| v.as_bytes().windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()))
+    }
+
+    #[tokio::test]
+    async fn a_wrong_token_is_throttled_and_the_right_one_opens_the_page() {
+        let (app, dir) = app(false, ThrottleSettings { burst: 2, per_sec: 0.001 }).await;
+        let peer: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let open = |q: &str| format!("/qrcode?{q}").parse::<http::Uri>().unwrap();
+        assert_eq!(get(&app, open(&format!("token={TOKEN}")), &[], peer).await.0, StatusCode::OK);
+        let (status, body) = get(&app, open(&format!("token={TOKEN}&token={TOKEN}")), &[], peer).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(!body.contains(TOKEN), "{body}");
+        for _ in 0..2 {
+            assert_eq!(get(&app, open("token=nope"), &[], peer).await.0, StatusCode::UNAUTHORIZED);
+        }
+        let (status, body) = get(&app, open(&format!("token={TOKEN}")), &[], peer).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Every file in `tests/fixtures/hostile/qrcode-query/` is a query string `/qrcode` answers
+    /// with a 4xx, briefly and without the token.
+    #[tokio::test]
+    async fn hostile_query_fixtures_get_a_4xx() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hostile/qrcode-query");
+        let (app, blobs) = app(false, ThrottleSettings { burst: 1_000, per_sec: 1.0 }).await;
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let query = std::fs::read_to_string(&path).unwrap();
+            let uri = format!("/qrcode?{}", query.trim_end()).parse::<http::Uri>().unwrap();
+            let (status, body) = get(&app, uri, &[], "192.0.2.7:1".parse().unwrap()).await;
+            assert!(
+                [StatusCode::BAD_REQUEST, StatusCode::UNAUTHORIZED].contains(&status),
+                "{}: {status}",
+                path.display()
+            );
+            assert!(body.len() < 512 && !body.contains(TOKEN), "{}: {body}", path.display());
+            seen += 1;
+        }
+        assert!(seen > 0, "no fixtures in {}", dir.display());
+        std::fs::remove_dir_all(blobs).unwrap();
+    }
+
+    proptest! {
+        // Each case sends up to eight requests to a fresh server, so that some get throttled.
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn arbitrary_queries_and_headers_get_a_4xx_or_the_page(
+            cases in prop::collection::vec((query(), headers(), 0u8..4), 1..8),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let (app, dir) = app(false, ThrottleSettings { burst: 3, per_sec: 0.001 }).await;
+                for (query, headers, peer) in cases {
+                    let uri = format!("/qrcode?{query}").parse::<http::Uri>();
+                    prop_assert!(uri.is_ok(), "the query strategy made an invalid URI: {}", query);
+                    let uri = uri.unwrap();
+                    let peer = SocketAddr::from(([192, 0, 2, peer], 5000));
+                    let (status, body) = get(&app, uri, &headers, peer).await;
+                    prop_assert!(
+                        [StatusCode::OK, StatusCode::BAD_REQUEST, StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS]
+                            .contains(&status),
+                        "{} for {:?} {:?}: {}", status, query, headers, body
+                    );
+                    if status == StatusCode::OK {
+                        prop_assert!(carries_token(&query, &headers) && body.contains("Not logged in"), "{}", body);
+                    } else {
+                        prop_assert!(body.len() < 512, "{}", body);
+                    }
+                    prop_assert!(status == StatusCode::OK || !body.contains(TOKEN), "the token never appears in a refusal");
+                }
+                std::fs::remove_dir_all(dir).unwrap();
+                Ok(())
+            })?;
+        }
+    }
+
+    proptest! {
+        // Each case logs a mock account in.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn the_right_token_opens_the_page_whatever_else_comes_with_it(
+            extra in prop::collection::vec(("[a-su-z][a-z]{0,7}", any::<String>()), 0..4),
+            at in any::<prop::sample::Index>(),
+            other_headers in prop::collection::vec(
+                ("x-[a-z]{1,10}".prop_map(|n| HeaderName::try_from(n).unwrap()), header_value()), 0..3),
+            how in 0u8..3,
+            scheme in "(Bearer|bearer|BEARER|Wechaty|wechaty)",
+            pad in " {0,3}",
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let (app, dir) = app(true, ThrottleSettings { burst: 1, per_sec: 0.001 }).await;
+                let mut params: Vec<String> = extra.iter().map(|(k, v)| format!("{k}={}", pct(v))).collect();
+                let mut headers = other_headers;
+                match how {
+                    0 => params.insert(at.index(params.len() + 1), format!("token={TOKEN}")),
+                    1 => params.insert(at.index(params.len() + 1), format!("token={}", pct(TOKEN))),
+                    _ => headers.push((
+                        http::header::AUTHORIZATION,
+                        HeaderValue::try_from(format!("{scheme} {pad}{TOKEN}{pad}")).unwrap(),
+                    )),
+                }
+                let uri = format!("/qrcode?{}", params.join("&")).parse::<http::Uri>().unwrap();
+                let (status, body) = get(&app, uri, &headers, "192.0.2.9:1".parse().unwrap()).await;
+                prop_assert_eq!(status, StatusCode::OK, "{}", body);
+                prop_assert!(body.contains("Logged in as Puppet Bot"), "{}", body);
+                std::fs::remove_dir_all(dir).unwrap();
+                Ok(())
+            })?;
+        }
     }
 }
