@@ -171,33 +171,9 @@ pub fn quote(input: &str) -> String {
     puppet_proto::ids::Shown(input).to_string()
 }
 
-/// A serde message with the client input it quotes (`"…"` or `` `…` ``) clipped as by [`quote`].
+/// A serde message with the client input it quotes clipped ([`puppet_proto::ids::shown_quotes`]).
 pub fn clip_quoted(message: &str) -> String {
-    let mut out = String::new();
-    let mut chars = message.chars();
-    while let Some(c) = chars.next() {
-        out.push(c);
-        if c != '"' && c != '`' {
-            continue;
-        }
-        // Inside a quoted part, up to its closing mark; serde escapes `"` inside strings as `\"`.
-        let mut inner = String::new();
-        let mut escaped = false;
-        let mut closed = false;
-        for d in chars.by_ref() {
-            if d == c && !escaped {
-                closed = true;
-                break;
-            }
-            escaped = d == '\\' && !escaped;
-            inner.push(d);
-        }
-        out.push_str(&quote(&inner));
-        if closed {
-            out.push(c);
-        }
-    }
-    out
+    puppet_proto::ids::shown_quotes(message)
 }
 
 /// A fresh 96-bit GCM nonce from the OS CSPRNG. Random nonces are safe for far more messages than
