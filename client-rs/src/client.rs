@@ -90,6 +90,9 @@ impl ConnectOptions {
 pub struct Client {
     channel: Channel,
     token: WechatyToken,
+    /// The server's event log, learned when following live: a resume names it, so a server whose
+    /// log was replaced refuses instead of answering with unrelated events.
+    log_id: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Result<T, Error> {
@@ -133,7 +136,7 @@ impl Client {
             .parse()
             .map_err(|_| Error::Config("the token contains characters a header cannot carry".into()))?;
         let channel = endpoint.initial_stream_window_size(4 << 20).connect().await?;
-        Ok(Self { channel, token: WechatyToken(header) })
+        Ok(Self { channel, token: WechatyToken(header), log_id: Default::default() })
     }
 
     /// The generated `wechaty.Puppet` stub, for anything the typed methods do not cover.
@@ -584,13 +587,24 @@ impl Client {
     // ---- events ---------------------------------------------------------------------------------
 
     /// Follows the sequenced event feed: after `after_seq`, or live (with the login state first)
-    /// when `None`. Yields `(seq, event)`; heartbeats are skipped.
+    /// when `None`. Yields `(seq, event)`; heartbeats are skipped. Following live learns the
+    /// server's log id, which later resumes name (a server whose log was replaced then answers
+    /// `OUT_OF_RANGE`).
     pub async fn events(
         &self,
         after_seq: Option<u64>,
     ) -> Result<impl tokio_stream::Stream<Item = Result<(u64, PuppetEvent), Error>> + use<>, Error> {
         use tokio_stream::StreamExt;
-        let req = ext::SubscribeRequest { after_seq, replay_state: after_seq.is_none() };
+        let remembered = || self.log_id.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let log_id = match after_seq {
+            None => {
+                let retention = ok(self.feed().retention(ext::RetentionRequest {}).await)?;
+                *self.log_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(retention.log_id);
+                String::new()
+            }
+            Some(_) => remembered().unwrap_or_default(),
+        };
+        let req = ext::SubscribeRequest { after_seq, replay_state: after_seq.is_none(), log_id };
         let stream = ok(self.feed().subscribe(req).await)?;
         Ok(stream.filter_map(|item| match item {
             Ok(e) if e.seq == 0 => None,

@@ -74,13 +74,48 @@ pub struct Config {
     #[arg(long, env = "PUPPET_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
 
-    /// How many events the bus retains for resuming subscribers.
-    #[arg(long, env = "PUPPET_EVENT_RETENTION", default_value_t = 65_536)]
-    pub event_retention: usize,
+    /// When writes are durable: `always` (committed, fsynced, before anything is acknowledged),
+    /// `batch` (group commits at most every 50 ms) or `memory` (nothing on disk).
+    #[arg(long, env = "PUPPET_DURABILITY", value_enum, default_value = "batch")]
+    pub durability: crate::store::Durability,
 
-    /// Most payload bytes, in MiB, the bus retains; the oldest events leave first.
-    #[arg(long, env = "PUPPET_EVENT_RETENTION_MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    /// How many events the log retains for resuming subscribers.
+    #[arg(long, env = "PUPPET_EVENT_RETENTION", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub event_retention: u64,
+
+    /// Oldest event the log retains, in hours.
+    #[arg(long, env = "PUPPET_EVENT_RETENTION_HOURS", default_value_t = 72, value_parser = clap::value_parser!(u64).range(1..=87_600))]
+    pub event_retention_hours: u64,
+
+    /// Most bytes, in MiB, the event log retains; the oldest events leave first.
+    #[arg(long, env = "PUPPET_EVENT_RETENTION_MIB", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub event_retention_mib: u64,
+
+    /// Most bytes, in MiB, of recent events kept in memory for live subscribers (older ones are
+    /// read back from disk).
+    #[arg(long, env = "PUPPET_EVENT_TAIL_MIB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub event_tail_mib: u64,
+
+    /// How many messages are kept (payloads and conversations).
+    #[arg(long, env = "PUPPET_MESSAGE_RETENTION", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub message_retention: u64,
+
+    /// Oldest message kept, in hours.
+    #[arg(long, env = "PUPPET_MESSAGE_RETENTION_HOURS", default_value_t = 720, value_parser = clap::value_parser!(u64).range(1..=87_600))]
+    pub message_retention_hours: u64,
+
+    /// Most bytes, in MiB, of messages kept.
+    #[arg(long, env = "PUPPET_MESSAGE_RETENTION_MIB", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub message_retention_mib: u64,
+
+    /// The store's page cache, in MiB (reads of recent data come from memory).
+    #[arg(long, env = "PUPPET_STORE_CACHE_MIB", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub store_cache_mib: u64,
+
+    /// The store file's size cap, in MiB: past it, writes fail with RESOURCE_EXHAUSTED until
+    /// retention makes room (reads keep working).
+    #[arg(long, env = "PUPPET_STORE_MAX_MIB", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    pub store_max_mib: u64,
 
     /// How far (in events) a subscriber may fall behind before its stream is ended with
     /// RESOURCE_EXHAUSTED. Capped at the retention size.
@@ -291,6 +326,40 @@ impl Config {
             max_file: self.blob_max_file_mib.saturating_mul(1 << 20),
             max_total: self.blob_max_total_mib.saturating_mul(1 << 20),
             ttl: std::time::Duration::from_secs(self.blob_ttl_secs),
+        }
+    }
+
+    /// How the account's store is opened.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        use crate::store::Retention;
+        let hours = |h: u64| std::time::Duration::from_secs(h.saturating_mul(3600));
+        crate::store::StoreOptions {
+            durability: self.durability,
+            events: Retention {
+                count: self.event_retention,
+                age: hours(self.event_retention_hours),
+                bytes: self.event_retention_mib.saturating_mul(1 << 20),
+            },
+            messages: Retention {
+                count: self.message_retention,
+                age: hours(self.message_retention_hours),
+                bytes: self.message_retention_mib.saturating_mul(1 << 20),
+            },
+            max_bytes: self.store_max_mib.saturating_mul(1 << 20),
+            cache_bytes: (self.store_cache_mib as usize).saturating_mul(1 << 20),
+        }
+    }
+
+    /// The event bus's limits.
+    pub fn bus_limits(&self) -> crate::events::BusLimits {
+        let memory = self.durability == crate::store::Durability::Memory;
+        let tail_mib = if memory { self.event_retention_mib } else { self.event_tail_mib };
+        crate::events::BusLimits {
+            retention: self.event_retention,
+            // With a durable store the tail is for live subscribers; in memory it is the log.
+            tail_events: if memory { self.event_retention as usize } else { self.event_retention.min(65_536) as usize },
+            tail_bytes: (tail_mib as usize).saturating_mul(1 << 20),
+            max_lag: self.subscriber_max_lag,
         }
     }
 

@@ -35,6 +35,8 @@ pub struct HttpState {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// The blob store, for its size.
     pub blobs: crate::blobs::BlobStore,
+    /// The account's store, for its figures.
+    pub store: crate::store::Store,
     /// The backend, for the account's name.
     pub backend: std::sync::Arc<dyn crate::backend::Backend>,
     /// The account's token: `/qrcode` shows the account only to whoever holds it.
@@ -121,7 +123,7 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
 }
 
 async fn metrics(State(s): State<HttpState>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
-    let text = s.metrics.render(&s.bus, &s.blobs);
+    let text = s.metrics.render(&s.bus, &s.blobs, &s.store);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 
@@ -265,6 +267,7 @@ mod tests {
             ready_when: crate::config::ReadyWhen::Started,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             blobs,
+            store: crate::store::Store::open(std::path::Path::new("/nonexistent"), memory_store()).unwrap(),
             backend,
             token: TOKEN.into(),
             qrcode_public: false,
@@ -457,6 +460,17 @@ mod tests {
                 std::fs::remove_dir_all(dir).unwrap();
                 Ok(())
             })?;
+        }
+    }
+
+    fn memory_store() -> crate::store::StoreOptions {
+        let r = crate::store::Retention { count: 1000, age: Duration::from_secs(3600), bytes: 1 << 20 };
+        crate::store::StoreOptions {
+            durability: crate::store::Durability::Memory,
+            events: r,
+            messages: r,
+            max_bytes: 1 << 30,
+            cache_bytes: 1 << 20,
         }
     }
 }

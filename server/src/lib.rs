@@ -17,6 +17,7 @@ pub mod http;
 pub mod metrics;
 pub mod mqtt;
 pub mod net;
+pub mod store;
 pub mod tasks;
 pub mod tls;
 
@@ -109,11 +110,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // One rustls provider for the whole process (gRPC TLS, MQTT, the Official Account API client).
     _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let (token, token_source) = config.resolve_token()?;
-    let bus = EventBus::new(
-        config.event_retention,
-        (config.event_retention_mib as usize).saturating_mul(1 << 20),
-        config.subscriber_max_lag,
-    );
+    let store = store::Store::open(&config.data_dir(), config.store_options())
+        .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", config.data_dir().display()))?;
+    let bus = EventBus::with_store(&store, config.bus_limits());
     let blob_dir = config.blob_dir();
     let blobs = blobs::BlobStore::open(&blob_dir, config.blob_limits())
         .map_err(|e| anyhow::anyhow!("cannot open the blob store at {}: {e}", blob_dir.display()))?;
@@ -195,6 +194,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ready_when: config.ready_when,
             metrics: metrics.clone(),
             blobs: blobs.clone(),
+            store: store.clone(),
             backend: backend.clone(),
             token: token.clone(),
             qrcode_public: config.qrcode_public,
@@ -240,6 +240,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .layer(net::TrackRequestsLayer)
         .layer(metrics::RpcMetricsLayer(metrics.clone()))
         .layer(grpc::status::CodecStatusLayer)
+        .layer(grpc::durable::DurableWritesLayer { store: store.clone() })
         .layer(grpc::size::RequestSizeLayer {
             max_request: (config.max_request_kib as usize).saturating_mul(1024).min(max_message),
         })
@@ -282,6 +283,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     if let Err(e) = backend.shutdown().await {
         tracing::error!(error = %e, "saving state at shutdown failed");
+    }
+    // Last: everything queued is committed and the store marked closed cleanly.
+    let closing = store.clone();
+    drop(store);
+    if tokio::task::spawn_blocking(move || closing.close()).await.is_err() {
+        tracing::error!("closing the store failed");
     }
     tracing::info!("stopped");
     Ok(())

@@ -188,8 +188,25 @@ pub struct Metrics {
     pub oa: OaMetrics,
     /// Connection-level counters.
     pub net: NetMetrics,
+    store: StoreGauges,
     /// Every gRPC method path the server serves, so client-chosen paths cannot grow the labels.
     methods: std::collections::HashSet<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuantileLabel {
+    quantile: &'static str,
+}
+
+/// The store's figures, read when scraped.
+#[derive(Default)]
+struct StoreGauges {
+    used: Gauge,
+    file: Gauge,
+    commits: Gauge,
+    commit_seconds: Family<QuantileLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    dropped: Gauge,
+    full: Gauge,
 }
 
 /// Every `/package.Service/Method` path described in these encoded descriptor sets.
@@ -236,6 +253,21 @@ impl Metrics {
         registry.register("oa_pushes", "Official Account webhook pushes, by outcome", oa.pushes.clone());
         registry.register("oa_replies", "Answers to followers, by path (passive reply or API)", oa.replies.clone());
         registry.register("oa_token_fetches", "Official Account access_tokens fetched", oa.token_fetches.clone());
+        let store = StoreGauges::default();
+        registry.register("store_bytes", "Bytes the store's pages take", store.used.clone());
+        registry.register("store_file_bytes", "The store file's size on disk", store.file.clone());
+        registry.register("store_commits", "Store commits since start", store.commits.clone());
+        registry.register(
+            "store_commit_seconds",
+            "Store commit latency over the last commits, by quantile",
+            store.commit_seconds.clone(),
+        );
+        registry.register(
+            "store_dropped_writes",
+            "Writes dropped because the store refused them",
+            store.dropped.clone(),
+        );
+        registry.register("store_full", "1 while the store refuses writes (size cap, full disk)", store.full.clone());
         let net = NetMetrics::default();
         registry.register("connections_open", "Connections open now, by port", net.open.clone());
         registry.register(
@@ -276,6 +308,7 @@ impl Metrics {
             logged_in,
             oa,
             net,
+            store,
             methods,
         }
     }
@@ -290,7 +323,15 @@ impl Metrics {
     }
 
     /// The text exposition, with the figures read now.
-    pub fn render(&self, bus: &EventBus, blobs: &BlobStore) -> String {
+    pub fn render(&self, bus: &EventBus, blobs: &BlobStore, store: &crate::store::Store) -> String {
+        let st = store.stats();
+        self.store.used.set(st.used_bytes as i64);
+        self.store.file.set(st.file_bytes as i64);
+        self.store.commits.set(st.commits as i64);
+        self.store.commit_seconds.get_or_create(&QuantileLabel { quantile: "0.5" }).set(st.commit_p50);
+        self.store.commit_seconds.get_or_create(&QuantileLabel { quantile: "0.99" }).set(st.commit_p99);
+        self.store.dropped.set(store.dropped_writes() as i64);
+        self.store.full.set(i64::from(st.full));
         let stats = bus.stats();
         self.events_emitted.set(stats.emitted as i64);
         self.subscribers.set(stats.subscribers as i64);

@@ -325,7 +325,7 @@ async fn download(client: &Client, message_id: String, output: Option<PathBuf>) 
 }
 
 async fn events(client: &Client, since: Option<u64>, count: Option<u64>, text: bool) -> Result<(), Error> {
-    let req = ext::SubscribeRequest { after_seq: since, replay_state: since.is_none() };
+    let req = ext::SubscribeRequest { after_seq: since, replay_state: since.is_none(), ..Default::default() };
     let mut stream = client.feed().subscribe(req).await?.into_inner();
     let mut seen = 0;
     let mut stdout = std::io::stdout().lock();

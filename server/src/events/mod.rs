@@ -1,6 +1,12 @@
 //! The event bus: one sequenced, bounded log of everything the backend emits, read by any number of
 //! subscribers through their own cursors.
 //!
+//! * With a durable [`Store`], every event is also appended to the account's on-disk log: the
+//!   numbering continues across restarts, and a subscriber resuming from an event that has left
+//!   the in-memory tail reads it back from disk. Under `--durability always` an event is delivered
+//!   only once it is committed. Without one (`--durability memory`), the in-memory window is the
+//!   whole log.
+//!
 //! * Every event gets a sequence number (1, 2, …) and a timestamp, and is kept in a retention window
 //!   of at most `capacity` events and `max_bytes` bytes; older ones are dropped from the front.
 //! * Publishing never waits for readers: there is no per-subscriber buffer to fill. A subscriber is a
@@ -19,6 +25,8 @@ use std::time::SystemTime;
 
 use puppet_proto::event::{EventKind, PuppetEvent};
 use tokio::sync::{Notify, watch};
+
+use crate::store::{Durability, Store, StoredEvent};
 
 /// One event as stored and delivered.
 #[derive(Debug)]
@@ -55,6 +63,18 @@ pub enum StartAt {
 /// Why a subscription could not start.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SubscribeError {
+    /// The client resumes a log this server does not hold (its data dir was wiped or replaced,
+    /// or it runs in memory and restarted).
+    #[error(
+        "cannot resume log `{requested}`: this server's event log is `{current}` (the log was replaced; \
+         start again without after_seq)"
+    )]
+    OtherLog {
+        /// The log the client named.
+        requested: String,
+        /// This server's log.
+        current: String,
+    },
     /// The requested position has left the retention window (or was never reached).
     #[error(
         "cannot resume after sequence {requested}: the server retains sequences {first}..={last}{hint}",
@@ -126,9 +146,16 @@ struct Reader {
 struct Shared {
     log: Mutex<Log>,
     doorbell: watch::Sender<u64>,
+    /// Events the in-memory tail holds at most.
     capacity: usize,
+    /// Bytes the in-memory tail holds at most.
     max_bytes: usize,
+    /// Events the log retains (the tail in memory, the store's count retention with one).
+    retention: u64,
     max_lag: u64,
+    /// The account's store when it is durable.
+    store: Option<Store>,
+    log_id: String,
     readers: Mutex<HashMap<u64, Arc<Reader>>>,
     next_reader: AtomicU64,
     subscribers: AtomicU64,
@@ -168,15 +195,26 @@ pub struct EventSink {
     bus: EventBus,
 }
 
+/// Bytes of events waiting for the disk past which [`EventSink::backpressure`] waits.
+const BACKLOG_SOFT_LIMIT: usize = 2 << 20;
+
 impl EventSink {
     /// Publishes one event; returns its sequence number.
     pub fn emit(&self, event: PuppetEvent) -> u64 {
         self.bus.publish(event)
     }
+
+    /// For producers that can wait (a flood, a bulk import): waits while the store's writer is
+    /// behind, so the queue of events on their way to disk — and memory — stays small.
+    pub async fn backpressure(&self) {
+        if let Some(store) = &self.bus.shared.store {
+            store.wait_backlog_below(BACKLOG_SOFT_LIMIT).await;
+        }
+    }
 }
 
 /// Retention figures for monitoring and for clients planning a resume.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Retention {
     /// Oldest retained sequence (0 when nothing has been published).
     pub first_seq: u64,
@@ -184,6 +222,21 @@ pub struct Retention {
     pub last_seq: u64,
     /// Window size.
     pub capacity: u64,
+    /// The log's id (see [`SubscribeError::OtherLog`]).
+    pub log_id: String,
+}
+
+/// The bus's limits with a store.
+#[derive(Clone, Copy, Debug)]
+pub struct BusLimits {
+    /// Events retained (the store deletes the rest; resuming before them is `OUT_OF_RANGE`).
+    pub retention: u64,
+    /// Events the in-memory tail for live subscribers holds at most.
+    pub tail_events: usize,
+    /// Bytes the tail holds at most.
+    pub tail_bytes: usize,
+    /// How far a subscriber may fall behind.
+    pub max_lag: usize,
 }
 
 /// Publishes between two scans for lagging readers (at least; more with many readers, so the
@@ -191,14 +244,47 @@ pub struct Retention {
 const SCAN_EVERY: u64 = 64;
 
 impl EventBus {
-    /// A bus retaining at most `capacity` events and `max_bytes` bytes, whose subscribers may
-    /// fall at most `max_lag` events behind.
+    /// A bus in memory only, retaining at most `capacity` events and `max_bytes` bytes, whose
+    /// subscribers may fall at most `max_lag` events behind.
     pub fn new(capacity: usize, max_bytes: usize, max_lag: usize) -> Self {
+        Self::build(capacity, max_bytes, capacity as u64, max_lag, None, 1, crate::store::new_log_id())
+    }
+
+    /// A bus over the account's store: a durable store keeps the log (this run numbers on from it);
+    /// a memory store leaves the tail as the whole log.
+    pub fn with_store(store: &Store, limits: BusLimits) -> Self {
+        let log_id = store.log_id().to_owned();
+        if store.durability() == Durability::Memory {
+            let count = (limits.retention as usize).min(limits.tail_events.max(limits.retention as usize));
+            return Self::build(count, limits.tail_bytes, limits.retention, limits.max_lag, None, 1, log_id);
+        }
+        let next = store.next_seq();
+        Self::build(
+            limits.tail_events,
+            limits.tail_bytes,
+            limits.retention,
+            limits.max_lag,
+            Some(store.clone()),
+            next,
+            log_id,
+        )
+    }
+
+    fn build(
+        capacity: usize,
+        max_bytes: usize,
+        retention: u64,
+        max_lag: usize,
+        store: Option<Store>,
+        next_seq: u64,
+        log_id: String,
+    ) -> Self {
         let capacity = capacity.max(1);
+        let retention = retention.max(1);
         let log = Log {
             events: VecDeque::with_capacity(capacity.min(1 << 16)),
             bytes: 0,
-            next_seq: 1,
+            next_seq,
             pending_scan: None,
             login: None,
             ready: None,
@@ -210,8 +296,11 @@ impl EventBus {
                 doorbell: watch::Sender::new(0),
                 capacity,
                 max_bytes: max_bytes.max(1),
+                retention,
                 // A lag beyond the window is caught as "left the window" anyway.
-                max_lag: max_lag.clamp(1, capacity) as u64,
+                max_lag: (max_lag.max(1) as u64).min(retention),
+                store,
+                log_id,
                 readers: Mutex::new(HashMap::new()),
                 next_reader: AtomicU64::new(1),
                 subscribers: AtomicU64::new(0),
@@ -255,6 +344,16 @@ impl EventBus {
                 }
                 _ => {}
             }
+            if let Some(store) = &self.shared.store {
+                // Under the log's lock: the store receives events in sequence order.
+                let time_ms = env.time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                store.append_event(StoredEvent { seq, time_ms, kind: kind.wire(), payload: env.payload.clone() });
+                if kind == EventKind::Dirty
+                    && let Some((payload_type, id)) = dirty_target(&env.payload)
+                {
+                    store.kv().cache_drop(payload_type, &id);
+                }
+            }
             log.bytes += env.cost();
             log.events.push_back(env);
             // The newest event is kept whatever it costs: its payload was bounded by the caller.
@@ -278,11 +377,27 @@ impl EventBus {
         seq
     }
 
+    /// The oldest sequence still retained: in the tail, or with a durable store, on disk (the
+    /// count retention is exact here; the store drops what lies before it shortly after).
+    fn first_retained(&self, log: &Log) -> u64 {
+        let last = log.last_seq();
+        let by_count = (last + 1).saturating_sub(self.shared.retention).max(1);
+        match &self.shared.store {
+            None => log.first_seq(),
+            Some(store) => store.first_event_seq().unwrap_or(log.first_seq()).min(log.first_seq()).max(by_count),
+        }
+    }
+
+    /// The store's durability, when the bus has a durable store.
+    fn durability(&self) -> Option<Durability> {
+        self.shared.store.as_ref().map(Store::durability)
+    }
+
     /// Ends every reader that is more than `max_lag` behind or whose next event left the window.
     fn cut_laggards(&self) {
         let (first, last) = {
             let log = self.lock();
-            (log.first_seq(), log.last_seq())
+            (self.first_retained(&log), log.last_seq())
         };
         let readers = self.shared.readers.lock().unwrap_or_else(|p| p.into_inner());
         for reader in readers.values() {
@@ -320,11 +435,12 @@ impl EventBus {
     /// Current retention figures.
     pub fn retention(&self) -> Retention {
         let log = self.lock();
-        let empty = log.events.is_empty();
+        let empty = log.last_seq() == 0;
         Retention {
-            first_seq: if empty { 0 } else { log.first_seq() },
+            first_seq: if empty { 0 } else { self.first_retained(&log) },
             last_seq: log.last_seq(),
-            capacity: self.shared.capacity as u64,
+            capacity: self.shared.retention,
+            log_id: self.shared.log_id.clone(),
         }
     }
 
@@ -348,17 +464,35 @@ impl EventBus {
         self.shared.doorbell.send_modify(|_| {});
     }
 
+    /// The log's id.
+    pub fn log_id(&self) -> &str {
+        &self.shared.log_id
+    }
+
+    /// Starts a subscription; `log_id`, when given, must be this bus's (a resume names the log it
+    /// resumes).
+    pub fn subscribe_to(&self, start: StartAt, log_id: Option<&str>) -> Result<Subscription, SubscribeError> {
+        match log_id {
+            Some(id) if !id.is_empty() && id != self.shared.log_id => Err(SubscribeError::OtherLog {
+                requested: puppet_proto::ids::Shown(id).to_string(),
+                current: self.shared.log_id.clone(),
+            }),
+            _ => self.subscribe(start),
+        }
+    }
+
     /// Starts a subscription.
     pub fn subscribe(&self, start: StartAt) -> Result<Subscription, SubscribeError> {
         // Subscribe to the doorbell before reading the log, so no publish can slip between the two.
         let doorbell = self.shared.doorbell.subscribe();
+        let committed = self.shared.store.as_ref().map(Store::committed_seq);
         let log = self.lock();
         let (cursor, replay) = match start {
             StartAt::Live { replay_state } => {
                 (log.next_seq, if replay_state { log.state_snapshot() } else { Vec::new() })
             }
             StartAt::After(seq) => {
-                let (first, last) = (log.first_seq(), log.last_seq());
+                let (first, last) = (self.first_retained(&log), log.last_seq());
                 if seq > last || seq + 1 < first {
                     return Err(SubscribeError::OutOfRange { requested: seq, first, last });
                 }
@@ -371,8 +505,24 @@ impl EventBus {
         self.shared.readers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, reader.clone());
         drop(log);
         self.shared.subscribers.fetch_add(1, Ordering::Relaxed);
-        Ok(Subscription { bus: self.clone(), id, reader, cursor, doorbell, replay: replay.into(), last_delivered })
+        Ok(Subscription {
+            bus: self.clone(),
+            id,
+            reader,
+            cursor,
+            doorbell,
+            committed,
+            replay: replay.into(),
+            last_delivered,
+        })
     }
+}
+
+/// `(payloadType, payloadId)` of a DIRTY payload.
+fn dirty_target(payload: &str) -> Option<(u8, String)> {
+    let v: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let kind = u8::try_from(v.get("payloadType")?.as_u64()?).ok()?;
+    Some((kind, v.get("payloadId")?.as_str()?.to_owned()))
 }
 
 /// One reader of the bus. Not `Clone`: each subscriber has its own cursor.
@@ -383,6 +533,8 @@ pub struct Subscription {
     /// The next sequence to deliver from the log.
     cursor: u64,
     doorbell: watch::Receiver<u64>,
+    /// The store's committed sequence, under `--durability always` (deliver nothing past it).
+    committed: Option<watch::Receiver<u64>>,
     replay: VecDeque<Arc<Envelope>>,
     last_delivered: u64,
 }
@@ -411,34 +563,104 @@ impl Subscription {
         }
         loop {
             self.doorbell.borrow_and_update();
-            {
+            let committed = self.committed.as_mut().map(|c| *c.borrow_and_update());
+            let from_disk = {
                 let log = self.bus.lock();
                 let last = log.last_seq();
-                let first = log.first_seq();
                 let behind = (last + 1).saturating_sub(self.cursor);
-                if self.cursor < first || behind > self.bus.shared.max_lag {
-                    if !self.reader.cut.swap(true, Ordering::AcqRel) {
-                        self.bus.shared.cut_off.fetch_add(1, Ordering::Relaxed);
+                if self.cursor < self.bus.first_retained(&log) || behind > self.bus.shared.max_lag {
+                    return Err(self.cut(behind));
+                }
+                // Under `always`, nothing is delivered before it is committed.
+                let deliverable = match (committed, self.bus.durability()) {
+                    (Some(c), Some(Durability::Always)) => last.min(c),
+                    _ => last,
+                };
+                let tail_first = log.first_seq();
+                if self.cursor > deliverable {
+                    if log.closed && self.cursor > last {
+                        return Ok(false);
                     }
-                    return Err(Lagged { behind, limit: self.bus.shared.max_lag, last_delivered: self.last_delivered });
-                }
-                if behind > 0 {
-                    let start = (self.cursor - first) as usize;
-                    let n = (behind as usize).min(BATCH);
+                    false
+                } else if self.cursor >= tail_first {
+                    let start = (self.cursor - tail_first) as usize;
+                    let n = ((deliverable + 1 - self.cursor) as usize).min(BATCH);
                     out.extend(log.events.range(start..start + n).cloned());
-                    self.cursor += n as u64;
-                    self.reader.cursor.store(self.cursor, Ordering::Release);
-                    self.last_delivered = self.cursor - 1;
+                    drop(log);
+                    self.advance(n as u64);
                     return Ok(true);
+                } else {
+                    true
                 }
-                if log.closed {
-                    return Ok(false);
+            };
+            if from_disk {
+                match self.read_disk(out).await {
+                    Ok(true) => return Ok(true),
+                    Ok(false) => {}
+                    Err(behind) => return Err(self.cut(behind)),
                 }
             }
-            if self.doorbell.changed().await.is_err() {
-                return Ok(false);
+            let committed_changed = async {
+                match self.committed.as_mut() {
+                    Some(c) => c.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                rang = self.doorbell.changed() => if rang.is_err() { return Ok(false) },
+                _ = committed_changed => {}
             }
         }
+    }
+
+    fn advance(&mut self, n: u64) {
+        self.cursor += n;
+        self.reader.cursor.store(self.cursor, Ordering::Release);
+        self.last_delivered = self.cursor - 1;
+    }
+
+    fn cut(&self, behind: u64) -> Lagged {
+        if !self.reader.cut.swap(true, Ordering::AcqRel) {
+            self.bus.shared.cut_off.fetch_add(1, Ordering::Relaxed);
+        }
+        Lagged { behind, limit: self.bus.shared.max_lag, last_delivered: self.last_delivered }
+    }
+
+    /// Events that left the in-memory tail, read back from the store: `Ok(false)` when they are
+    /// not committed yet (wait), `Err(behind)` when they are gone.
+    async fn read_disk(&mut self, out: &mut Vec<Arc<Envelope>>) -> Result<bool, u64> {
+        let Some(store) = self.bus.shared.store.clone() else { return Err(0) };
+        let after = self.cursor - 1;
+        let read = store.read(move |s| crate::store::events::read_after(s, after, BATCH)).await;
+        let committed = *store.committed_seq().borrow();
+        let events = match read {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading events back from the store failed");
+                return Err(0);
+            }
+        };
+        let contiguous: Vec<StoredEvent> = events
+            .into_iter()
+            .enumerate()
+            .take_while(|(i, e)| e.seq == self.cursor + *i as u64)
+            .map(|(_, e)| e)
+            .collect();
+        if contiguous.is_empty() {
+            // Evicted from the tail before its commit (a slow disk): wait for the writer.
+            return if self.cursor > committed { Ok(false) } else { Err(self.bus.lock().last_seq() + 1 - self.cursor) };
+        }
+        let n = contiguous.len() as u64;
+        out.extend(contiguous.into_iter().filter_map(|e| {
+            Some(Arc::new(Envelope {
+                seq: e.seq,
+                time: std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.time_ms),
+                kind: EventKind::from_wire(e.kind)?,
+                payload: e.payload,
+            }))
+        }));
+        self.advance(n);
+        Ok(true)
     }
 }
 
@@ -501,7 +723,8 @@ mod tests {
         for i in 0..8 {
             bus.publish(dong(i));
         }
-        assert_eq!(bus.retention(), Retention { first_seq: 4, last_seq: 8, capacity: 5 });
+        let log_id = bus.log_id().to_owned();
+        assert_eq!(bus.retention(), Retention { first_seq: 4, last_seq: 8, capacity: 5, log_id });
         let mut sub = bus.subscribe(StartAt::After(5)).unwrap();
         assert_eq!(drain(&mut sub, 3).await, vec![6, 7, 8]);
         assert!(bus.subscribe(StartAt::After(3)).is_ok(), "after 3 starts at 4, still retained");

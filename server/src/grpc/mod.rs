@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod convert;
+pub mod durable;
 pub mod event;
 pub mod files;
 pub mod mock_world;
@@ -24,7 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::backend::{Backend, BackendError, Outgoing, Referrer};
 use crate::blobs::BlobStore;
-use crate::events::{EventBus, StartAt, SubscribeError};
+use crate::events::{EventBus, StartAt};
 use convert::{card, file_box, legacy_json, non_empty};
 use event::{EventStream, pump};
 use files::{ClientKind, blob_status};
@@ -789,14 +790,18 @@ impl ext::event_feed_server::EventFeed for EventFeedService {
             Some(seq) => StartAt::After(seq),
             None => StartAt::Live { replay_state: r.replay_state },
         };
-        let sub = self.bus.subscribe(start).map_err(|e| match e {
-            SubscribeError::OutOfRange { .. } => Status::out_of_range(e.to_string()),
-        })?;
+        let log_id = non_empty(Some(r.log_id));
+        let sub = self.bus.subscribe_to(start, log_id.as_deref()).map_err(|e| Status::out_of_range(e.to_string()))?;
         ok(pump(sub, self.heartbeat))
     }
 
     async fn retention(&self, _: Request<ext::RetentionRequest>) -> RpcResult<ext::RetentionResponse> {
         let r = self.bus.retention();
-        ok(ext::RetentionResponse { first_seq: r.first_seq, last_seq: r.last_seq, capacity: r.capacity })
+        ok(ext::RetentionResponse {
+            first_seq: r.first_seq,
+            last_seq: r.last_seq,
+            capacity: r.capacity,
+            log_id: r.log_id,
+        })
     }
 }

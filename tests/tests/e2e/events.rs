@@ -47,7 +47,8 @@ async fn paced_flood(w: &mut puppet_tests::World, reader: &mut Events, total: us
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_is_cut_off_while_a_fast_one_keeps_receiving_and_memory_stays_flat() {
-    let server = Server::start(&["--event-retention", "8192", "--subscriber-max-lag", "4096"]);
+    let server =
+        Server::start(&["--event-retention", "8192", "--subscriber-max-lag", "4096", "--store-cache-mib", "1"]);
     // Separate connections, so the slow one's HTTP/2 flow control does not touch the fast one. The
     // slow one's small receive window makes it fall behind once the server's buffers are full too.
     let mut slow = Events::open(&mut server.puppet_with_window(16 * 1024).await).await.into_inner();
@@ -76,8 +77,10 @@ async fn a_slow_subscriber_is_cut_off_while_a_fast_one_keeps_receiving_and_memor
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("after_seq="), "the status says where to resume: {}", status.message());
 
-    // Memory does not grow with the number of events while a subscriber is stuck.
+    // Memory does not grow with the number of events while a subscriber is stuck (after a
+    // warm-up that fills the store's page cache).
     let _stuck = Events::open(&mut server.puppet_with_window(16 * 1024).await).await;
+    paced_flood(&mut w, &mut fast, 200_000, 2_000).await;
     let before = rss_kib(server.pid());
     let read = paced_flood(&mut w, &mut fast, 200_000, 2_000).await;
     assert_eq!(read.len(), 200_000);
@@ -95,8 +98,11 @@ async fn the_feed_resumes_without_gap_or_duplicate_and_refuses_lost_ranges() {
     let mut feed = server.feed().await;
     let mut w = world(&server).await;
 
-    let mut stream =
-        feed.subscribe(ext::SubscribeRequest { after_seq: None, replay_state: false }).await.unwrap().into_inner();
+    let mut stream = feed
+        .subscribe(ext::SubscribeRequest { after_seq: None, replay_state: false, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let flood = w.flood(ext::FloodRequest { count: 100, per_second: 0 }).await.unwrap().into_inner();
     let mut seen = Vec::new();
     while seen.len() < 40 {
@@ -110,7 +116,7 @@ async fn the_feed_resumes_without_gap_or_duplicate_and_refuses_lost_ranges() {
 
     let last = seen.last().unwrap().0;
     let mut stream = feed
-        .subscribe(ext::SubscribeRequest { after_seq: Some(last), replay_state: false })
+        .subscribe(ext::SubscribeRequest { after_seq: Some(last), replay_state: false, ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -133,10 +139,18 @@ async fn the_feed_resumes_without_gap_or_duplicate_and_refuses_lost_ranges() {
     let retention = feed.retention(ext::RetentionRequest {}).await.unwrap().into_inner();
     assert_eq!(retention.capacity, 1000);
     assert_eq!(retention.last_seq - retention.first_seq + 1, 1000);
-    let err = feed.subscribe(ext::SubscribeRequest { after_seq: Some(last), replay_state: false }).await.unwrap_err();
+    let err = feed
+        .subscribe(ext::SubscribeRequest { after_seq: Some(last), replay_state: false, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
-    let ok =
-        feed.subscribe(ext::SubscribeRequest { after_seq: Some(retention.first_seq - 1), replay_state: false }).await;
+    let ok = feed
+        .subscribe(ext::SubscribeRequest {
+            after_seq: Some(retention.first_seq - 1),
+            replay_state: false,
+            ..Default::default()
+        })
+        .await;
     assert!(ok.is_ok(), "the oldest retained event can still be resumed from");
 }
 

@@ -371,6 +371,7 @@ impl MockBackend {
                     // Let the stream tasks run between chunks on a busy runtime.
                     tokio::task::yield_now().await;
                 }
+                self.inner.sink.backpressure().await;
             }
         }
         Ok((first, last))
