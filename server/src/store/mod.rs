@@ -165,6 +165,8 @@ struct Pending {
 
 /// Queued but uncommitted bytes past which writes are refused: the disk cannot keep up.
 const MAX_PENDING_BYTES: usize = 64 << 20;
+/// How often retention runs (after commits, and when idle).
+const RETENTION_EVERY: Duration = Duration::from_secs(1);
 /// Most bytes of writes one transaction takes.
 const MAX_COMMIT_BYTES: usize = 4 << 20;
 
@@ -616,10 +618,11 @@ impl Store {
             let (ops, ticket, stopping) = {
                 let mut p = self.pending();
                 loop {
-                    if p.stopping || !p.ops.is_empty() {
+                    // Idle, the writer still wakes now and then: retention by age needs no writes.
+                    if p.stopping || !p.ops.is_empty() || since_retention.elapsed() >= RETENTION_EVERY {
                         break;
                     }
-                    p = self.shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                    p = self.shared.wake.wait_timeout(p, RETENTION_EVERY).unwrap_or_else(|e| e.into_inner()).0;
                 }
                 if self.durability() == Durability::Batch && !p.stopping {
                     // Group commit: let a batch gather for up to the interval.
@@ -654,7 +657,7 @@ impl Store {
             if !ops.is_empty() {
                 self.commit(ops);
             }
-            if since_retention.elapsed() >= Duration::from_secs(1) || stopping {
+            if since_retention.elapsed() >= RETENTION_EVERY || stopping {
                 since_retention = Instant::now();
                 if let Err(e) = self.enforce_retention() {
                     tracing::warn!(error = %e, "store retention failed");
