@@ -247,9 +247,17 @@ mod tests {
         let blobs = crate::blobs::BlobStore::open(&dir, limits).unwrap();
         let bus = EventBus::new(1024, 1 << 20, 1024);
         let options =
-            MockOptions { world: WorldSpec::builtin(), login_step: Duration::ZERO, print_qr: false, state_file: None };
-        let backend: Arc<dyn crate::backend::Backend> =
-            Arc::new(MockBackend::new(options, bus.sink(), blobs.clone(), crate::tasks::Tasks::new()).unwrap());
+            MockOptions { world: WorldSpec::builtin(), login_step: Duration::ZERO, print_qr: false, import_file: None };
+        let backend: Arc<dyn crate::backend::Backend> = Arc::new(
+            MockBackend::new(
+                options,
+                crate::backend::mock::tests::memory_store(),
+                bus.sink(),
+                blobs.clone(),
+                crate::tasks::Tasks::new(),
+            )
+            .unwrap(),
+        );
         if login {
             let mut sub = bus.subscribe(StartAt::Live { replay_state: true }).unwrap();
             backend.start().await.unwrap();

@@ -63,6 +63,7 @@ pub fn build_backend(
     blobs: blobs::BlobStore,
     metrics: &metrics::Metrics,
     tasks: Tasks,
+    store: &store::Store,
 ) -> anyhow::Result<Built> {
     match config.backend {
         BackendKind::Mock => {
@@ -74,9 +75,9 @@ pub fn build_backend(
                 world,
                 login_step: Duration::from_millis(config.login_step_ms),
                 print_qr: true,
-                state_file: Some(config.data_dir().join("mock-world.json")),
+                import_file: Some(config.data_dir().join("mock-world.json")),
             };
-            let mock = backend::mock::MockBackend::new(options, sink, blobs, tasks)?;
+            let mock = backend::mock::MockBackend::new(options, store.clone(), sink, blobs, tasks)?;
             Ok(Built { backend: Arc::new(mock.clone()), mock: Some(mock), official_account: None })
         }
         BackendKind::OfficialAccount => {
@@ -121,7 +122,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let front = Tasks::new();
     let background = Tasks::new();
     let Built { backend, mock, official_account } =
-        build_backend(&config, bus.sink(), blobs.clone(), &metrics, background.clone())?;
+        build_backend(&config, bus.sink(), blobs.clone(), &metrics, background.clone(), &store)?;
     let heartbeat = Duration::from_secs(config.heartbeat_secs);
 
     let grpc_listener = bind(config.listen_addr()?, "gRPC").await?;

@@ -121,7 +121,7 @@ impl ext::mock_world_server::MockWorld for MockWorldService {
 
     async fn list_messages(&self, req: Request<ext::ListMessagesRequest>) -> RpcResult<ext::ListMessagesResponse> {
         let id = ConversationId(required("conversation_id", req.into_inner().conversation_id)?);
-        let messages = self.mock.list_messages(&id).map_err(err)?;
+        let messages = self.mock.list_messages(&id).await.map_err(err)?;
         Ok(Response::new(ext::ListMessagesResponse { messages: messages.into_iter().map(Into::into).collect() }))
     }
 

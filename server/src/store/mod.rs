@@ -522,6 +522,13 @@ impl Store {
         if self.durability() != Durability::Always {
             return self.writable();
         }
+        self.flushed().await
+    }
+
+    /// Waits until every write queued so far is committed, whatever the durability policy: for
+    /// the rare write that must be on disk before something else happens (an imported file is
+    /// renamed only once what it held is committed). `Err` as for [`Store::settled`].
+    pub async fn flushed(&self) -> Result<(), StoreError> {
         let ticket = self.last_ticket();
         let mut committed = self.shared.committed.subscribe();
         if committed.wait_for(|c| *c >= ticket).await.is_err() {

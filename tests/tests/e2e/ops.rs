@@ -192,7 +192,9 @@ async fn a_restart_on_the_same_data_dir_keeps_the_login_and_the_world_and_surviv
     assert_eq!(zoe.name, "Zoe");
     drop(second);
 
-    // A damaged state file: moved aside, and a fresh world (with a fresh login) instead.
+    // A damaged store and a damaged state file of an old server: both moved aside, and a fresh
+    // world (with a fresh login) instead.
+    std::fs::write(dir.join("store.redb"), b"{ this is not a store").unwrap();
     std::fs::write(dir.join("mock-world.json"), b"{ this is not json").unwrap();
     let third = Server::start_in(&dir, &[]);
     let mut p = third.puppet().await;
@@ -200,14 +202,69 @@ async fn a_restart_on_the_same_data_dir_keeps_the_login_and_the_world_and_surviv
     assert_eq!(events.next().await.0, kind::SCAN);
     events.wait_for(kind::READY).await;
     assert_eq!(p.contact_alias(bob_alias(None)).await.unwrap().into_inner().alias, "");
-    let aside = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).any(|e| {
-        let n = e.file_name().to_string_lossy().into_owned();
-        n.starts_with("mock-world.corrupt-")
-    });
-    assert!(aside, "the damaged file was kept aside");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("mock-world.corrupt-")), "the damaged file was kept aside: {names:?}");
+    assert!(names.iter().any(|n| n.starts_with("store.redb.unusable-")), "the damaged store was kept aside: {names:?}");
     drop(third);
+
+    // The state file of a server from before the store: imported once (the login, Bob's alias, a
+    // room's topic), then renamed; the store's world from then on.
+    let old = dir.join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("mock-world.json"), OLD_STATE_FILE).unwrap();
+    let mut fourth = Server::start_in(&old, &[]);
+    let mut p = fourth.puppet().await;
+    let mut events = Events::open(&mut p).await;
+    assert_eq!(events.next().await.0, kind::LOGIN, "logged in when the old server stopped: no SCAN");
+    assert_eq!(p.contact_alias(bob_alias(None)).await.unwrap().into_inner().alias, "Imported");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !old.join("mock-world.json.imported").exists() {
+        assert!(std::time::Instant::now() < deadline, "the imported file is renamed once the store holds it");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(!old.join("mock-world.json").exists());
+    p.contact_alias(bob_alias(Some("Changed after the import"))).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || fourth.terminate()).await.unwrap();
+    assert!(status.success());
+    let fifth = Server::start_in(&old, &[]);
+    let mut p = fifth.puppet().await;
+    assert_eq!(Events::open(&mut p).await.next().await.0, kind::LOGIN);
+    assert_eq!(p.contact_alias(bob_alias(None)).await.unwrap().into_inner().alias, "Changed after the import");
+    let room = p.room_payload(pb::RoomPayloadRequest { id: "10001@chatroom".into() }).await.unwrap().into_inner();
+    assert_eq!(room.topic, "Old room");
+    drop(fifth);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `mock-world.json` as servers before the store wrote it.
+const OLD_STATE_FILE: &str = r#"{
+  "version": 1,
+  "me": "wxid_puppet_bot",
+  "contacts": [
+    { "id": "wxid_puppet_bot", "name": "Puppet Bot", "type": "individual" },
+    { "id": "wxid_bob", "name": "Bob", "alias": "Imported", "friend": true, "type": "individual" }
+  ],
+  "rooms": [
+    {
+      "id": "10001@chatroom",
+      "topic": "Old room",
+      "ownerId": "wxid_bob",
+      "memberIds": ["wxid_puppet_bot", "wxid_bob"],
+      "memberAliases": {},
+      "inviters": {},
+      "announce": ""
+    }
+  ],
+  "tags": { "vip": ["wxid_bob"] },
+  "friendships": [],
+  "invitations": [],
+  "loggedIn": true,
+  "nextId": 42
+}"#;
 
 /// The page as headless Chromium renders it (its DOM after load).
 async fn rendered(url: &str) -> String {

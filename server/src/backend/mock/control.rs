@@ -13,7 +13,9 @@ use puppet_proto::model::{
     RoomInvitation, now_ms,
 };
 
-use super::{Attachment, MockBackend, Session, Target, World, file_message_type};
+use super::{
+    Attachment, LIST_MESSAGES_MAX, MockBackend, Session, StoredMessage, Target, World, file_message_type, store_failed,
+};
 use crate::backend::{BackendError, BackendResult};
 
 /// Profile changes for [`MockBackend::update_contact`]; `None` leaves a field alone.
@@ -59,11 +61,10 @@ impl World {
 }
 
 impl MockBackend {
-    fn deliver(&self, w: &mut World, message: Message, attachment: Attachment) -> MessageId {
-        let id = message.id.clone();
-        w.store(message, attachment);
+    fn deliver(&self, w: &World, message: Message, attachment: Attachment) -> BackendResult<MessageId> {
+        let id = self.keep(w, message, attachment)?;
         self.emit(PuppetEvent::Message(MessageEvent { message_id: id.clone() }));
-        id
+        Ok(id)
     }
 
     /// A contact says `text` to the bot, or into a room with @mentions.
@@ -89,7 +90,7 @@ impl MockBackend {
         }
         let mut m = Self::new_message(&mut w, MessageType::Text, from.clone(), &target, text);
         m.mention_ids = mentions;
-        Ok(self.deliver(&mut w, m, Attachment::None))
+        self.deliver(&w, m, Attachment::None)
     }
 
     /// A contact sends a file; its name decides the message type. The bytes go into the blob store.
@@ -116,7 +117,7 @@ impl MockBackend {
         let target = w.speaker_target(from, room)?;
         let mut m = Self::new_message(&mut w, file_message_type(&name), from.clone(), &target, String::new());
         m.filename = name;
-        Ok(self.deliver(&mut w, m, Attachment::File(fb)))
+        self.deliver(&w, m, Attachment::File(fb))
     }
 
     /// Someone asks the bot to be friends; an unknown id becomes a new stranger.
@@ -139,6 +140,7 @@ impl MockBackend {
                     ..Default::default()
                 };
                 w.contacts.insert(contact.clone(), stranger);
+                w.save_contact(contact);
             }
         }
         let id = FriendshipId(w.fresh_id("friendship_"));
@@ -153,6 +155,7 @@ impl MockBackend {
             ..Default::default()
         };
         w.friendships.insert(id.clone(), f);
+        w.save_friendship(&id);
         self.emit(PuppetEvent::Friendship(FriendshipEvent { friendship_id: id.clone() }));
         Ok(id)
     }
@@ -187,6 +190,7 @@ impl MockBackend {
         };
         let id = RoomInvitationId(w.fresh_id("invitation_"));
         w.invitations.insert(id.clone(), RoomInvitation { id: id.clone(), ..invitation });
+        w.save_invitation(&id);
         self.emit(PuppetEvent::RoomInvite(RoomInviteEvent { room_invitation_id: id.clone() }));
         Ok(id)
     }
@@ -224,6 +228,7 @@ impl MockBackend {
                 timestamp: now_ms() / 1000,
             }));
         }
+        w.save_room(room);
         self.dirty(PayloadType::Room, room.as_str());
         Ok(())
     }
@@ -267,6 +272,7 @@ impl MockBackend {
                 timestamp: now_ms() / 1000,
             }));
         }
+        w.save_room(room);
         self.dirty(PayloadType::Room, room.as_str());
         Ok(())
     }
@@ -293,6 +299,7 @@ impl MockBackend {
                 timestamp: now_ms() / 1000,
             }));
         }
+        w.save_room(room);
         self.dirty(PayloadType::Room, room.as_str());
         Ok(())
     }
@@ -309,6 +316,7 @@ impl MockBackend {
                 *field = v;
             }
         }
+        w.save_contact(id);
         self.dirty(PayloadType::Contact, id.as_str());
         Ok(())
     }
@@ -321,29 +329,29 @@ impl MockBackend {
         }
         w.session = Session::Offline;
         w.login_generation += 1;
+        w.save_logged_in(false);
         let reason = if reason.is_empty() { "logged out by the platform".to_owned() } else { reason };
         self.emit(PuppetEvent::Logout(LogoutEvent { contact_id: w.me.clone(), data: reason }));
         Ok(())
     }
 
-    /// A conversation's retained messages, oldest first.
-    pub fn list_messages(&self, conversation: &ConversationId) -> BackendResult<Vec<Message>> {
-        let w = self.world();
-        let target = w.resolve(conversation)?;
-        let me = &w.me;
-        let wanted = |m: &Message| match &target {
-            Target::Room(r) => m.room_id == *r,
-            Target::Contact(c) => {
-                m.room_id.is_empty()
-                    && ((m.talker_id == *c && m.listener_id == *me) || (m.talker_id == *me && m.listener_id == *c))
-            }
-        };
-        Ok(w.message_order
+    /// A conversation's messages (the newest [`LIST_MESSAGES_MAX`] the store keeps), oldest
+    /// first: read from the store on the blocking pool, the world's lock not held.
+    pub async fn list_messages(&self, conversation: &ConversationId) -> BackendResult<Vec<Message>> {
+        self.world().resolve(conversation)?;
+        let key = conversation.as_str().to_owned();
+        let records =
+            self.inner.store.read(move |s| s.messages().list(&key, LIST_MESSAGES_MAX)).await.map_err(store_failed)?;
+        Ok(records
             .iter()
-            .filter_map(|id| w.messages.get(id))
-            .map(|s| &s.message)
-            .filter(|m| wanted(m))
-            .cloned()
+            .filter_map(|r| match StoredMessage::decode(r) {
+                Ok(m) => Some(m.message),
+                Err(e) => {
+                    // One unreadable record does not hide the rest of the conversation.
+                    tracing::warn!(error = %e, "skipping a stored message");
+                    None
+                }
+            })
             .collect())
     }
 
