@@ -102,14 +102,6 @@ pub(crate) fn insert(w: &mut Writes<'_>, m: &MessageRecord) -> Result<(), StoreE
     Ok(())
 }
 
-pub(crate) fn update(w: &mut Writes<'_>, id: &str, body: &[u8]) -> Result<(), StoreError> {
-    let Some((_, old)) = w.messages.get(id)?.and_then(|v| decode(id, v.value())) else {
-        // Retention took it meanwhile: nothing to update.
-        return Ok(());
-    };
-    insert(w, &MessageRecord { body: body.to_vec(), ..old })
-}
-
 /// Drops the oldest messages past the retention's count, bytes or age.
 pub(crate) fn retain(w: &mut Writes<'_>, r: Retention) -> Result<(), StoreError> {
     let oldest_allowed = now_ms().saturating_sub(r.age.as_millis() as u64);
@@ -154,9 +146,12 @@ impl Messages {
         self.store.remember(message)
     }
 
-    /// Replaces a stored message's body (a recall, a downloaded file).
-    pub fn update(&self, id: &str, body: Vec<u8>) -> Ticket {
-        self.store.remember_update(id, body)
+    /// Replaces a stored message's body (a recall, a downloaded file): `None` when it is not
+    /// kept (any more).
+    pub async fn update(&self, id: &str, body: Vec<u8>) -> Result<Option<Ticket>, StoreError> {
+        let Some(mut m) = self.get_async(id).await? else { return Ok(None) };
+        m.body = body;
+        Ok(Some(self.put(m)))
     }
 
     /// A message by id. Blocking when it has to go to the file: on the runtime, use
@@ -186,6 +181,9 @@ impl Messages {
 
     /// The newest `limit` messages of a conversation, oldest first. Blocking.
     pub fn list(&self, conversation: &str, limit: usize) -> Result<Vec<MessageRecord>, StoreError> {
+        // What is in memory is read first: a commit landing between the two reads then leaves a
+        // message in both (merged below), never in neither.
+        let remembered = self.store.remembered_in(conversation);
         let tx = self.store.db().begin_read()?;
         let index = tx.open_table(CONVERSATIONS)?;
         let messages = tx.open_table(MESSAGES)?;
@@ -200,7 +198,7 @@ impl Messages {
             }
         }
         // Written but not committed yet: in memory (an update replaces the committed body).
-        for m in self.store.remembered_in(conversation) {
+        for m in remembered {
             match out.iter_mut().find(|o| o.id == m.id) {
                 Some(o) => *o = m,
                 None => out.push(m),
@@ -245,7 +243,7 @@ mod tests {
         }
         // Read-your-writes before any commit.
         assert_eq!(m.get_async("msg_000007").await.unwrap().unwrap().body, b"body 7");
-        m.update("msg_000008", b"recalled".to_vec());
+        m.update("msg_000008", b"recalled".to_vec()).await.unwrap();
         assert_eq!(m.get("msg_000008").unwrap().unwrap().body, b"recalled");
         let alice = m.list("wxid_alice", 3).unwrap();
         assert_eq!(alice.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["msg_000044", "msg_000046", "msg_000048"]);

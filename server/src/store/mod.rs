@@ -131,7 +131,6 @@ from_redb!(
 pub(crate) enum Op {
     Event(StoredEvent),
     Message(MessageRecord),
-    MessageUpdate { id: String, body: Vec<u8> },
     KvPut { ns: String, key: String, value: Vec<u8> },
     KvDelete { ns: String, key: String },
     CachePut { kind: u8, id: String, value: Vec<u8> },
@@ -143,7 +142,6 @@ impl Op {
         64 + match self {
             Op::Event(e) => e.payload.len(),
             Op::Message(m) => m.body.len() + m.id.len() + m.conversation.len(),
-            Op::MessageUpdate { id, body } => id.len() + body.len(),
             Op::KvPut { ns, key, value } => ns.len() + key.len() + value.len(),
             Op::KvDelete { ns, key } => ns.len() + key.len(),
             Op::CachePut { id, value, .. } => id.len() + value.len(),
@@ -409,22 +407,6 @@ impl Store {
             let mut overlay = self.overlay();
             let first = overlay.messages.get(&message.id).map_or(t, |(_, first, _)| *first);
             overlay.messages.insert(message.id.clone(), (t, first, message));
-        })
-    }
-
-    /// Queues a message's new body, remembering it until committed.
-    pub(crate) fn remember_update(&self, id: &str, body: Vec<u8>) -> Ticket {
-        let op = Op::MessageUpdate { id: id.to_owned(), body: body.clone() };
-        self.submit_remembering([op], |t| {
-            let mut overlay = self.overlay();
-            if let Some((ticket, _, m)) = overlay.messages.get_mut(id) {
-                *ticket = t;
-                m.body = body;
-            } else if let Ok(Some(mut m)) = self.messages().get_committed(id) {
-                m.body = body;
-                // Committed already: its place in the order comes from the file.
-                overlay.messages.insert(id.to_owned(), (t, 0, m));
-            }
         })
     }
 
@@ -816,7 +798,6 @@ impl<'t> Writes<'t> {
         match op {
             Op::Event(e) => events::insert(self, &e),
             Op::Message(m) => messages::insert(self, &m),
-            Op::MessageUpdate { id, body } => messages::update(self, &id, &body),
             Op::KvPut { ns, key, value } => {
                 self.kv.insert((ns.as_str(), key.as_str()), value.as_slice())?;
                 Ok(())
