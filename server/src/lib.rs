@@ -56,13 +56,15 @@ pub struct Built {
     pub official_account: Option<backend::official_account::OfficialAccount>,
 }
 
-/// Builds the configured backend, wired to the event sink; its loops belong to `tasks`.
+/// Builds the configured backend, wired to the event sink and the account's store; its loops belong
+/// to `tasks`.
 pub fn build_backend(
     config: &Config,
     sink: EventSink,
     blobs: blobs::BlobStore,
     metrics: &metrics::Metrics,
     tasks: Tasks,
+    store: store::Store,
 ) -> anyhow::Result<Built> {
     match config.backend {
         BackendKind::Mock => {
@@ -96,6 +98,7 @@ pub fn build_backend(
                 blobs,
                 metrics.oa.clone(),
                 tasks,
+                store,
             )?;
             Ok(Built { backend: Arc::new(oa.clone()), mock: None, official_account: Some(oa) })
         }
@@ -121,7 +124,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let front = Tasks::new();
     let background = Tasks::new();
     let Built { backend, mock, official_account } =
-        build_backend(&config, bus.sink(), blobs.clone(), &metrics, background.clone())?;
+        build_backend(&config, bus.sink(), blobs.clone(), &metrics, background.clone(), store.clone())?;
     let heartbeat = Duration::from_secs(config.heartbeat_secs);
 
     let grpc_listener = bind(config.listen_addr()?, "gRPC").await?;
