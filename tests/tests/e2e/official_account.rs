@@ -1050,6 +1050,9 @@ async fn messages_friendships_and_template_results_survive_a_restart() {
     assert!(image_bytes(&mut oa.puppet, "7003").await == photo(2));
     assert_eq!(fake.calls("/cgi-bin/media/get").len(), 1);
     let sent = say(&mut oa.puppet, ALICE, "sent before the restart").await.unwrap();
+    let contact = |id: &str| pb::ContactPayloadRequest { id: id.into() };
+    assert_eq!(oa.puppet.contact_payload(contact(ALICE)).await.unwrap().into_inner().name, "Alice");
+    assert_eq!(fake.calls("/cgi-bin/user/info").len(), 1);
     let subscribe = event_push("oRestartFan", "subscribe", "<EventKey><![CDATA[qrscene_9]]></EventKey>", 1_700_000_600);
     assert_eq!(post(oa.http, &subscribe, Mode::Plain).await.0, 200);
     let friendship = oa.events.wait_for(kind::FRIENDSHIP).await["friendshipId"].as_str().unwrap().to_owned();
@@ -1070,6 +1073,8 @@ async fn messages_friendships_and_template_results_survive_a_restart() {
     assert!(image_bytes(&mut oa.puppet, "7002").await == photo(1), "fetched from WeChat after the restart");
     assert!(image_bytes(&mut oa.puppet, "7003").await == photo(2));
     assert_eq!(fake.calls("/cgi-bin/media/get").len(), 2, "the image fetched before the restart is not fetched again");
+    assert_eq!(oa.puppet.contact_payload(contact(ALICE)).await.unwrap().into_inner().name, "Alice");
+    assert_eq!(fake.calls("/cgi-bin/user/info").len(), 1, "the payload cached before the restart");
     let f = oa
         .puppet
         .friendship_payload(pb::FriendshipPayloadRequest { id: friendship, ..Default::default() })

@@ -1482,6 +1482,27 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_cached_follower_is_served_until_a_dirty_even_one_whose_drop_is_not_committed() {
+        let dir = temp_dir();
+        let store = Store::open(&dir, options(Durability::Always)).unwrap();
+        let oa = account(&store, &dir.join("blobs"));
+        let kind = PayloadType::Contact.wire() as u8;
+        let bob = Contact { id: ContactId("oBob".into()), name: "Bob".into(), ..Default::default() };
+        let cached = serde_json::to_vec(&CachedContact { fetched: oa.stamp(), contact: bob.clone() }).unwrap();
+        store.kv().cache_put(kind, "oBob", cached);
+        store.settled().await.unwrap();
+        assert_eq!(oa.contact(&ContactId("oBob".into())).await.unwrap(), bob, "from the cache: nothing is fetched");
+        // This bus has no store: the DIRTY's drop never reaches the cache, as if not committed yet.
+        oa.dirty_payload(PayloadType::Contact, "oBob".into()).await.unwrap();
+        assert!(store.kv().cache_get(kind, "oBob").unwrap().is_some());
+        let err = oa.contact(&ContactId("oBob".into())).await.unwrap_err();
+        assert!(!matches!(err, BackendError::NotFound { .. }), "fetched from WeChat (unreachable here): {err}");
+        drop(oa);
+        store.close();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
     async fn a_ring_keeps_the_newest_records_and_numbers_on_after_a_reopen() {
         let dir = temp_dir();
         let store = Store::open(&dir, options(Durability::Batch)).unwrap();
