@@ -1050,6 +1050,17 @@ async fn messages_friendships_and_template_results_survive_a_restart() {
     assert!(image_bytes(&mut oa.puppet, "7003").await == photo(2));
     assert_eq!(fake.calls("/cgi-bin/media/get").len(), 1);
     let sent = say(&mut oa.puppet, ALICE, "sent before the restart").await.unwrap();
+    let png = [&b"\x89PNG\r\n\x1a\n"[..], &[9u8; 3000][..]].concat();
+    let file_box = serde_json::json!({
+        "type": 1, "name": "sent.png", "base64": base64::engine::general_purpose::STANDARD.encode(&png),
+    });
+    let sent_file = oa
+        .puppet
+        .message_send_file(pb::MessageSendFileRequest { conversation_id: BOB.into(), file_box: file_box.to_string() })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
     let contact = |id: &str| pb::ContactPayloadRequest { id: id.into() };
     assert_eq!(oa.puppet.contact_payload(contact(ALICE)).await.unwrap().into_inner().name, "Alice");
     assert_eq!(fake.calls("/cgi-bin/user/info").len(), 1);
@@ -1070,6 +1081,11 @@ async fn messages_friendships_and_template_results_survive_a_restart() {
     let m = message(&mut oa.puppet, "7001").await;
     assert_eq!((m.text.as_str(), m.talker_id.as_str()), ("before the restart", ALICE));
     assert_eq!(message(&mut oa.puppet, &sent).await.text, "sent before the restart");
+    let fb = oa.puppet.message_file(pb::MessageFileRequest { id: sent_file }).await.unwrap().into_inner().file_box;
+    let fb: Value = serde_json::from_str(&fb).unwrap();
+    assert_eq!(fb["name"], "sent.png");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(fb["base64"].as_str().unwrap()).unwrap();
+    assert!(bytes == png, "the file the bot sent, kept across the restart");
     assert!(image_bytes(&mut oa.puppet, "7002").await == photo(1), "fetched from WeChat after the restart");
     assert!(image_bytes(&mut oa.puppet, "7003").await == photo(2));
     assert_eq!(fake.calls("/cgi-bin/media/get").len(), 2, "the image fetched before the restart is not fetched again");

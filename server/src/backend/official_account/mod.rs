@@ -776,7 +776,7 @@ impl OfficialAccount {
     }
 
     /// Uploads a client's file as temporary media; the reply, its message type and the file to keep
-    /// with the sent message (inline bytes go to the blob store: a stored message stays small).
+    /// with the sent message (in the blob store: a stored message stays small).
     async fn upload(&self, fb: &FileBox) -> BackendResult<(Reply, MessageType, FileBox)> {
         let bytes = self.file_bytes(fb).await?;
         if bytes.is_empty() {
@@ -788,7 +788,9 @@ impl OfficialAccount {
         } else {
             fb.name.clone()
         };
-        let inline = matches!(fb.source, FileBoxSource::Base64(_)).then(|| bytes.clone());
+        // Inline bytes and a URL's (whose headers may carry a client's credentials) go to the blob
+        // store; a blob the client uploaded is kept as it is.
+        let copy = matches!(fb.source, FileBoxSource::Base64(_) | FileBoxSource::Url { .. }).then(|| bytes.clone());
         let media_id =
             self.inner.api.upload_media(kind, &name, bytes).await.map_err(|e| e.into_backend("media/upload"))?;
         let out = match kind {
@@ -796,7 +798,7 @@ impl OfficialAccount {
             "voice" => Reply::Voice { media_id },
             _ => Reply::Video { media_id, title: Some(name), description: None },
         };
-        let kept = match inline {
+        let kept = match copy {
             Some(bytes) => match self.inner.blobs.put(&bytes).await {
                 Ok(meta) => {
                     let mut kept = FileBox::new(fb.name.clone(), FileBoxSource::Uuid(meta.id));
@@ -804,8 +806,12 @@ impl OfficialAccount {
                     kept
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "a sent file could not be kept in the blob store; kept inline");
-                    fb.clone()
+                    tracing::warn!(error = %e, "a sent file could not be kept in the blob store; kept as sent");
+                    let mut kept = fb.clone();
+                    if let FileBoxSource::Url { headers, .. } = &mut kept.source {
+                        *headers = None;
+                    }
+                    kept
                 }
             },
             None => fb.clone(),
