@@ -56,7 +56,8 @@ pub struct Built {
     pub official_account: Option<backend::official_account::OfficialAccount>,
 }
 
-/// Builds the configured backend, wired to the event sink; its loops belong to `tasks`.
+/// Builds the configured backend, wired to the event sink and the account's store; its loops belong
+/// to `tasks`.
 pub fn build_backend(
     config: &Config,
     sink: EventSink,
@@ -97,6 +98,7 @@ pub fn build_backend(
                 blobs,
                 metrics.oa.clone(),
                 tasks,
+                store.clone(),
             )?;
             Ok(Built { backend: Arc::new(oa.clone()), mock: None, official_account: Some(oa) })
         }

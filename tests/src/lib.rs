@@ -81,6 +81,11 @@ impl Server {
         Self::launch(data_dir.to_owned(), true, args, &[])
     }
 
+    /// As [`Server::start_in`], with extra environment variables.
+    pub fn start_in_with_env(data_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(data_dir.to_owned(), true, args, env)
+    }
+
     /// As [`Server::start`], under a limit of `nofile` open file descriptors (`ulimit -n`), with
     /// its log (level info) written to `<data dir>/server.log` (see [`Server::log`]).
     pub fn start_limited(args: &[&str], nofile: u64) -> Self {

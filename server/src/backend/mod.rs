@@ -88,6 +88,16 @@ impl From<crate::blobs::BlobError> for BackendError {
     }
 }
 
+impl From<crate::store::StoreError> for BackendError {
+    /// The one mapping of store errors: a full store is a limit a client can wait out.
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Full(_) => BackendError::ResourceExhausted(e.to_string()),
+            crate::store::StoreError::Failed(_) => BackendError::Internal(e.to_string()),
+        }
+    }
+}
+
 /// Result of a backend operation.
 pub type BackendResult<T> = Result<T, BackendError>;
 

@@ -76,7 +76,7 @@ impl ext::official_account_server::OfficialAccount for OfficialAccountService {
         req: Request<ext::GetTemplateResultRequest>,
     ) -> RpcResult<ext::GetTemplateResultResponse> {
         let msg_id = req.into_inner().msg_id;
-        let (status, to_user) = self.oa.template_result(msg_id).ok_or_else(|| {
+        let (status, to_user) = self.oa.template_result(msg_id).await.map_err(err)?.ok_or_else(|| {
             Status::not_found(format!("no delivery result for template message {msg_id} yet (or it is too old)"))
         })?;
         Ok(Response::new(ext::GetTemplateResultResponse { status, to_user }))

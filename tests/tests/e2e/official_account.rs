@@ -1004,3 +1004,159 @@ async fn the_readme_official_account_recipes_work() {
     .expect("a push from the Events recipe");
     assert!(printed.contains("\"type\": \"click_event\"") && printed.contains("\"eventKey\": \"TODAY\""), "{printed}");
 }
+
+/// The server on the official-account backend against `fake`, with its data in `dir`, online.
+async fn online_in(fake: &FakeWeChat, dir: &std::path::Path, args: &[&str]) -> Oa {
+    let mut env = fake.server_env(OA_TOKEN, ORIGINAL_ID);
+    env.push(("PUPPET_OA_REPLY_WINDOW_MS", "200"));
+    let mut all = vec!["--backend", "official-account", "--http-listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let server = Server::start_in_with_env(dir, &all, &env);
+    let http = server.http_addr.expect("side port");
+    let mut puppet = server.puppet().await;
+    let mut events = Events::open(&mut puppet).await;
+    events.wait_for(kind::LOGIN).await;
+    Oa { server, http, puppet, events }
+}
+
+/// The bytes of an image message, as `MessageImage` hands them out (inline for small files).
+async fn image_bytes(p: &mut Puppet, id: &str) -> Vec<u8> {
+    let fb = p.message_image(pb::MessageImageRequest { id: id.into(), r#type: 2 }).await.unwrap().into_inner();
+    let fb: Value = serde_json::from_str(&fb.file_box).unwrap();
+    let b64 = fb["base64"].as_str().unwrap_or_else(|| panic!("an inline image: {fb}"));
+    base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+}
+
+fn image_push(from: &str, media_id: &str, msg_id: u64) -> String {
+    let body = format!(
+        "<PicUrl><![CDATA[http://mmbiz.qpic.cn/{media_id}]]></PicUrl><MediaId><![CDATA[{media_id}]]></MediaId>"
+    );
+    push_xml(from, "image", &body, 1_700_000_500, Some(msg_id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_friendships_and_template_results_survive_a_restart() {
+    let fake = FakeWeChat::start(7200).await;
+    let dir = std::env::temp_dir().join(format!("puppet-e2e-oa-restart-{}", std::process::id()));
+    let photo = |seed: u8| -> Vec<u8> { [&[0xFF, 0xD8, 0xFF, 0xE0][..], &[seed; 20_000][..]].concat() };
+    fake.put_media("MEDIA_R1", "image/jpeg", "first.jpg", &photo(1));
+    fake.put_media("MEDIA_R2", "image/jpeg", "second.jpg", &photo(2));
+
+    let mut oa = online_in(&fake, &dir, &[]).await;
+    assert_eq!(post(oa.http, &text_push(ALICE, "before the restart", 7001), Mode::Plain).await.0, 200);
+    assert_eq!(post(oa.http, &image_push(ALICE, "MEDIA_R1", 7002), Mode::Plain).await.0, 200);
+    assert_eq!(post(oa.http, &image_push(BOB, "MEDIA_R2", 7003), Mode::Plain).await.0, 200);
+    // One image is fetched before the restart: the blob it went to is kept with the message.
+    assert!(image_bytes(&mut oa.puppet, "7003").await == photo(2));
+    assert_eq!(fake.calls("/cgi-bin/media/get").len(), 1);
+    let sent = say(&mut oa.puppet, ALICE, "sent before the restart").await.unwrap();
+    let png = [&b"\x89PNG\r\n\x1a\n"[..], &[9u8; 3000][..]].concat();
+    let file_box = serde_json::json!({
+        "type": 1, "name": "sent.png", "base64": base64::engine::general_purpose::STANDARD.encode(&png),
+    });
+    let sent_file = oa
+        .puppet
+        .message_send_file(pb::MessageSendFileRequest { conversation_id: BOB.into(), file_box: file_box.to_string() })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let contact = |id: &str| pb::ContactPayloadRequest { id: id.into() };
+    assert_eq!(oa.puppet.contact_payload(contact(ALICE)).await.unwrap().into_inner().name, "Alice");
+    assert_eq!(fake.calls("/cgi-bin/user/info").len(), 1);
+    let subscribe = event_push("oRestartFan", "subscribe", "<EventKey><![CDATA[qrscene_9]]></EventKey>", 1_700_000_600);
+    assert_eq!(post(oa.http, &subscribe, Mode::Plain).await.0, 200);
+    let friendship = oa.events.wait_for(kind::FRIENDSHIP).await["friendshipId"].as_str().unwrap().to_owned();
+    let done = event_push(
+        ALICE,
+        "TEMPLATESENDJOBFINISH",
+        "<MsgID>88001</MsgID><Status><![CDATA[failed:user block]]></Status>",
+        1_700_000_601,
+    );
+    assert_eq!(post(oa.http, &done, Mode::Plain).await.0, 200);
+    assert!(oa.server.terminate().success());
+    drop(oa);
+
+    let mut oa = online_in(&fake, &dir, &[]).await;
+    let m = message(&mut oa.puppet, "7001").await;
+    assert_eq!((m.text.as_str(), m.talker_id.as_str()), ("before the restart", ALICE));
+    assert_eq!(message(&mut oa.puppet, &sent).await.text, "sent before the restart");
+    let fb = oa.puppet.message_file(pb::MessageFileRequest { id: sent_file }).await.unwrap().into_inner().file_box;
+    let fb: Value = serde_json::from_str(&fb).unwrap();
+    assert_eq!(fb["name"], "sent.png");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(fb["base64"].as_str().unwrap()).unwrap();
+    assert!(bytes == png, "the file the bot sent, kept across the restart");
+    assert!(image_bytes(&mut oa.puppet, "7002").await == photo(1), "fetched from WeChat after the restart");
+    assert!(image_bytes(&mut oa.puppet, "7003").await == photo(2));
+    assert_eq!(fake.calls("/cgi-bin/media/get").len(), 2, "the image fetched before the restart is not fetched again");
+    assert_eq!(oa.puppet.contact_payload(contact(ALICE)).await.unwrap().into_inner().name, "Alice");
+    assert_eq!(fake.calls("/cgi-bin/user/info").len(), 1, "the payload cached before the restart");
+    let f = oa
+        .puppet
+        .friendship_payload(pb::FriendshipPayloadRequest { id: friendship, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((f.contact_id.as_str(), f.hello.as_str()), ("oRestartFan", "qrscene_9"));
+    let mut x = extension(&oa.server).await;
+    let result = x.get_template_result(ext::GetTemplateResultRequest { msg_id: 88001 }).await.unwrap().into_inner();
+    assert_eq!((result.status.as_str(), result.to_user.as_str()), ("failed:user block", ALICE));
+    drop(oa);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_durability_always_an_answered_push_survives_a_kill() {
+    let fake = FakeWeChat::start(7200).await;
+    let dir = std::env::temp_dir().join(format!("puppet-e2e-oa-kill-{}", std::process::id()));
+    let always = ["--durability", "always"];
+    let oa = online_in(&fake, &dir, &always).await;
+    let push = text_push(ALICE, "answered, then killed", 7101);
+    assert_eq!(post(oa.http, &push, Mode::Plain).await, (200, "success".to_owned()));
+    // SIGKILL the moment the answer is in: nothing is flushed on the way out.
+    drop(oa);
+
+    let mut oa = online_in(&fake, &dir, &always).await;
+    assert_eq!(message(&mut oa.puppet, "7101").await.text, "answered, then killed");
+    // WeChat delivering it again (its answer lost, say) is answered, and not a second message.
+    assert_eq!(post(oa.http, &push, Mode::Plain).await, (200, "success".to_owned()));
+    assert_eq!(post(oa.http, &text_push(ALICE, "and a new one", 7102), Mode::Plain).await.0, 200);
+    let ids: Vec<String> = drain(&mut oa)
+        .await
+        .into_iter()
+        .filter(|(k, _)| *k == kind::MESSAGE)
+        .map(|(_, p)| p["messageId"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!ids.contains(&"7101".to_owned()) && ids.contains(&"7102".to_owned()), "{ids:?}");
+    drop(oa);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_answers_pushes_503_and_handles_nothing() {
+    let fake = FakeWeChat::start(7200).await;
+    let dir = std::env::temp_dir().join(format!("puppet-e2e-oa-full-{}", std::process::id()));
+    let mut oa = online_in(&fake, &dir, &["--durability", "always", "--store-max-mib", "1"]).await;
+    let big = "满".repeat(16_000);
+    let mut kept = vec![];
+    let refused = loop {
+        assert!(kept.len() < 200, "the 1 MiB store never filled up");
+        let id = 7200 + kept.len() as u64;
+        let (status, body) = post(oa.http, &text_push(ALICE, &big, id), Mode::Plain).await;
+        match status {
+            200 => kept.push(id),
+            503 => {
+                assert!(body.contains("full") && body.contains("again"), "{body}");
+                break id;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    };
+    for id in &kept {
+        assert_eq!(message(&mut oa.puppet, &id.to_string()).await.text.len(), big.len());
+    }
+    let err = oa.puppet.message_payload(pb::MessagePayloadRequest { id: refused.to_string() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "a push answered 503 reached nobody");
+    drop(oa);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

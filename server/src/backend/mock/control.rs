@@ -13,9 +13,7 @@ use puppet_proto::model::{
     RoomInvitation, now_ms,
 };
 
-use super::{
-    Attachment, LIST_MESSAGES_MAX, MockBackend, Session, StoredMessage, Target, World, file_message_type, store_failed,
-};
+use super::{Attachment, LIST_MESSAGES_MAX, MockBackend, Session, StoredMessage, Target, World, file_message_type};
 use crate::backend::{BackendError, BackendResult};
 
 /// Profile changes for [`MockBackend::update_contact`]; `None` leaves a field alone.
@@ -340,8 +338,12 @@ impl MockBackend {
     pub async fn list_messages(&self, conversation: &ConversationId) -> BackendResult<Vec<Message>> {
         self.world().resolve(conversation)?;
         let key = conversation.as_str().to_owned();
-        let records =
-            self.inner.store.read(move |s| s.messages().list(&key, LIST_MESSAGES_MAX)).await.map_err(store_failed)?;
+        let records = self
+            .inner
+            .store
+            .read(move |s| s.messages().list(&key, LIST_MESSAGES_MAX))
+            .await
+            .map_err(BackendError::from)?;
         Ok(records
             .iter()
             .filter_map(|r| match StoredMessage::decode(r) {

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use super::{Backend, BackendError, BackendResult, Outgoing, Referrer};
 use crate::blobs::BlobStore;
 use crate::events::EventSink;
-use crate::store::{Durability, Kv, MessageRecord, Store, StoreError};
+use crate::store::{Durability, Kv, MessageRecord, Store};
 use crate::tasks::Tasks;
 use base64::Engine;
 use puppet_proto::filebox::BASE64;
@@ -110,14 +110,6 @@ impl StoredMessage {
                 puppet_proto::ids::Shown(&record.id)
             ))
         })
-    }
-}
-
-/// The gRPC status a store failure becomes.
-fn store_failed(e: StoreError) -> BackendError {
-    match e {
-        StoreError::Full(_) => BackendError::ResourceExhausted(e.to_string()),
-        StoreError::Failed(_) => BackendError::Internal(e.to_string()),
     }
 }
 
@@ -468,7 +460,7 @@ impl MockBackend {
             .messages()
             .get_async(id.as_str())
             .await
-            .map_err(store_failed)?
+            .map_err(BackendError::from)?
             .ok_or_else(|| BackendError::not_found("message", id))?;
         let stored = StoredMessage::decode(&record)?;
         Ok((record, stored))

@@ -11,12 +11,16 @@
 //! recall, contact cards and locations do not exist on the platform and answer `UNIMPLEMENTED` with
 //! the reason.
 //!
-//! Bounded state: the last [`MESSAGES_KEPT`] messages and [`MESSAGE_BYTES`] of them (older ids
-//! answer NOT_FOUND), follow requests and template results by count and [`SMALL_RECORD_BYTES`], follower
-//! payloads until a DIRTY or [`CONTACTS_KEPT`], the retry cache ([`SEEN_KEPT`] pushes for
-//! [`SEEN_TTL`]), [`TEMPLATE_RESULTS_KEPT`] template results, at most [`MAX_WAITING`] pushes held
-//! open for a passive reply, and a 1024-push broadcast for the Events stream (a subscriber further
-//! behind is ended).
+//! What is kept where: messages (inbound pushes with their [`InboundKind`], what the bot sent with
+//! its file or link card, a fetched media file) in the account's store, as JSON bodies in the
+//! follower's conversation — they survive restarts and leave by the store's message retention;
+//! follow requests and template results in the store's key-value space, the newest
+//! [`FRIENDSHIPS_KEPT`] and [`TEMPLATE_RESULTS_KEPT`] ([`Ring`]); follower payloads in the store's
+//! payload cache until a DIRTY. Only what belongs to requests in flight stays in memory, bounded:
+//! the retry cache ([`SEEN_KEPT`] pushes for [`SEEN_TTL`]), at most [`MAX_WAITING`] pushes held open
+//! for a passive reply, [`DIRTY_KEPT`] recent invalidations, the follower list (fetched again after
+//! a restart: who followed meanwhile is unknown), and a 1024-push broadcast for the Events stream
+//! (a subscriber further behind is ended).
 
 pub mod api;
 pub mod crypto;
@@ -25,8 +29,7 @@ pub mod settings;
 pub mod webhook;
 pub mod xml;
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -42,6 +45,8 @@ use puppet_proto::model::{
     Contact, ContactGender, ContactType, Friendship, FriendshipScene, FriendshipType, ImageType, Location, Message,
     MessageType, PayloadType, Room, RoomInvitation, RoomMember, UrlLink,
 };
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, oneshot, watch};
 
@@ -53,23 +58,20 @@ use crate::blobs::BlobStore;
 use crate::events::EventSink;
 use crate::fetch::OutboundFetcher;
 use crate::metrics::{OaMetrics, PushOutcome, ReplyPath};
+use crate::store::{MessageRecord, Store, StoreError};
 use crate::tasks::Tasks;
 use puppet_proto::filebox::BASE64;
 
-/// Messages kept for `MessagePayload` and media downloads.
-pub const MESSAGES_KEPT: usize = 10_000;
-/// At most this many bytes of them.
-pub const MESSAGE_BYTES: usize = 32 << 20;
-/// Follow requests and template results kept, in bytes (each list also by count).
-pub const SMALL_RECORD_BYTES: usize = 4 << 20;
-/// Follower payloads cached (the cache is emptied when it would grow beyond).
-pub const CONTACTS_KEPT: usize = 50_000;
+/// Follow requests (one per `subscribe`) kept in the store, the newest first.
+pub const FRIENDSHIPS_KEPT: u64 = 10_000;
+/// Followers whose payload was invalidated lately, remembered to tell a stale cached payload.
+pub const DIRTY_KEPT: usize = 50_000;
 /// Pushes remembered to recognise WeChat's retries.
 pub const SEEN_KEPT: usize = 10_000;
 /// How long a push is remembered (WeChat retries within ~15 s).
 pub const SEEN_TTL: Duration = Duration::from_secs(60);
-/// Template delivery results kept.
-pub const TEMPLATE_RESULTS_KEPT: usize = 10_000;
+/// Template delivery results kept in the store, the newest first.
+pub const TEMPLATE_RESULTS_KEPT: u64 = 10_000;
 /// Pushes buffered per `Events` subscriber.
 pub const PUSH_BUFFER: usize = 1024;
 /// Pushes held open at once waiting for a passive reply; beyond, a push is answered `success` at
@@ -81,96 +83,144 @@ const NO_FRIEND_REQUESTS: &str = "people follow an Official Account themselves (
      the account cannot add or accept anyone";
 const NO_RECALL: &str = "the Official Account API cannot recall a message once sent";
 
-/// What keeping a value costs, in bytes (roughly: its texts plus a fixed overhead).
-trait Cost {
-    fn cost(&self) -> usize;
-}
-
-/// A map that forgets its oldest entries beyond a count and a byte budget.
-struct Bounded<K, V> {
-    map: HashMap<K, (V, usize)>,
-    order: VecDeque<K>,
-    cap: usize,
-    bytes: usize,
-    max_bytes: usize,
-}
-
-impl<K: Hash + Eq + Clone, V: Cost> Bounded<K, V> {
-    fn new(cap: usize, max_bytes: usize) -> Self {
-        Self { map: HashMap::new(), order: VecDeque::new(), cap, bytes: 0, max_bytes }
-    }
-    fn insert(&mut self, k: K, v: V) {
-        let cost = v.cost();
-        self.bytes += cost;
-        match self.map.insert(k.clone(), (v, cost)) {
-            Some((_, old)) => self.bytes -= old,
-            None => self.order.push_back(k),
-        }
-        while self.order.len() > 1 && (self.order.len() > self.cap || self.bytes > self.max_bytes) {
-            if let Some(old) = self.order.pop_front()
-                && let Some((_, cost)) = self.map.remove(&old)
-            {
-                self.bytes -= cost;
-            }
-        }
-    }
-    fn get(&self, k: &K) -> Option<&V> {
-        self.map.get(k).map(|(v, _)| v)
-    }
-    fn get_mut(&mut self, k: &K) -> Option<&mut V> {
-        self.map.get_mut(k).map(|(v, _)| v)
-    }
-}
-
-impl Cost for Friendship {
-    fn cost(&self) -> usize {
-        std::mem::size_of::<Self>() + self.hello.len() + self.id.as_str().len() + self.contact_id.as_str().len()
-    }
-}
-
-impl Cost for TemplateResult {
-    fn cost(&self) -> usize {
-        std::mem::size_of::<Self>() + self.status.len() + self.to_user.len()
-    }
-}
-
-impl Cost for Stored {
-    fn cost(&self) -> usize {
-        let m = &self.message;
-        // An inbound push's kind repeats its text (and a link's fields): count it again.
-        let inbound = if self.inbound.is_some() { m.text.len() + 256 } else { 0 };
-        let url = self.url.as_ref().map_or(0, |u| u.url.len() + u.title.len() + u.description.len());
-        std::mem::size_of::<Self>() + m.text.len() + m.filename.len() + m.id.as_str().len() + inbound + url
-    }
-}
-
-/// A message and what is needed to answer questions about it later.
+/// A message and what is needed to answer questions about it later: the body of its record in
+/// the store (JSON).
+#[derive(Debug, Serialize, Deserialize)]
 struct Stored {
     message: Message,
     /// The push it came from (inbound messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     inbound: Option<InboundKind>,
     /// Its file in the blob store, once fetched (or the file the bot sent).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "filebox_json")]
     file: Option<FileBox>,
     /// The link card the bot sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     url: Option<UrlLink>,
+}
+
+/// A FileBox inside a stored message: its own JSON form, as a string.
+mod filebox_json {
+    use puppet_proto::filebox::FileBox;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(fb: &Option<FileBox>, s: S) -> Result<S::Ok, S::Error> {
+        fb.as_ref().map(FileBox::to_json).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FileBox>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| FileBox::from_json(&text).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// A follower's payload as the payload cache holds it: with the moment its fetch began, so that
+/// one fetched before the follower's last DIRTY is known stale ([`State::dirtied`]).
+#[derive(Serialize, Deserialize)]
+struct CachedContact {
+    fetched: u64,
+    contact: Contact,
+}
+
+/// Records in the store's key-value space of which the newest `cap` are kept: record number `n`
+/// also takes slot `n % cap`, and the record that held the slot before — `cap` records older —
+/// is deleted then. The numbering continues across restarts (read back from the slots once).
+struct Ring {
+    /// The records' namespace (key: the record's own key).
+    ns: &'static str,
+    /// The slots' namespace (key: the slot number).
+    slots: &'static str,
+    cap: u64,
+    next: tokio::sync::OnceCell<AtomicU64>,
+}
+
+/// A record of a [`Ring`], with its number.
+#[derive(Serialize, Deserialize)]
+struct Numbered<T> {
+    n: u64,
+    value: T,
+}
+
+/// A slot of a [`Ring`]: which record (number and key) holds it.
+#[derive(Serialize, Deserialize)]
+struct Slot {
+    n: u64,
+    key: String,
+}
+
+impl Ring {
+    fn new(ns: &'static str, slots: &'static str, cap: u64) -> Self {
+        Self { ns, slots, cap, next: tokio::sync::OnceCell::new() }
+    }
+
+    /// Keeps `value` under `key` (readable at once), forgetting the record `cap` places older.
+    async fn put<T: Serialize + Send + 'static>(&self, store: &Store, key: String, value: T) -> Result<(), StoreError> {
+        let next = self
+            .next
+            .get_or_try_init(|| {
+                let slots = self.slots;
+                store.read(move |s| {
+                    let taken = s.kv().scan::<Slot>(slots)?;
+                    Ok(AtomicU64::new(taken.iter().map(|(_, slot)| slot.n + 1).max().unwrap_or(0)))
+                })
+            })
+            .await?;
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        let (ns, slots, slot) = (self.ns, self.slots, (n % self.cap).to_string());
+        store
+            .read(move |s| {
+                let kv = s.kv();
+                // The slot's previous record goes, unless its key was written again since.
+                if let Some(old) = kv.get::<Slot>(slots, &slot)?
+                    && old.key != key
+                    && kv.get::<Numbered<serde::de::IgnoredAny>>(ns, &old.key)?.is_some_and(|r| r.n == old.n)
+                {
+                    kv.delete(ns, &old.key);
+                }
+                kv.put(ns, &key, &Numbered { n, value })?;
+                kv.put(slots, &slot, &Slot { n, key })?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// The record under `key`, if it is still kept.
+    async fn get<T: DeserializeOwned + Send + 'static>(
+        &self,
+        store: &Store,
+        key: String,
+    ) -> Result<Option<T>, StoreError> {
+        let ns = self.ns;
+        Ok(store.read(move |s| s.kv().get::<Numbered<T>>(ns, &key)).await?.map(|r| r.value))
+    }
 }
 
 /// A push being answered, or answered lately: WeChat's retries get the same answer.
 struct Seen {
     at: Instant,
-    answer: watch::Receiver<Option<String>>,
+    answer: watch::Receiver<Option<PushAnswer>>,
+}
+
+/// How a push was answered, for WeChat's retries of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PushAnswer {
+    /// `200` with this body: `success`, or the passive reply.
+    Body(String),
+    /// `503` for this reason: the push was not kept (the store refused it), WeChat delivers it again.
+    RetryLater(String),
 }
 
 /// What [`OfficialAccount::begin_push`] found.
 pub enum PushTurn {
     /// A new push: handle it, then publish the answer.
-    New(watch::Sender<Option<String>>),
+    New(watch::Sender<Option<PushAnswer>>),
     /// A retry of a push still being handled or answered lately.
-    Retry(watch::Receiver<Option<String>>),
+    Retry(watch::Receiver<Option<PushAnswer>>),
 }
 
 /// A delivered template message's result.
-#[derive(Clone)]
+#[derive(Clone, Serialize, Deserialize)]
 struct TemplateResult {
     status: String,
     to_user: String,
@@ -178,23 +228,42 @@ struct TemplateResult {
 
 struct State {
     logged_in: bool,
-    messages: Bounded<MessageId, Stored>,
-    friendships: Bounded<FriendshipId, Friendship>,
-    contacts: HashMap<ContactId, Contact>,
+    /// Followers (openid) whose payload was invalidated, and when ([`OfficialAccount::stamp`], µs):
+    /// the DIRTY's drop from the payload cache may not be committed yet, and a fetch that began
+    /// before may still put what it got. At most [`DIRTY_KEPT`].
+    dirtied: HashMap<String, u64>,
     followers: Option<Vec<ContactId>>,
     /// Pushes waiting for a passive reply (follower openid, answer slot), oldest first; at most
     /// [`MAX_WAITING`].
     waiting: Vec<(String, oneshot::Sender<Reply>)>,
     seen: HashMap<String, Seen>,
-    templates: Bounded<u64, TemplateResult>,
 }
 
 impl State {
-    /// Drops what is cached about a follower, and the follower list (they came or went).
-    fn forget_follower(&mut self, openid: &str) {
-        self.contacts.remove(openid);
+    /// Forgets the follower list (someone came or went).
+    fn forget_followers(&mut self) {
         self.followers = None;
     }
+
+    /// Marks a follower's cached payload stale as of `at`.
+    fn dirty_contact(&mut self, openid: &str, at: u64) {
+        if self.dirtied.len() >= DIRTY_KEPT && !self.dirtied.contains_key(openid) {
+            // Long committed: a drop older than a minute is on disk whatever the durability.
+            let horizon = at.saturating_sub(60_000_000);
+            self.dirtied.retain(|_, t| *t > horizon);
+            if self.dirtied.len() >= DIRTY_KEPT
+                && let Some(oldest) = self.dirtied.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone())
+            {
+                self.dirtied.remove(&oldest);
+            }
+        }
+        self.dirtied.insert(openid.to_owned(), at);
+    }
+}
+
+/// True when a cached payload fetched at `fetched` may be served: no DIRTY since its fetch began.
+fn fresh(fetched: u64, dirtied: Option<u64>) -> bool {
+    dirtied.is_none_or(|d| fetched > d)
 }
 
 /// One push as the `Events` stream carries it.
@@ -211,13 +280,18 @@ struct Inner {
     api: Api,
     sink: EventSink,
     blobs: BlobStore,
+    /// The account's store: messages, follow requests, template results, the payload cache.
+    store: Store,
+    friendships: Ring,
+    templates: Ring,
+    /// The last [`OfficialAccount::stamp`].
+    clock: AtomicU64,
     me: ContactId,
     state: Mutex<State>,
     pushes: broadcast::Sender<Arc<PushRecord>>,
     refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The refresher belongs to the server's background tasks.
     tasks: Tasks,
-    next_id: AtomicU64,
     metrics: OaMetrics,
 }
 
@@ -324,7 +398,8 @@ fn media_kind(name: &str, bytes: &[u8]) -> BackendResult<(&'static str, usize, M
 
 impl OfficialAccount {
     /// Builds the backend; nothing is fetched until `start`. URLs from clients and pushes are fetched
-    /// through `outbound`.
+    /// through `outbound`; messages, follow requests, template results and follower payloads are
+    /// kept in `store`.
     pub fn new(
         settings: OaSettings,
         outbound: OutboundFetcher,
@@ -332,6 +407,7 @@ impl OfficialAccount {
         blobs: BlobStore,
         metrics: OaMetrics,
         tasks: Tasks,
+        store: Store,
     ) -> anyhow::Result<Self> {
         let api = Api::new(
             &settings.api_base,
@@ -343,13 +419,10 @@ impl OfficialAccount {
         let me = ContactId(settings.original_id.clone().unwrap_or_else(|| settings.app_id.clone()));
         let state = State {
             logged_in: false,
-            messages: Bounded::new(MESSAGES_KEPT, MESSAGE_BYTES),
-            friendships: Bounded::new(MESSAGES_KEPT, SMALL_RECORD_BYTES),
-            contacts: HashMap::new(),
+            dirtied: HashMap::new(),
             followers: None,
             waiting: Vec::new(),
             seen: HashMap::new(),
-            templates: Bounded::new(TEMPLATE_RESULTS_KEPT, SMALL_RECORD_BYTES),
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -357,12 +430,15 @@ impl OfficialAccount {
                 api,
                 sink,
                 blobs,
+                store,
+                friendships: Ring::new("oa.friendships", "oa.friendships.slots", FRIENDSHIPS_KEPT),
+                templates: Ring::new("oa.templates", "oa.templates.slots", TEMPLATE_RESULTS_KEPT),
+                clock: AtomicU64::new(0),
                 me,
                 state: Mutex::new(state),
                 pushes: broadcast::channel(PUSH_BUFFER).0,
                 refresher: Mutex::new(None),
                 tasks,
-                next_id: AtomicU64::new(1),
                 metrics,
             }),
         })
@@ -388,9 +464,16 @@ impl OfficialAccount {
         self.inner.pushes.subscribe()
     }
 
+    /// The account's store (the webhook waits on it before answering).
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
     /// A template message's delivery result, once reported: (status, openid).
-    pub fn template_result(&self, msg_id: u64) -> Option<(String, String)> {
-        self.state().templates.get(&msg_id).map(|r| (r.status.clone(), r.to_user.clone()))
+    pub async fn template_result(&self, msg_id: u64) -> BackendResult<Option<(String, String)>> {
+        let result: Option<TemplateResult> =
+            self.inner.templates.get(&self.inner.store, msg_id.to_string()).await.map_err(BackendError::from)?;
+        Ok(result.map(|r| (r.status, r.to_user)))
     }
 
     fn emit(&self, event: PuppetEvent) {
@@ -398,6 +481,11 @@ impl OfficialAccount {
     }
 
     fn dirty(&self, kind: PayloadType, id: &str) {
+        if kind == PayloadType::Contact {
+            // Before the event: whoever hears of it finds the cached payload stale.
+            let at = self.stamp();
+            self.state().dirty_contact(id, at);
+        }
         self.emit(PuppetEvent::Dirty(DirtyEvent { payload_type: kind.wire(), payload_id: id.to_owned() }));
     }
 
@@ -412,8 +500,50 @@ impl OfficialAccount {
         self.emit(PuppetEvent::Error(ErrorEvent::new(code as i32, message)));
     }
 
+    /// Microseconds since the epoch, strictly increasing within a run: when a fetch began or a
+    /// payload was invalidated, and what makes an id unique across restarts too.
+    fn stamp(&self) -> u64 {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let prev = self.inner.clock.fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| Some(now.max(last + 1)));
+        // fetch_update with a closure that always answers `Some` cannot fail.
+        let last = prev.unwrap_or_else(|last| last);
+        now.max(last + 1)
+    }
+
     fn fresh_id(&self, prefix: &str) -> String {
-        format!("{prefix}{}_{}", now_secs(), self.inner.next_id.fetch_add(1, Ordering::Relaxed))
+        format!("{prefix}{}", self.stamp())
+    }
+
+    /// Keeps a message (readable at once; durable per the store's policy) in the follower's
+    /// conversation.
+    fn keep(&self, openid: &str, stored: &Stored) {
+        match serde_json::to_vec(stored) {
+            Ok(body) => {
+                let time_ms = now_secs().saturating_mul(1000);
+                let (id, conversation) = (stored.message.id.to_string(), openid.to_owned());
+                self.inner.store.messages().put(MessageRecord { id, conversation, time_ms, body });
+            }
+            // Plain data: cannot fail, but never a panic on the webhook's path.
+            Err(e) => tracing::error!(error = %e, "a message could not be encoded for the store"),
+        }
+    }
+
+    /// A stored message, read off the runtime.
+    async fn stored(&self, id: &MessageId) -> BackendResult<Stored> {
+        let record = self
+            .inner
+            .store
+            .messages()
+            .get_async(id.as_str())
+            .await
+            .map_err(BackendError::from)?
+            .ok_or_else(|| BackendError::not_found("message", id))?;
+        serde_json::from_slice(&record.body).map_err(|e| {
+            BackendError::Internal(format!(
+                "stored message `{}` is unreadable: {e}",
+                puppet_proto::ids::Shown(id.as_str())
+            ))
+        })
     }
 
     /// Checks WeChat's retry cache for `key`, registering the push when it is new.
@@ -438,8 +568,19 @@ impl OfficialAccount {
         PushTurn::New(tx)
     }
 
-    /// Handles a new push: events to clients, then (for pushes a bot may answer) waits up to the
-    /// reply window for a passive reply.
+    /// True when the message a push with `msg_id` became is in the store (0: no id, never known).
+    pub async fn message_kept(&self, msg_id: u64) -> bool {
+        msg_id != 0 && matches!(self.inner.store.messages().get_async(&msg_id.to_string()).await, Ok(Some(_)))
+    }
+
+    /// Forgets a push that could not be kept: WeChat's next delivery of it is handled afresh.
+    pub fn forget_push(&self, key: &str) {
+        self.state().seen.remove(key);
+    }
+
+    /// Handles a new push: kept in the store, events to clients, then (for pushes a bot may answer)
+    /// waits up to the reply window for a passive reply. A message already in the store (WeChat
+    /// delivering again what an earlier run kept before it could answer) is not handled twice.
     pub async fn handle_push(&self, inbound: Inbound) -> Option<Reply> {
         tracing::debug!(kind = %inbound.type_key(), msg_id = inbound.msg_id, "push from a follower");
         let openid = inbound.from.clone();
@@ -464,23 +605,27 @@ impl OfficialAccount {
                         timestamp_ms,
                         ..Default::default()
                     };
-                    {
-                        let mut s = self.state();
-                        s.friendships.insert(id.clone(), friendship);
-                        s.forget_follower(&openid);
+                    if let Err(e) = self.inner.friendships.put(&self.inner.store, id.to_string(), friendship).await {
+                        tracing::warn!(error = %e, "a follow request could not be kept");
                     }
+                    self.state().forget_followers();
                     waiter = self.wait_for_reply(&openid);
                     self.emit(PuppetEvent::Friendship(FriendshipEvent { friendship_id: id }));
                     self.dirty(PayloadType::Contact, &openid);
                 }
                 "unsubscribe" => {
-                    self.state().forget_follower(&openid);
+                    self.state().forget_followers();
                     self.dirty(PayloadType::Contact, &openid);
                     answerable = false;
                 }
                 "TEMPLATESENDJOBFINISH" => {
                     let status = inbound.fields.get("Status").cloned().unwrap_or_default();
-                    self.state().templates.insert(inbound.msg_id, TemplateResult { status, to_user: openid.clone() });
+                    let result = TemplateResult { status, to_user: openid.clone() };
+                    if let Err(e) =
+                        self.inner.templates.put(&self.inner.store, inbound.msg_id.to_string(), result).await
+                    {
+                        tracing::warn!(error = %e, "a template result could not be kept");
+                    }
                     answerable = false;
                 }
                 // Reports and job results: nobody is waiting for an answer on the phone.
@@ -507,7 +652,13 @@ impl OfficialAccount {
                     _ => (MessageType::Unknown, inbound.raw.clone(), String::new()),
                 };
                 let id = if inbound.msg_id != 0 {
-                    MessageId(inbound.msg_id.to_string())
+                    let id = MessageId(inbound.msg_id.to_string());
+                    // The retry cache is in memory; the store remembers across restarts.
+                    if let Ok(Some(_)) = self.inner.store.messages().get_async(id.as_str()).await {
+                        tracing::debug!(msg_id = inbound.msg_id, "a message kept already was delivered again");
+                        return None;
+                    }
+                    id
                 } else {
                     MessageId(self.fresh_id("oa_in_"))
                 };
@@ -521,9 +672,7 @@ impl OfficialAccount {
                     timestamp_ms,
                     ..Default::default()
                 };
-                self.state()
-                    .messages
-                    .insert(id.clone(), Stored { message, inbound: Some(inbound.kind.clone()), file: None, url: None });
+                self.keep(&openid, &Stored { message, inbound: Some(inbound.kind.clone()), file: None, url: None });
                 // Registered before the event goes out, so the quickest answer still finds it.
                 waiter = self.wait_for_reply(&openid);
                 self.emit(PuppetEvent::Message(MessageEvent { message_id: id.clone() }));
@@ -618,8 +767,9 @@ impl OfficialAccount {
         }
     }
 
-    /// Uploads a client's file as temporary media.
-    async fn upload(&self, fb: &FileBox) -> BackendResult<(Reply, MessageType)> {
+    /// Uploads a client's file as temporary media; the reply, its message type and the file to keep
+    /// with the sent message (in the blob store: a stored message stays small).
+    async fn upload(&self, fb: &FileBox) -> BackendResult<(Reply, MessageType, FileBox)> {
         let bytes = self.file_bytes(fb).await?;
         if bytes.is_empty() {
             return Err(BackendError::InvalidArgument(format!("`{}` is empty", fb.name)));
@@ -630,6 +780,9 @@ impl OfficialAccount {
         } else {
             fb.name.clone()
         };
+        // Inline bytes and a URL's (whose headers may carry a client's credentials) go to the blob
+        // store; a blob the client uploaded is kept as it is.
+        let copy = matches!(fb.source, FileBoxSource::Base64(_) | FileBoxSource::Url { .. }).then(|| bytes.clone());
         let media_id =
             self.inner.api.upload_media(kind, &name, bytes).await.map_err(|e| e.into_backend("media/upload"))?;
         let out = match kind {
@@ -637,7 +790,25 @@ impl OfficialAccount {
             "voice" => Reply::Voice { media_id },
             _ => Reply::Video { media_id, title: Some(name), description: None },
         };
-        Ok((out, message_type))
+        let kept = match copy {
+            Some(bytes) => match self.inner.blobs.put(&bytes).await {
+                Ok(meta) => {
+                    let mut kept = FileBox::new(fb.name.clone(), FileBoxSource::Uuid(meta.id));
+                    kept.size = Some(meta.size);
+                    kept
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a sent file could not be kept in the blob store; kept as sent");
+                    let mut kept = fb.clone();
+                    if let FileBoxSource::Url { headers, .. } = &mut kept.source {
+                        *headers = None;
+                    }
+                    kept
+                }
+            },
+            None => fb.clone(),
+        };
+        Ok((out, message_type, kept))
     }
 
     /// A follower's payload from `user/info` (name: nickname where WeChat still sends it, else the
@@ -719,21 +890,16 @@ impl OfficialAccount {
             .ok_or_else(|| BackendError::Internal("tags/create answered without `tag.id`".into()))
     }
 
-    fn stored<T>(&self, id: &MessageId, pick: impl FnOnce(&Stored) -> T) -> BackendResult<T> {
-        self.state().messages.get(id).map(pick).ok_or_else(|| BackendError::not_found("message", id))
-    }
-
-    /// The file of an inbound media message, fetched from WeChat into the blob store once.
-    async fn media_file(&self, id: &MessageId) -> BackendResult<FileBox> {
-        let (cached, inbound, filename) =
-            self.stored(id, |s| (s.file.clone(), s.inbound.clone(), s.message.filename.clone()))?;
-        if let Some(fb) = cached {
+    /// The file of an inbound media message, fetched from WeChat into the blob store once (the
+    /// stored message then names the blob).
+    async fn media_file(&self, id: &MessageId, mut stored: Stored) -> BackendResult<FileBox> {
+        if let Some(fb) = &stored.file {
             match &fb.source {
                 FileBoxSource::Uuid(blob) if self.inner.blobs.touch(blob).is_err() => {}
-                _ => return Ok(fb),
+                _ => return Ok(fb.clone()),
             }
         }
-        let (media_id, pic_url) = match inbound {
+        let (media_id, pic_url) = match stored.inbound.clone() {
             Some(InboundKind::Image { media_id, pic_url }) => (media_id, pic_url),
             Some(InboundKind::Voice { media_id, .. }) | Some(InboundKind::Video { media_id, .. }) => (media_id, None),
             _ => return Err(BackendError::FailedPrecondition(format!("message `{id}` carries no file"))),
@@ -744,10 +910,19 @@ impl OfficialAccount {
             (None, None) => return Err(BackendError::FailedPrecondition(format!("message `{id}` has no MediaId"))),
         };
         let meta = self.inner.blobs.put(&media.bytes).await.map_err(BackendError::from)?;
-        let mut fb = FileBox::new(media.filename.unwrap_or(filename), FileBoxSource::Uuid(meta.id));
+        let mut fb = FileBox::new(
+            media.filename.unwrap_or_else(|| stored.message.filename.clone()),
+            FileBoxSource::Uuid(meta.id),
+        );
         fb.size = Some(meta.size);
-        if let Some(s) = self.state().messages.get_mut(id) {
-            s.file = Some(fb.clone());
+        stored.file = Some(fb.clone());
+        match serde_json::to_vec(&stored) {
+            Ok(body) => {
+                if let Err(e) = self.inner.store.messages().update(id.as_str(), body).await {
+                    tracing::warn!(error = %e, "the fetched file could not be recorded with its message");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "a message could not be encoded for the store"),
         }
         Ok(fb)
     }
@@ -825,7 +1000,7 @@ impl Backend for OfficialAccount {
 
     async fn dirty_payload(&self, kind: PayloadType, id: String) -> BackendResult<()> {
         if kind == PayloadType::Contact {
-            self.state().forget_follower(&id);
+            self.state().forget_followers();
         }
         self.dirty(kind, &id);
         Ok(())
@@ -880,12 +1055,22 @@ impl Backend for OfficialAccount {
         if *id == self.inner.me {
             return Ok(self.self_contact());
         }
-        if let Some(c) = self.state().contacts.get(id) {
-            return Ok(c.clone());
-        }
         if id.is_empty() || id.as_str().ends_with("@chatroom") {
             return Err(BackendError::not_found("contact", id));
         }
+        let kind = PayloadType::Contact.wire() as u8;
+        let key = id.to_string();
+        match self.inner.store.read(move |s| s.kv().cache_get(kind, &key)).await {
+            Ok(Some(bytes)) => match serde_json::from_slice::<CachedContact>(&bytes) {
+                // The DIRTY after which it is stale is looked up after the read.
+                Ok(c) if fresh(c.fetched, self.state().dirtied.get(id.as_str()).copied()) => return Ok(c.contact),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "a cached follower payload is unreadable; fetching it again"),
+            },
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "the payload cache could not be read; fetching from WeChat"),
+        }
+        let fetched = self.stamp();
         let v = self.inner.api.get("/cgi-bin/user/info", &[("openid", id.as_str()), ("lang", "zh_CN")]).await.map_err(
             |e| match e {
                 ApiError::WeChat { errcode: 40003 | 46004 | 49003, .. } => BackendError::not_found("contact", id),
@@ -893,11 +1078,10 @@ impl Backend for OfficialAccount {
             },
         )?;
         let contact = self.contact_from(id.as_str(), &v);
-        let mut s = self.state();
-        if s.contacts.len() >= CONTACTS_KEPT {
-            s.contacts.clear();
+        match serde_json::to_vec(&CachedContact { fetched, contact: contact.clone() }) {
+            Ok(bytes) => _ = self.inner.store.kv().cache_put(kind, id.as_str(), bytes),
+            Err(e) => tracing::error!(error = %e, "a follower payload could not be encoded for the cache"),
         }
-        s.contacts.insert(id.clone(), contact.clone());
         Ok(contact)
     }
 
@@ -911,7 +1095,6 @@ impl Backend for OfficialAccount {
             .post("/cgi-bin/user/info/updateremark", &json!({ "openid": openid, "remark": alias }))
             .await
             .map_err(|e| e.into_backend("user/info/updateremark"))?;
-        self.state().contacts.remove(id);
         self.dirty(PayloadType::Contact, id.as_str());
         Ok(())
     }
@@ -927,7 +1110,9 @@ impl Backend for OfficialAccount {
     }
 
     async fn friendship(&self, id: &FriendshipId) -> BackendResult<Friendship> {
-        self.state().friendships.get(id).cloned().ok_or_else(|| BackendError::not_found("friendship", id))
+        let kept: Option<Friendship> =
+            self.inner.friendships.get(&self.inner.store, id.to_string()).await.map_err(BackendError::from)?;
+        kept.ok_or_else(|| BackendError::not_found("friendship", id))
     }
 
     async fn friendship_search_phone(&self, _phone: &str) -> BackendResult<Option<ContactId>> {
@@ -947,28 +1132,34 @@ impl Backend for OfficialAccount {
     }
 
     async fn message(&self, id: &MessageId) -> BackendResult<Message> {
-        self.stored(id, |s| s.message.clone())
+        Ok(self.stored(id).await?.message)
     }
 
     async fn message_file(&self, id: &MessageId) -> BackendResult<FileBox> {
-        if let Some(fb) = self.stored(id, |s| (s.inbound.is_none()).then(|| s.file.clone()).flatten())? {
+        let stored = self.stored(id).await?;
+        if stored.inbound.is_none()
+            && let Some(fb) = stored.file
+        {
             return Ok(fb);
         }
-        self.media_file(id).await
+        self.media_file(id, stored).await
     }
 
     async fn message_image(&self, id: &MessageId, _kind: ImageType) -> BackendResult<FileBox> {
-        let kind = self.stored(id, |s| s.message.kind)?;
-        if kind != MessageType::Image {
+        let stored = self.stored(id).await?;
+        if stored.message.kind != MessageType::Image {
             return Err(BackendError::FailedPrecondition(format!("message `{id}` is not an image")));
         }
         // WeChat keeps one rendition: thumbnail, HD and artwork are the same bytes.
-        self.message_file(id).await
+        match (&stored.inbound, &stored.file) {
+            (None, Some(fb)) => Ok(fb.clone()),
+            _ => self.media_file(id, stored).await,
+        }
     }
 
     async fn message_url(&self, id: &MessageId) -> BackendResult<UrlLink> {
-        let (inbound, url) = self.stored(id, |s| (s.inbound.clone(), s.url.clone()))?;
-        match (inbound, url) {
+        let stored = self.stored(id).await?;
+        match (stored.inbound, stored.url) {
             (_, Some(u)) => Ok(u),
             (Some(InboundKind::Link { title, description, url }), _) => Ok(UrlLink {
                 title: title.unwrap_or_default(),
@@ -981,7 +1172,7 @@ impl Backend for OfficialAccount {
     }
 
     async fn message_location(&self, id: &MessageId) -> BackendResult<Location> {
-        match self.stored(id, |s| s.inbound.clone())? {
+        match self.stored(id).await?.inbound {
             Some(InboundKind::Location { latitude, longitude, scale, label }) => Ok(Location {
                 latitude,
                 longitude,
@@ -1012,9 +1203,9 @@ impl Backend for OfficialAccount {
                 (Outbound::Reply(Reply::Text(text.clone())), MessageType::Text, text, String::new())
             }
             Outgoing::File(fb) => {
-                let (reply, kind) = self.upload(&fb).await?;
+                let (reply, kind, kept) = self.upload(&fb).await?;
                 let name = fb.name.clone();
-                sent_file = Some(fb);
+                sent_file = Some(kept);
                 (Outbound::Reply(reply), kind, String::new(), name)
             }
             Outgoing::Url(u) => {
@@ -1073,7 +1264,8 @@ impl Backend for OfficialAccount {
             timestamp_ms: now_secs() * 1000,
             ..Default::default()
         };
-        self.state().messages.insert(id.clone(), Stored { message, inbound: None, file: sent_file, url: sent_url });
+        let listener = message.listener_id.to_string();
+        self.keep(&listener, &Stored { message, inbound: None, file: sent_file, url: sent_url });
         // A real account sees its own messages too.
         self.emit(PuppetEvent::Message(MessageEvent { message_id: id.clone() }));
         Ok(Some(id))
@@ -1162,20 +1354,8 @@ impl Backend for OfficialAccount {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-
-    impl Cost for &str {
-        fn cost(&self) -> usize {
-            self.len()
-        }
-    }
-
-    impl Cost for String {
-        fn cost(&self) -> usize {
-            self.len()
-        }
-    }
 
     #[test]
     fn files_are_classified_by_name_then_content() {
@@ -1215,25 +1395,182 @@ mod tests {
         assert!(matches!(custom_body("o", &transfer), Err(BackendError::FailedPrecondition(_))));
     }
 
-    #[test]
-    fn the_bounded_map_forgets_the_oldest() {
-        let mut m = Bounded::new(2, 1 << 20);
-        m.insert(1, "a");
-        m.insert(2, "b");
-        m.insert(1, "a2");
-        m.insert(3, "c");
-        assert_eq!((m.get(&1), m.get(&2), m.get(&3)), (None, Some(&"b"), Some(&"c")));
+    use crate::store::tests::{options, temp_dir};
+    use crate::store::{Durability, Store};
+
+    /// An account on `store`, its blobs in `blobs`, whose API nobody answers.
+    pub(crate) fn account(store: &Store, blobs: &std::path::Path) -> OfficialAccount {
+        let settings = OaSettings::from_flags(&settings::OaFlags {
+            app_id: Some("wx0123456789abcdef".into()),
+            app_secret: Some("s3cret".into()),
+            token: Some("pamtest".into()),
+            original_id: Some("gh_test".into()),
+            // Nothing here is fetched: an address nobody answers.
+            api_base: "http://127.0.0.1:9/".into(),
+            reply_window_ms: 100,
+            ..settings::OaFlags::default()
+        })
+        .unwrap();
+        let limits = crate::blobs::BlobLimits { max_file: 1 << 20, max_total: 1 << 24, ttl: Duration::from_secs(60) };
+        OfficialAccount::new(
+            settings,
+            OutboundFetcher::new(crate::fetch::FetchLimits::default()).unwrap(),
+            crate::events::EventBus::new(1024, 1 << 20, 1024).sink(),
+            BlobStore::open(blobs, limits).unwrap(),
+            OaMetrics::default(),
+            Tasks::new(),
+            store.clone(),
+        )
+        .unwrap()
+    }
+
+    /// A push from `from` with `body` (`MsgType` and its fields).
+    pub(crate) fn push(from: &str, body: &str, msg_id: Option<u64>) -> Inbound {
+        let id = msg_id.map(|i| format!("<MsgId>{i}</MsgId>")).unwrap_or_default();
+        xml::parse_inbound(&format!(
+            "<xml><ToUserName>gh_test</ToUserName><FromUserName>{from}</FromUserName>\
+             <CreateTime>1700000000</CreateTime>{body}{id}</xml>"
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn messages_follow_requests_and_template_results_survive_a_restart() {
+        let dir = temp_dir();
+        let store = Store::open(&dir, options(Durability::Batch)).unwrap();
+        let oa = account(&store, &dir.join("blobs"));
+        let text = "<MsgType>text</MsgType><Content>你好</Content>";
+        assert_eq!(oa.handle_push(push("oAlice", text, Some(42))).await, None, "nobody answered");
+        let image = "<MsgType>image</MsgType><PicUrl>http://x/p</PicUrl><MediaId>M1</MediaId>";
+        oa.handle_push(push("oAlice", image, Some(43))).await;
+        let link = "<MsgType>link</MsgType><Title>T</Title><Description>D</Description><Url>http://u</Url>";
+        oa.handle_push(push("oBob", link, Some(44))).await;
+        let subscribe = "<MsgType>event</MsgType><Event>subscribe</Event><EventKey>qrscene_7</EventKey>";
+        oa.handle_push(push("oCarol", subscribe, None)).await;
+        let job = "<MsgType>event</MsgType><Event>TEMPLATESENDJOBFINISH</Event><Status>success</Status>";
+        oa.handle_push(push("oBob", job, Some(900))).await;
+        drop(oa);
+        store.close();
+
+        let store = Store::open(&dir, options(Durability::Batch)).unwrap();
+        let oa = account(&store, &dir.join("blobs"));
+        let m = oa.message(&MessageId("42".into())).await.unwrap();
+        assert_eq!((m.text.as_str(), m.talker_id.as_str(), m.listener_id.as_str()), ("你好", "oAlice", "gh_test"));
+        assert_eq!(oa.message(&MessageId("43".into())).await.unwrap().kind, MessageType::Image);
+        let url = oa.message_url(&MessageId("44".into())).await.unwrap();
+        assert_eq!((url.title.as_str(), url.url.as_str()), ("T", "http://u"));
+        let err = oa.message_location(&MessageId("44".into())).await.unwrap_err();
+        assert!(matches!(err, BackendError::FailedPrecondition(_)), "{err}");
+        let f = oa.friendship(&FriendshipId("fs_oCarol_1700000000".into())).await.unwrap();
+        assert_eq!(
+            (f.contact_id.as_str(), f.hello.as_str(), f.scene),
+            ("oCarol", "qrscene_7", FriendshipScene::QrCode)
+        );
+        assert_eq!(oa.template_result(900).await.unwrap(), Some(("success".into(), "oBob".into())));
+        assert_eq!(oa.template_result(901).await.unwrap(), None);
+        let err = oa.message(&MessageId("45".into())).await.unwrap_err();
+        assert!(matches!(err, BackendError::NotFound { .. }), "{err}");
+        assert_eq!(store.messages().list("oAlice", 10).unwrap().len(), 2, "the follower's conversation");
+
+        // WeChat delivering again what the last run kept: not a second message.
+        let mut pushes = oa.subscribe_pushes();
+        assert_eq!(oa.handle_push(push("oAlice", text, Some(42))).await, None);
+        assert!(pushes.try_recv().is_err(), "a message kept already is not handled again");
+        oa.handle_push(push("oAlice", text, Some(46))).await;
+        assert!(pushes.try_recv().is_ok(), "a new one is");
+        drop(oa);
+        store.close();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cached_follower_is_served_until_a_dirty_even_one_whose_drop_is_not_committed() {
+        let dir = temp_dir();
+        let store = Store::open(&dir, options(Durability::Always)).unwrap();
+        let oa = account(&store, &dir.join("blobs"));
+        let kind = PayloadType::Contact.wire() as u8;
+        let bob = Contact { id: ContactId("oBob".into()), name: "Bob".into(), ..Default::default() };
+        let cached = serde_json::to_vec(&CachedContact { fetched: oa.stamp(), contact: bob.clone() }).unwrap();
+        store.kv().cache_put(kind, "oBob", cached);
+        store.settled().await.unwrap();
+        assert_eq!(oa.contact(&ContactId("oBob".into())).await.unwrap(), bob, "from the cache: nothing is fetched");
+        // This bus has no store: the DIRTY's drop never reaches the cache, as if not committed yet.
+        oa.dirty_payload(PayloadType::Contact, "oBob".into()).await.unwrap();
+        assert!(store.kv().cache_get(kind, "oBob").unwrap().is_some());
+        let err = oa.contact(&ContactId("oBob".into())).await.unwrap_err();
+        assert!(!matches!(err, BackendError::NotFound { .. }), "fetched from WeChat (unreachable here): {err}");
+        drop(oa);
+        store.close();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_ring_keeps_the_newest_records_and_numbers_on_after_a_reopen() {
+        let dir = temp_dir();
+        let store = Store::open(&dir, options(Durability::Batch)).unwrap();
+        let ring = Ring::new("t.records", "t.slots", 3);
+        for i in 0..5 {
+            ring.put(&store, format!("k{i}"), i).await.unwrap();
+        }
+        // Written again while still kept: its old slot must not delete it when reused.
+        ring.put(&store, "k3".into(), 33).await.unwrap();
+        let get = async |ring: &Ring, store: &Store, k: &str| ring.get::<i32>(store, k.into()).await.unwrap();
+        assert_eq!(get(&ring, &store, "k1").await, None);
+        assert_eq!(get(&ring, &store, "k2").await, None);
+        assert_eq!(get(&ring, &store, "k3").await, Some(33));
+        assert_eq!(get(&ring, &store, "k4").await, Some(4));
+        store.close();
+
+        let store = Store::open(&dir, options(Durability::Batch)).unwrap();
+        let ring = Ring::new("t.records", "t.slots", 3);
+        ring.put(&store, "k6".into(), 6).await.unwrap();
+        ring.put(&store, "k7".into(), 7).await.unwrap();
+        assert_eq!(get(&ring, &store, "k3").await, Some(33), "k3 (number 5) is among the newest three");
+        assert_eq!(get(&ring, &store, "k4").await, None, "number 4 gave its slot to number 7");
+        assert_eq!(store.kv().scan::<serde_json::Value>("t.records").unwrap().len(), 3);
+        store.close();
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
-    fn the_bounded_map_keeps_to_its_byte_budget() {
-        let mut m = Bounded::new(1000, 10_000);
-        for i in 0..100 {
-            m.insert(i, "x".repeat(1000));
+    fn stored_messages_round_trip_through_json() {
+        let mut file = FileBox::new("a.jpg", FileBoxSource::Uuid("0b8e8a55-7f6f-4a39-9a64-8c5c1f1a2b3c".into()));
+        file.size = Some(12);
+        let stored = Stored {
+            message: Message { id: MessageId("1".into()), kind: MessageType::Image, ..Default::default() },
+            inbound: Some(InboundKind::Location {
+                latitude: 23.1,
+                longitude: 113.3,
+                scale: 20,
+                label: Some("x".into()),
+            }),
+            file: Some(file.clone()),
+            url: Some(UrlLink { title: "t".into(), url: "http://u".into(), ..Default::default() }),
+        };
+        let back: Stored = serde_json::from_slice(&serde_json::to_vec(&stored).unwrap()).unwrap();
+        assert_eq!((back.message, back.inbound, back.url), (stored.message, stored.inbound, stored.url));
+        let kept = back.file.unwrap();
+        assert_eq!((kept.name, kept.source, kept.size), (file.name, file.source, file.size));
+        let bare: Stored = serde_json::from_str(r#"{"message":{"id":"2"}}"#).unwrap();
+        assert!(bare.inbound.is_none() && bare.file.is_none() && bare.url.is_none());
+    }
+
+    #[test]
+    fn a_cached_payload_fetched_before_a_dirty_is_stale() {
+        assert!(fresh(10, None));
+        assert!(fresh(11, Some(10)));
+        assert!(!fresh(10, Some(10)) && !fresh(9, Some(10)));
+        let mut s = State {
+            logged_in: false,
+            dirtied: HashMap::new(),
+            followers: None,
+            waiting: Vec::new(),
+            seen: HashMap::new(),
+        };
+        for i in 0..(DIRTY_KEPT as u64 + 10) {
+            s.dirty_contact(&format!("o{i}"), 1_000_000_000 + i);
         }
-        assert!(m.bytes <= 10_000, "{} bytes kept", m.bytes);
-        assert!(m.get(&99).is_some() && m.get(&0).is_none());
-        m.insert(1000, "y".repeat(50_000));
-        assert_eq!(m.order.len(), 1, "one entry over the budget is still kept, alone");
+        assert_eq!(s.dirtied.len(), DIRTY_KEPT, "bounded");
+        assert!(s.dirtied.contains_key(&format!("o{}", DIRTY_KEPT + 9)) && !s.dirtied.contains_key("o0"));
     }
 }

@@ -13,6 +13,10 @@
 //!   the previous one — and the account's AppID inside (403); the answer is encrypted with the key
 //!   that worked. WeChat's retries of a push get the answer of the first delivery, waiting for it
 //!   if needed.
+//! * A push is answered once what it wrote (its message, its events) is kept: under
+//!   `--durability always`, committed — a crash before the answer leaves WeChat to deliver it
+//!   again. While the store refuses writes (its size cap, a full disk) a push is answered 503,
+//!   before anything reaches the bot, and WeChat delivers it again later.
 //!
 //! Refusals a client can act on and that cannot repeat without a fresh signature (those after the
 //! replay check, and an oversized body in a signed, fresh, new request) also go to clients as ERROR events;
@@ -35,7 +39,7 @@ use tracing::Instrument;
 use super::crypto::{self, AesKey, CryptoError};
 use super::settings::{OaMode, OaSettings};
 use super::xml::{self, XmlError, clip};
-use super::{OfficialAccount, PushTurn};
+use super::{OfficialAccount, PushAnswer, PushTurn};
 use crate::metrics::PushOutcome;
 
 /// Requests' (timestamp, nonce) pairs remembered to refuse replays; beyond, the oldest are
@@ -374,7 +378,10 @@ fn read_push(settings: &OaSettings, q: &CallbackQuery, body: &str) -> Result<(xm
     }
 }
 
-/// Hands a push to the bot (or answers WeChat's retry of one) and renders the answer.
+/// Hands a push to the bot (or answers WeChat's retry of one) and renders the answer. A push is
+/// answered only once what it wrote is kept (under `--durability always`: committed), so that a
+/// crash before then leaves WeChat to deliver it again; while the store refuses writes, it is
+/// answered 503 and WeChat delivers it again later.
 async fn deliver(oa: &OfficialAccount, inbound: xml::Inbound, key: Option<AesKey>) -> (PushOutcome, Response) {
     if let Some(expected) = &oa.settings().original_id
         && inbound.to != *expected
@@ -382,38 +389,77 @@ async fn deliver(oa: &OfficialAccount, inbound: xml::Inbound, key: Option<AesKey
         let reason = format!("the push is addressed to `{}`, and this server is `{expected}`", clip(&inbound.to, 64));
         return Refusal::new(StatusCode::FORBIDDEN, reason).reported(tonic::Code::PermissionDenied).answer(oa);
     }
-    let (outcome, answer) = match oa.begin_push(inbound.dedupe_key()) {
+    let dedupe_key = inbound.dedupe_key();
+    let (outcome, answer) = match oa.begin_push(dedupe_key.clone()) {
         PushTurn::Retry(mut rx) => {
-            tracing::debug!(key = %inbound.dedupe_key(), "WeChat retried a push; answering as the first delivery");
+            tracing::debug!(key = %dedupe_key, "WeChat retried a push; answering as the first delivery");
             // The first delivery answers within the reply window; past WeChat's 5 s nobody listens.
             let waited = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(Option::is_some)).await;
             let answer = match waited {
-                Ok(Ok(v)) => v.clone().unwrap_or_default(),
-                _ => "success".to_owned(),
+                Ok(Ok(v)) => v.clone().unwrap_or(PushAnswer::Body("success".to_owned())),
+                _ => PushAnswer::Body("success".to_owned()),
             };
             (PushOutcome::retry, answer)
         }
         PushTurn::New(tx) => {
-            let (to, from) = (inbound.from.clone(), inbound.to.clone());
-            let answer = match oa.handle_push(inbound).await {
-                None => "success".to_owned(),
-                Some(reply) => {
-                    let xml = xml::render_reply(&to, &from, super::now_secs(), &reply);
-                    match &key {
-                        Some(key) => envelope(oa, key, &xml).unwrap_or_else(|e| {
-                            oa.report(tonic::Code::Internal, format!("the passive reply could not be sealed: {e}"));
-                            "success".to_owned()
-                        }),
-                        None => xml,
-                    }
+            let answer = match oa.store().writable() {
+                // Nothing is handled that could not be kept.
+                Err(e) => PushAnswer::RetryLater(e.to_string()),
+                Ok(()) => handle(oa, inbound, key).await,
+            };
+            let outcome = match answer {
+                PushAnswer::Body(_) => PushOutcome::handled,
+                PushAnswer::RetryLater(_) => {
+                    oa.forget_push(&dedupe_key);
+                    PushOutcome::refused
                 }
             };
             _ = tx.send(Some(answer.clone()));
-            (PushOutcome::handled, answer)
+            (outcome, answer)
         }
     };
-    let content_type = if answer.starts_with('<') { "application/xml; charset=utf-8" } else { "text/plain" };
-    (outcome, (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], answer).into_response())
+    match answer {
+        PushAnswer::Body(answer) => {
+            let content_type = if answer.starts_with('<') { "application/xml; charset=utf-8" } else { "text/plain" };
+            (outcome, (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], answer).into_response())
+        }
+        PushAnswer::RetryLater(why) => Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the push could not be kept ({why}); WeChat delivers it again later"),
+        )
+        .answer(oa),
+    }
+}
+
+/// A new push: to the bot, then — once what it wrote is kept — its answer.
+async fn handle(oa: &OfficialAccount, inbound: xml::Inbound, key: Option<AesKey>) -> PushAnswer {
+    let (to, from) = (inbound.from.clone(), inbound.to.clone());
+    let message = match inbound.kind {
+        xml::InboundKind::Event { .. } => None,
+        _ => Some(inbound.msg_id),
+    };
+    let reply = oa.handle_push(inbound).await;
+    if let Err(e) = oa.store().settled().await {
+        // Refused now — by the commit that kept this very message, perhaps: then it is answered.
+        let kept = match message {
+            Some(msg_id) => oa.message_kept(msg_id).await,
+            None => false,
+        };
+        if !kept {
+            return PushAnswer::RetryLater(e.to_string());
+        }
+    }
+    let Some(reply) = reply else {
+        return PushAnswer::Body("success".to_owned());
+    };
+    let xml = xml::render_reply(&to, &from, super::now_secs(), &reply);
+    PushAnswer::Body(match &key {
+        Some(key) => envelope(oa, key, &xml).unwrap_or_else(|e| {
+            oa.report(tonic::Code::Internal, format!("the passive reply could not be sealed: {e}"));
+            "success".to_owned()
+        }),
+        None => xml,
+    })
 }
 
 #[cfg(test)]
@@ -543,6 +589,61 @@ mod tests {
         let refused = read_push(&settings(Some(OaMode::Plain)), &query("1700000000", "1"), &deep).unwrap_err();
         assert_eq!(refused.status, StatusCode::BAD_REQUEST);
         assert!(refused.reason.contains("deeper than 32"), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn a_push_is_answered_503_while_the_store_refuses_writes_and_reaches_nobody() {
+        use crate::backend::official_account::tests::{account, push};
+        use crate::store::tests::{options, temp_dir};
+        let dir = temp_dir();
+        let store = crate::store::Store::open(
+            &dir,
+            crate::store::StoreOptions { max_bytes: 1, ..options(crate::store::Durability::Always) },
+        )
+        .unwrap();
+        let oa = account(&store, &dir.join("blobs"));
+        store.kv().put("test", "filler", &1).unwrap();
+        assert!(store.settled().await.is_err(), "the first commit passes the 1-byte cap");
+        let mut pushes = oa.subscribe_pushes();
+        let text = "<MsgType>text</MsgType><Content>hello</Content>";
+        let (outcome, response) = deliver(&oa, push("oAlice", text, Some(77)), None).await;
+        assert_eq!((outcome, response.status()), (PushOutcome::refused, StatusCode::SERVICE_UNAVAILABLE));
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("size cap") && body.contains("again later"), "{body}");
+        assert!(pushes.try_recv().is_err(), "nothing reached the bot");
+        // WeChat's next delivery is handled afresh, not answered from the retry cache.
+        assert!(matches!(oa.begin_push(push("oAlice", text, Some(77)).dedupe_key()), PushTurn::New(_)));
+        drop(oa);
+        store.close();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn under_durability_always_a_push_is_answered_once_committed() {
+        use crate::backend::official_account::tests::{account, push};
+        use crate::store::tests::{options, temp_dir};
+        let dir = temp_dir();
+        let store = crate::store::Store::open(&dir, options(crate::store::Durability::Always)).unwrap();
+        let oa = account(&store, &dir.join("blobs"));
+        let mut pushes = oa.subscribe_pushes();
+        let text = "<MsgType>text</MsgType><Content>hello</Content>";
+        let answering = tokio::spawn({
+            let oa = oa.clone();
+            async move { deliver(&oa, push("oAlice", text, Some(78)), None).await }
+        });
+        // The bot answers at once: the passive reply is ready long before a commit could be.
+        pushes.recv().await.unwrap();
+        assert!(oa.offer_passive("oAlice", super::xml::Reply::Text("hi".into())));
+        let (outcome, response) = answering.await.unwrap();
+        assert_eq!((outcome, response.status()), (PushOutcome::handled, StatusCode::OK));
+        // Read from the file, not from what waits for the writer.
+        assert!(store.messages().get_committed("78").unwrap().is_some(), "committed before the answer");
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("<Content><![CDATA[hi]]></Content>"));
+        drop(oa);
+        store.close();
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     proptest! {

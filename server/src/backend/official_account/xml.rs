@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use quick_xml::Reader;
 use quick_xml::events::Event;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Deepest element nesting accepted (the root element is level 1; WeChat's deepest push,
@@ -296,8 +297,10 @@ pub fn parse_tree(xml: &str) -> Result<Node, XmlError> {
     }
 }
 
-/// What a follower's push carries beyond the common fields.
-#[derive(Clone, Debug, PartialEq)]
+/// What a follower's push carries beyond the common fields (kept with its message in the store,
+/// as JSON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum InboundKind {
     /// `text`.
     Text { content: String },
