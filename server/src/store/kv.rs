@@ -6,7 +6,20 @@ use redb::{ReadableDatabase, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Op, Store, StoreError, Ticket};
+use super::{Store, StoreError, Ticket, Writes};
+
+/// Payloads the cache holds at most; past it the cache starts over (it is only a cache).
+pub const CACHE_MAX: u64 = 100_000;
+
+/// Empties the payload cache once it holds more than [`CACHE_MAX`] payloads.
+pub(crate) fn retain_cache(w: &mut Writes<'_>) -> Result<(), StoreError> {
+    use redb::ReadableTableMetadata;
+    if w.cache.len()? > CACHE_MAX {
+        w.cache.retain(|_, _| false)?;
+        tracing::info!(limit = CACHE_MAX, "the payload cache was full and starts over");
+    }
+    Ok(())
+}
 
 pub(crate) const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
 pub(crate) const CACHE: TableDefinition<(u8, &str), &[u8]> = TableDefinition::new("payload_cache");
@@ -71,16 +84,20 @@ impl Kv {
 
     /// Caches a payload (`kind` is the wire `PayloadType`).
     pub fn cache_put(&self, kind: u8, id: &str, value: Vec<u8>) -> Ticket {
-        self.store.submit([Op::CachePut { kind, id: id.to_owned(), value }])
+        self.store.submit_cache(kind, id, Some(value))
     }
 
     /// Drops a cached payload (DIRTY).
     pub fn cache_drop(&self, kind: u8, id: &str) -> Ticket {
-        self.store.submit([Op::CacheDrop { kind, id: id.to_owned() }])
+        self.store.submit_cache(kind, id, None)
     }
 
-    /// A cached payload. Blocking.
+    /// A cached payload; what was put or dropped is seen at once. Blocking when it has to go to
+    /// the file.
     pub fn cache_get(&self, kind: u8, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(remembered) = self.store.remembered_cache(kind, id) {
+            return Ok(remembered);
+        }
         let tx = self.store.db().begin_read()?;
         let t = tx.open_table(CACHE)?;
         Ok(t.get((kind, id))?.map(|v| v.value().to_vec()))
@@ -104,6 +121,9 @@ mod tests {
         let scanned: Vec<(String, serde_json::Value)> = kv.scan("mock.contacts").unwrap();
         assert_eq!(scanned.len(), 1, "deleted before the commit: {scanned:?}");
         kv.cache_put(2, "wxid_alice", b"{}".to_vec());
+        assert_eq!(kv.cache_get(2, "wxid_alice").unwrap().as_deref(), Some(&b"{}"[..]), "seen at once");
+        kv.cache_drop(2, "wxid_bob");
+        assert_eq!(kv.cache_get(2, "wxid_bob").unwrap(), None);
         drop(kv);
         store.close();
         let store = super::Store::open(&dir, options(Durability::Batch)).unwrap();
@@ -113,6 +133,7 @@ mod tests {
         assert_eq!(kv.scan::<u32>("mock.rooms").unwrap(), vec![("r1".to_owned(), 1)]);
         assert_eq!(kv.cache_get(2, "wxid_alice").unwrap().as_deref(), Some(&b"{}"[..]));
         kv.cache_drop(2, "wxid_alice");
+        assert_eq!(kv.cache_get(2, "wxid_alice").unwrap(), None, "a drop is seen at once");
         drop(kv);
         store.close();
         std::fs::remove_dir_all(dir).unwrap();

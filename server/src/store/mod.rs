@@ -197,6 +197,8 @@ struct Shared {
 }
 
 type KvKey = (String, String);
+/// An entry written and not yet committed: the ticket to commit, the value (`None`: removed).
+type Remembered = (Ticket, Option<Vec<u8>>);
 
 #[derive(Default)]
 struct Overlay {
@@ -204,7 +206,9 @@ struct Overlay {
     /// its conversation's order —, the message).
     messages: std::collections::HashMap<String, (Ticket, Ticket, MessageRecord)>,
     /// (namespace, key) → (the ticket to commit, the value; `None` for a delete).
-    kv: std::collections::HashMap<KvKey, (Ticket, Option<Vec<u8>>)>,
+    kv: std::collections::HashMap<KvKey, Remembered>,
+    /// (payload type, id) → (the ticket to commit, the payload; `None` for a drop).
+    cache: std::collections::HashMap<(u8, String), Remembered>,
 }
 
 #[derive(Default)]
@@ -421,6 +425,22 @@ impl Store {
         })
     }
 
+    /// Queues a cached payload (or with `None` its drop), remembering it until committed.
+    pub(crate) fn submit_cache(&self, kind: u8, id: &str, value: Option<Vec<u8>>) -> Ticket {
+        let op = match &value {
+            Some(v) => Op::CachePut { kind, id: id.to_owned(), value: v.clone() },
+            None => Op::CacheDrop { kind, id: id.to_owned() },
+        };
+        self.submit_remembering([op], |t| {
+            self.overlay().cache.insert((kind, id.to_owned()), (t, value));
+        })
+    }
+
+    /// A cached payload written or dropped and not yet committed: `Some(None)` for a drop.
+    pub(crate) fn remembered_cache(&self, kind: u8, id: &str) -> Option<Option<Vec<u8>>> {
+        self.overlay().cache.get(&(kind, id.to_owned())).map(|(_, v)| v.clone())
+    }
+
     /// A key-value entry written and not yet committed: `Some(None)` for a delete.
     pub(crate) fn remembered_kv(&self, ns: &str, key: &str) -> Option<Option<Vec<u8>>> {
         self.overlay().kv.get(&(ns.to_owned(), key.to_owned())).map(|(_, v)| v.clone())
@@ -436,6 +456,7 @@ impl Store {
         let mut overlay = self.overlay();
         overlay.messages.retain(|_, (t, _, _)| *t > ticket);
         overlay.kv.retain(|_, (t, _)| *t > ticket);
+        overlay.cache.retain(|_, (t, _)| *t > ticket);
     }
 
     fn submit_remembering(&self, ops: impl IntoIterator<Item = Op>, remember: impl FnOnce(Ticket)) -> Ticket {
@@ -742,6 +763,7 @@ impl Store {
             let mut w = Writes::open(&tx)?;
             events::retain(&mut w, self.shared.options.events)?;
             messages::retain(&mut w, self.shared.options.messages)?;
+            kv::retain_cache(&mut w)?;
             w.finish()?;
         }
         tx.commit()?;
