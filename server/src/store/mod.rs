@@ -26,6 +26,8 @@
 pub mod events;
 pub mod kv;
 pub mod messages;
+#[cfg(test)]
+mod torn;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
