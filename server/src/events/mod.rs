@@ -195,9 +195,6 @@ pub struct EventSink {
     bus: EventBus,
 }
 
-/// Bytes of events waiting for the disk past which [`EventSink::backpressure`] waits.
-const BACKLOG_SOFT_LIMIT: usize = 2 << 20;
-
 impl EventSink {
     /// Publishes one event; returns its sequence number.
     pub fn emit(&self, event: PuppetEvent) -> u64 {
@@ -208,7 +205,7 @@ impl EventSink {
     /// behind, so the queue of events on their way to disk — and memory — stays small.
     pub async fn backpressure(&self) {
         if let Some(store) = &self.bus.shared.store {
-            store.wait_backlog_below(BACKLOG_SOFT_LIMIT).await;
+            store.wait_backlog_below(crate::store::BACKLOG_SOFT_BYTES).await;
         }
     }
 }

@@ -169,6 +169,13 @@ const MAX_PENDING_BYTES: usize = 64 << 20;
 const RETENTION_EVERY: Duration = Duration::from_secs(1);
 /// Most bytes of writes one transaction takes.
 const MAX_COMMIT_BYTES: usize = 4 << 20;
+/// Backlog at which producers that can wait do (see [`Store::wait_backlog_below`]); a batch-mode
+/// commit gathers no longer than it takes the backlog to reach this, since past it nothing more
+/// would come.
+pub const BACKLOG_SOFT_BYTES: usize = 2 << 20;
+/// Measuring the pages in use walks the file's trees: done once per retention pass, and between
+/// passes only when the estimate says the size cap may be reached.
+const PAGE_OVERHEAD_ESTIMATE: u64 = 2;
 
 struct Shared {
     db: Database,
@@ -217,6 +224,8 @@ struct Overlay {
 struct StatsCounters {
     commits: AtomicU64,
     used_bytes: AtomicU64,
+    /// Bytes committed since `used_bytes` was measured, times [`PAGE_OVERHEAD_ESTIMATE`].
+    grown_bytes: AtomicU64,
     file_bytes: AtomicU64,
     /// Recent commit latencies, microseconds (a bounded ring for the metrics' quantiles).
     latencies: Mutex<std::collections::VecDeque<u64>>,
@@ -618,6 +627,7 @@ impl Store {
             .map(|st| st.allocated_pages() * st.page_size() as u64);
         if let Some(used) = used {
             self.shared.stats.used_bytes.store(used, Ordering::Relaxed);
+            self.shared.stats.grown_bytes.store(0, Ordering::Relaxed);
         }
         let file = self.shared.path.as_ref().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
         self.shared.stats.file_bytes.store(file, Ordering::Relaxed);
@@ -639,7 +649,7 @@ impl Store {
                 if self.durability() == Durability::Batch && !p.stopping {
                     // Group commit: let a batch gather for up to the interval.
                     let deadline = Instant::now() + BATCH_INTERVAL;
-                    while !p.stopping && p.bytes < MAX_PENDING_BYTES / 4 {
+                    while !p.stopping && p.bytes < BACKLOG_SOFT_BYTES {
                         let left = deadline.saturating_duration_since(Instant::now());
                         if left.is_zero() {
                             break;
@@ -695,6 +705,7 @@ impl Store {
             }
         }
         let started = Instant::now();
+        let bytes: u64 = ops.iter().map(|op| op.cost() as u64).sum();
         let result = self.apply(ops);
         let micros = started.elapsed().as_micros() as u64;
         self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -705,7 +716,12 @@ impl Store {
             }
             lat.push_back(micros);
         }
-        self.refresh_sizes();
+        let stats = &self.shared.stats;
+        let grown = stats.grown_bytes.fetch_add(bytes * PAGE_OVERHEAD_ESTIMATE, Ordering::Relaxed)
+            + bytes * PAGE_OVERHEAD_ESTIMATE;
+        if stats.used_bytes.load(Ordering::Relaxed) + grown >= self.shared.options.max_bytes {
+            self.refresh_sizes();
+        }
         match result {
             Ok(last_event) => {
                 if let Some(seq) = last_event {
@@ -852,26 +868,76 @@ pub(crate) fn meta_u64(meta: &impl ReadableTable<&'static str, &'static [u8]>, k
     Ok(meta.get(key)?.and_then(|v| <[u8; 8]>::try_from(v.value()).ok()).map(u64::from_le_bytes).unwrap_or(0))
 }
 
-/// Opens the file, or moves it aside and starts fresh when it cannot be opened.
+/// Opens the file; when it cannot be opened, tries [`repair_lost_growth`], and failing that moves
+/// it aside and starts fresh.
 fn open_or_set_aside(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
-    match Database::builder().set_cache_size(cache_bytes).create(path) {
-        Ok(db) => Ok(db),
+    let e = match Database::builder().set_cache_size(cache_bytes).create(path) {
+        Ok(db) => return Ok(db),
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-            Err(failed(format!("{} is in use by another puppet-server", path.display())))
+            return Err(failed(format!("{} is in use by another puppet-server", path.display())));
         }
-        Err(e) => {
-            let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
-            let aside = path.with_extension(format!("redb.unusable-{stamp}"));
-            std::fs::rename(path, &aside)
-                .map_err(|re| failed(format!("{} cannot be opened ({e}) nor moved aside ({re})", path.display())))?;
-            tracing::error!(
-                "{} could not be opened ({e}); moved to {} and started a fresh store",
-                path.display(),
-                aside.display()
+        Err(e) => e,
+    };
+    match repair_lost_growth(path, cache_bytes) {
+        Ok(Some((db, len))) => {
+            tracing::warn!(
+                "{} could not be opened ({e}): its end was lost in a crash; extended with zeros to {len} bytes, it \
+                 opened at its last whole commit",
+                path.display()
             );
-            Database::builder().set_cache_size(cache_bytes).create(path).map_err(StoreError::from)
+            return Ok(db);
         }
+        Ok(None) => {}
+        Err(re) => tracing::warn!("repairing {} failed: {re}", path.display()),
     }
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    let aside = path.with_extension(format!("redb.unusable-{stamp}"));
+    std::fs::rename(path, &aside)
+        .map_err(|re| failed(format!("{} cannot be opened ({e}) nor moved aside ({re})", path.display())))?;
+    tracing::error!(
+        "{} could not be opened ({e}); moved to {} and started a fresh store",
+        path.display(),
+        aside.display()
+    );
+    Database::builder().set_cache_size(cache_bytes).create(path).map_err(StoreError::from)
+}
+
+/// The page size redb writes with; file lengths of a valid layout are multiples of it.
+const REDB_PAGE: u64 = 4096;
+
+/// A crash while a commit grew the file can leave the new length unwritten while the commit's
+/// header made it (a file system that persisted one and not the other): redb then reads past the
+/// end — or finds a length no layout has — and refuses the file instead of rolling back to the
+/// previous commit, which is whole. Zero-filling the lost end lets it roll back (`store::torn`
+/// shows it). Tried on a copy, at growing lengths; the copy replaces the file only once it opened
+/// and passed redb's full integrity check. `Ok(None)`: no length helped.
+fn repair_lost_growth(path: &Path, cache_bytes: usize) -> std::io::Result<Option<(Database, u64)>> {
+    let len = std::fs::metadata(path)?.len();
+    let copy = path.with_extension("redb.repairing");
+    std::fs::copy(path, &copy)?;
+    let file = std::fs::OpenOptions::new().write(true).open(&copy)?;
+    let page_aligned = len.div_ceil(REDB_PAGE) * REDB_PAGE;
+    // Growth a commit may have lost: one commit takes at most MAX_COMMIT_BYTES, plus the pages
+    // that copy-on-write and redb's region headers add; redb grows its file by up to doubling.
+    let mut lengths: Vec<u64> = (0..=4).map(|i| page_aligned + (REDB_PAGE << (4 * i))).collect();
+    lengths.insert(0, page_aligned);
+    lengths.push(page_aligned.saturating_mul(2).max(page_aligned + (64 << 20)));
+    lengths.dedup();
+    for target in lengths {
+        file.set_len(target)?;
+        let Ok(mut db) = Database::builder().set_cache_size(cache_bytes).create(&copy) else { continue };
+        if db.check_integrity().is_err() {
+            continue;
+        }
+        drop(db);
+        drop(file);
+        std::fs::rename(&copy, path)?;
+        let db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(std::io::Error::other)?;
+        return Ok(Some((db, target)));
+    }
+    drop(file);
+    std::fs::remove_file(&copy)?;
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -912,6 +978,7 @@ pub(crate) mod tests {
         let names: Vec<String> =
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert!(names.iter().any(|n| n.starts_with("store.redb.unusable-")), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains("repairing")), "the repair's copy is removed: {names:?}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -15,17 +15,16 @@
 //!   512 bytes of the first 16 KiB of the growth and at random lengths; and `S2` cut at a page then
 //!   zero-filled back to its length.
 //!
-//! Every image is opened with [`Store::open`]: it must not panic nor fail; when it opens (rather
-//! than being moved aside), every record of A is there, byte for byte, and B is there entirely or
-//! not at all — in the event log, the messages with their conversation index and counters, and the
+//! Every image is opened with [`Store::open`]: it must not panic nor fail nor be moved aside; every
+//! record of A is there, byte for byte, and B is there entirely or not at all — in the event log, the messages with their conversation index and counters, and the
 //! key-value table (one key that B overwrites holds A's value exactly when B is absent).
 //! `cargo test -p puppet-server --lib store::torn -- --nocapture` prints how the images fared.
 //!
-//! What it shows with redb 4.6: every torn image opens with A intact (B whole or absent); a file
-//! whose growth was lost — `S2` cut at any length past `S1`'s — is moved aside (a length no region
+//! What it shows with redb 4.6: every torn image opens with A intact (B whole or absent). redb alone
+//! refuses a file whose growth was lost — `S2` cut at any length past `S1`'s (a length no region
 //! layout has is "corrupted"; a layout length ends in an I/O error, end of file, while redb
-//! verifies B's pages, instead of falling back to A), so the fresh store starts without A. The
-//! same file zero-filled back to `S2`'s length rolls back to A.
+//! verifies B's pages, instead of falling back to A) — but the same file zero-filled back to `S2`'s
+//! length rolls back to A, and so [`Store::open`] repairs it that way (`repair_lost_growth`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -343,8 +342,10 @@ impl Tally {
         outcome.ok()
     }
 
-    /// Fails with every bad image named.
+    /// Fails with every bad image named, and when any was moved aside: A was lost with it.
     fn assert_good(&self) {
+        let aside: usize = self.counts.values().map(|c| c[2]).sum();
+        assert_eq!(aside, 0, "images moved aside, losing A: {:?}", self.reasons);
         assert!(self.bad.is_empty(), "{} bad images:\n{}", self.bad.len(), self.bad.join("\n"));
     }
 
