@@ -118,7 +118,8 @@ pub struct Config {
     pub store_max_mib: u64,
 
     /// How far (in events) a subscriber may fall behind before its stream is ended with
-    /// RESOURCE_EXHAUSTED. Capped at the retention size.
+    /// RESOURCE_EXHAUSTED. Capped at the retention size. A resume from further back reads at its
+    /// own pace until it has caught up.
     #[arg(long, env = "PUPPET_SUBSCRIBER_MAX_LAG", default_value_t = 16_384)]
     pub subscriber_max_lag: usize,
 

@@ -15,6 +15,10 @@
 //!   left the window, is ended with [`Lagged`] — memory stays bounded and fast subscribers never
 //!   slow down because of a slow one. The check runs when events are published, not only when the
 //!   subscriber reads, so a client that never reads is ended as promptly as one that reads slowly.
+//!   A subscriber that resumes from further back (`after_seq`) is exempt until it has first come
+//!   within `max_lag` of the newest event: it reads the retained log at its own pace (from disk,
+//!   with a store) and holds nothing but its cursor meanwhile; it is still ended if retention
+//!   overtakes it.
 //! * The bus also remembers the login state (pending SCAN, LOGIN, READY) so a late subscriber can be
 //!   told where the account stands, as the official server does.
 
@@ -140,7 +144,20 @@ struct Reader {
     cut: AtomicBool,
     /// How far behind it was when it was cut.
     behind: AtomicU64,
+    /// Resuming from further back than `max_lag`, and not yet caught up: not cut for lagging.
+    catching_up: AtomicBool,
     wake: Notify,
+}
+
+impl Reader {
+    /// Whether `behind` is too far: clears `catching_up` once the reader has come within `max_lag`.
+    fn lags(&self, behind: u64, max_lag: u64) -> bool {
+        if behind <= max_lag {
+            self.catching_up.store(false, Ordering::Relaxed);
+            return false;
+        }
+        !self.catching_up.load(Ordering::Relaxed)
+    }
 }
 
 struct Shared {
@@ -400,7 +417,8 @@ impl EventBus {
         for reader in readers.values() {
             let cursor = reader.cursor.load(Ordering::Acquire);
             let behind = (last + 1).saturating_sub(cursor);
-            if (cursor < first || behind > self.shared.max_lag) && !reader.cut.swap(true, Ordering::AcqRel) {
+            if (cursor < first || reader.lags(behind, self.shared.max_lag)) && !reader.cut.swap(true, Ordering::AcqRel)
+            {
                 reader.behind.store(behind, Ordering::Release);
                 self.shared.cut_off.fetch_add(1, Ordering::Relaxed);
                 reader.wake.notify_one();
@@ -497,7 +515,12 @@ impl EventBus {
             }
         };
         let last_delivered = replay.iter().map(|e| e.seq).max().unwrap_or(cursor - 1);
-        let reader = Arc::new(Reader { cursor: AtomicU64::new(cursor), ..Default::default() });
+        let catching_up = (log.last_seq() + 1).saturating_sub(cursor) > self.shared.max_lag;
+        let reader = Arc::new(Reader {
+            cursor: AtomicU64::new(cursor),
+            catching_up: AtomicBool::new(catching_up),
+            ..Default::default()
+        });
         let id = self.shared.next_reader.fetch_add(1, Ordering::Relaxed);
         self.shared.readers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, reader.clone());
         drop(log);
@@ -565,7 +588,7 @@ impl Subscription {
                 let log = self.bus.lock();
                 let last = log.last_seq();
                 let behind = (last + 1).saturating_sub(self.cursor);
-                if self.cursor < self.bus.first_retained(&log) || behind > self.bus.shared.max_lag {
+                if self.cursor < self.bus.first_retained(&log) || self.reader.lags(behind, self.bus.shared.max_lag) {
                     return Err(self.cut(behind));
                 }
                 // Under `always`, nothing is delivered before it is committed.
@@ -585,6 +608,8 @@ impl Subscription {
                     out.extend(log.events.range(start..start + n).cloned());
                     drop(log);
                     self.advance(n as u64);
+                    // Caught up now? Then the publisher holds it to the limit from here on.
+                    self.reader.lags((last + 1).saturating_sub(self.cursor), self.bus.shared.max_lag);
                     return Ok(true);
                 } else {
                     true
@@ -743,6 +768,31 @@ mod tests {
         assert_eq!(got.len(), 50);
         let lag = slow.next_batch(&mut Vec::new()).await.unwrap_err();
         assert_eq!(lag, Lagged { behind: 50, limit: 10, last_delivered: 0 });
+    }
+
+    #[tokio::test]
+    async fn a_resume_from_further_back_than_the_lag_limit_reads_at_its_own_pace_until_it_catches_up() {
+        let bus = EventBus::new(1000, 1 << 20, 10);
+        for i in 0..100 {
+            bus.publish(dong(i));
+        }
+        let mut resumed = bus.subscribe(StartAt::After(0)).expect("retained");
+        // Publishing while it reads does not cut it: it is catching up.
+        bus.publish(dong(100));
+        assert_eq!(drain(&mut resumed, 101).await, (1..=101).collect::<Vec<_>>());
+        assert_eq!(bus.stats().cut_off, 0);
+        // Caught up: from here on it is held to the limit like any subscriber.
+        for i in 0..20 {
+            bus.publish(dong(i));
+        }
+        let lag = resumed.next_batch(&mut Vec::new()).await.unwrap_err();
+        assert_eq!(lag, Lagged { behind: 20, limit: 10, last_delivered: 101 });
+        // A resume from a point retention has passed is still refused.
+        let small = EventBus::new(5, 1 << 20, 2);
+        for i in 0..10 {
+            small.publish(dong(i));
+        }
+        assert!(small.subscribe(StartAt::After(1)).is_err());
     }
 
     #[tokio::test]
