@@ -3,8 +3,9 @@
 //!
 //! Numbering. Under [`Durability::Always`] an event is delivered only once committed, so the next
 //! run continues after the last committed sequence. Under [`Durability::Batch`] an event may be
-//! delivered before its commit, and a crash can lose it: each commit therefore also records a
-//! *reservation* ([`RESERVE`] sequences past what it holds), the bus delivers nothing beyond it, and
+//! delivered before its commit, and a crash can lose it: each commit — and the opening of a run,
+//! before it delivers anything — therefore also records a *reservation* ([`RESERVE`] sequences past
+//! what it holds), the bus delivers nothing beyond it, and
 //! a run after an unclean stop starts at the reservation — a gap in the numbering, never a sequence
 //! given twice.
 
@@ -126,6 +127,11 @@ pub(crate) fn open_log(db: &redb::Database, durability: Durability) -> Result<(S
         meta.insert(CLEAN, [0u8].as_slice())?;
         // The new run's numbering starts here even if it commits nothing.
         meta.insert(LAST_SEQ, (next - 1).to_le_bytes().as_slice())?;
+        if durability == Durability::Batch {
+            // Events are delivered before their commit: the run's first ones, before its first
+            // commit, need a reservation too.
+            meta.insert(RESERVED, (next - 1 + RESERVE).to_le_bytes().as_slice())?;
+        }
         (log_id, next, clean)
     };
     tx.commit()?;
@@ -245,6 +251,19 @@ mod tests {
         let (_, next, clean) = open_log(&db, Durability::Batch).unwrap();
         assert!(clean);
         assert_eq!(next, 10 + RESERVE + 1, "a clean restart continues where the last run's numbering stood");
+    }
+
+    #[test]
+    fn a_crash_before_a_runs_first_commit_in_batch_mode_skips_the_reservation() {
+        let db = redb::Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).unwrap();
+        let (_, next, _) = open_log(&db, Durability::Batch).unwrap();
+        assert_eq!(next, 1);
+        // The run delivers events 1, 2, … and is killed before it commits any of them.
+        let (_, next, clean) = open_log(&db, Durability::Batch).unwrap();
+        assert!(!clean);
+        assert_eq!(next, RESERVE + 1, "past every event the first run may have delivered");
+        let (_, again, _) = open_log(&db, Durability::Batch).unwrap();
+        assert_eq!(again, next + RESERVE, "and so on for every run that crashes before committing");
     }
 
     #[tokio::test]
