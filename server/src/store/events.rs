@@ -23,6 +23,8 @@ const LAST_SEQ: &str = "events.last_seq";
 const RESERVED: &str = "events.reserved";
 const CLEAN: &str = "clean";
 const COUNT: &str = "events.count";
+/// The newest sequence retention deleted.
+const FLOOR: &str = "events.floor";
 const BYTES: &str = "events.bytes";
 
 /// One event as stored.
@@ -149,6 +151,7 @@ pub(crate) fn mark_clean(db: &redb::Database) -> Result<(), StoreError> {
 /// Drops the oldest events past the retention's count, bytes or age.
 pub(crate) fn retain(w: &mut Writes<'_>, r: Retention) -> Result<(), StoreError> {
     let oldest_allowed = now_ms().saturating_sub(r.age.as_millis() as u64);
+    let mut removed = None;
     loop {
         let c = w.event_counters;
         let too_many = c.count > r.count || c.bytes > r.bytes;
@@ -162,10 +165,22 @@ pub(crate) fn retain(w: &mut Writes<'_>, r: Retention) -> Result<(), StoreError>
             break;
         }
         w.events.remove(seq)?;
+        removed = Some(seq);
         w.event_counters.count = c.count.saturating_sub(1);
         w.event_counters.bytes = c.bytes.saturating_sub(cost(len));
     }
+    if let Some(seq) = removed {
+        w.meta.insert(FLOOR, seq.to_le_bytes().as_slice())?;
+    }
     Ok(())
+}
+
+/// The newest sequence retention has deleted (0: none). Sequences after it that the log does
+/// not hold were never kept (a range an unclean batch-mode stop skipped, events dropped while the
+/// store was full): a resume after them loses nothing that was retained.
+pub fn floor(store: &Store) -> Result<u64, StoreError> {
+    let tx = store.db().begin_read()?;
+    meta_u64(&tx.open_table(META)?, FLOOR)
 }
 
 /// The retained range: `(first, last)` sequences, `None` when the log holds nothing.

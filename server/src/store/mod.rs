@@ -188,6 +188,8 @@ struct Shared {
     committed_seq: watch::Sender<u64>,
     /// The oldest event sequence on disk (0: none).
     first_event: AtomicU64,
+    /// The newest event sequence retention deleted (0: none).
+    floor: AtomicU64,
     /// Writes dropped because the store refused them.
     dropped: AtomicU64,
     stats: StatsCounters,
@@ -296,6 +298,7 @@ impl Store {
             reserved_seq: AtomicU64::new(next_seq),
             committed_seq: watch::Sender::new(next_seq.saturating_sub(1)),
             first_event: AtomicU64::new(0),
+            floor: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             stats: StatsCounters::default(),
             writer: Mutex::new(None),
@@ -339,9 +342,15 @@ impl Store {
         Some(self.shared.first_event.load(Ordering::Acquire)).filter(|s| *s != 0)
     }
 
+    /// The newest event sequence retention has deleted (0: none): see [`events::floor`].
+    pub fn retention_floor(&self) -> u64 {
+        self.shared.floor.load(Ordering::Acquire)
+    }
+
     fn refresh_first_event(&self) -> Result<(), StoreError> {
         let first = events::range(self)?.map_or(0, |(first, _)| first);
         self.shared.first_event.store(first, Ordering::Release);
+        self.shared.floor.store(events::floor(self)?, Ordering::Release);
         Ok(())
     }
 
