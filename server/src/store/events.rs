@@ -140,10 +140,18 @@ pub(crate) fn open_log(db: &redb::Database, durability: Durability) -> Result<(S
     Ok(result)
 }
 
-/// Records a clean close: the next run continues the numbering without a gap.
-pub(crate) fn mark_clean(db: &redb::Database) -> Result<(), StoreError> {
+/// Records a clean close: the next run continues the numbering without a gap, after `last_given`
+/// — the newest sequence this run gave an event, kept or not (a full store drops events but they
+/// were delivered with their sequences).
+pub(crate) fn mark_clean(db: &redb::Database, last_given: u64) -> Result<(), StoreError> {
     let tx = db.begin_write()?;
-    tx.open_table(META)?.insert(CLEAN, [1u8].as_slice())?;
+    {
+        let mut meta = tx.open_table(META)?;
+        if last_given > meta_u64(&meta, LAST_SEQ)? {
+            meta.insert(LAST_SEQ, last_given.to_le_bytes().as_slice())?;
+        }
+        meta.insert(CLEAN, [1u8].as_slice())?;
+    }
     tx.commit()?;
     Ok(())
 }
@@ -262,7 +270,7 @@ mod tests {
         assert_eq!(again, id, "the same log");
         assert!(!clean);
         assert_eq!(next, 10 + RESERVE + 1, "past everything the crashed run may have delivered");
-        mark_clean(&db).unwrap();
+        mark_clean(&db, 0).unwrap();
         let (_, next, clean) = open_log(&db, Durability::Batch).unwrap();
         assert!(clean);
         assert_eq!(next, 10 + RESERVE + 1, "a clean restart continues where the last run's numbering stood");
@@ -279,6 +287,20 @@ mod tests {
         assert_eq!(next, RESERVE + 1, "past every event the first run may have delivered");
         let (_, again, _) = open_log(&db, Durability::Batch).unwrap();
         assert_eq!(again, next + RESERVE, "and so on for every run that crashes before committing");
+    }
+
+    #[test]
+    fn a_clean_close_numbers_on_after_sequences_given_to_events_that_were_not_kept() {
+        let db = redb::Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).unwrap();
+        let (_, next, _) = open_log(&db, Durability::Always).unwrap();
+        let tx = db.begin_write().unwrap();
+        reserve(&mut tx.open_table(META).unwrap(), 100, Durability::Always).unwrap();
+        tx.commit().unwrap();
+        // 101..=150 were delivered while the store was full, and dropped.
+        mark_clean(&db, 150).unwrap();
+        let (_, again, clean) = open_log(&db, Durability::Always).unwrap();
+        assert!(clean && next == 1);
+        assert_eq!(again, 151);
     }
 
     #[tokio::test]

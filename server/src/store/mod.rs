@@ -672,7 +672,9 @@ impl Store {
             self.forget_committed(ticket);
             self.shared.committed.send_replace(ticket);
             if stopping && self.pending().ops.is_empty() {
-                if let Err(e) = events::mark_clean(&self.shared.db) {
+                // The watermark also passed the events a full store dropped.
+                let last_given = *self.shared.committed_seq.borrow();
+                if let Err(e) = events::mark_clean(&self.shared.db, last_given) {
                     tracing::warn!(error = %e, "could not mark the store closed cleanly");
                 }
                 return;
