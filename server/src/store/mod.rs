@@ -480,7 +480,11 @@ impl Store {
                 }
             }
             p.last_ticket += 1;
-            return p.last_ticket;
+            let ticket = p.last_ticket;
+            drop(p);
+            // Nothing to commit, but the writer settles the ticket (`settled` waits for it).
+            self.shared.wake.notify_one();
+            return ticket;
         }
         for op in ops {
             p.bytes += op.cost();
@@ -625,7 +629,8 @@ impl Store {
             let (ops, ticket, stopping) = {
                 let mut p = self.pending();
                 loop {
-                    if p.stopping || !p.ops.is_empty() {
+                    // Tickets of dropped writes are settled too, with nothing to commit.
+                    if p.stopping || !p.ops.is_empty() || p.last_ticket > *self.shared.committed.borrow() {
                         break;
                     }
                     p = self.shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
@@ -908,6 +913,28 @@ pub(crate) mod tests {
         let names: Vec<String> =
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert!(names.iter().any(|n| n.starts_with("store.redb.unusable-")), "{names:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn under_always_a_write_the_full_store_dropped_settles_with_the_reason() {
+        let dir = temp_dir();
+        let mut opts = options(Durability::Always);
+        opts.max_bytes = 1 << 20;
+        let store = Store::open(&dir, opts).unwrap();
+        let event = |seq| StoredEvent { seq, time_ms: now_ms(), kind: 3, payload: "x".repeat(1000) };
+        let mut seq = 0;
+        while store.writable().is_ok() {
+            assert!(seq < 100_000, "1 MiB never filled");
+            seq += 1;
+            store.append_event(event(seq));
+            _ = store.settled().await;
+        }
+        // Dropped, not queued: nothing to commit, yet its ticket must settle.
+        store.append_event(event(seq + 1));
+        let settled = tokio::time::timeout(Duration::from_secs(10), store.settled()).await;
+        assert!(matches!(settled, Ok(Err(StoreError::Full(_)))), "{settled:?}");
+        store.close();
         std::fs::remove_dir_all(dir).unwrap();
     }
 
