@@ -78,14 +78,20 @@ async fn subscribe(
 
 /// The next event of a feed, heartbeats skipped; panics when none comes within [`EVENT_TIMEOUT`].
 async fn next_event(stream: &mut Streaming<ext::SequencedEvent>) -> Seen {
+    next_event_within(stream).await.expect("no event within the timeout")
+}
+
+/// The next event of a feed, heartbeats skipped; `None` when none comes within [`EVENT_TIMEOUT`].
+async fn next_event_within(stream: &mut Streaming<ext::SequencedEvent>) -> Option<Seen> {
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
     loop {
-        let e = tokio::time::timeout(EVENT_TIMEOUT, stream.message())
+        let e = tokio::time::timeout_at(deadline, stream.message())
             .await
-            .expect("no event within the timeout")
+            .ok()?
             .unwrap_or_else(|status| panic!("the feed failed: {status:?}"))
             .expect("the feed ended");
         if e.seq != 0 {
-            return Seen { seq: e.seq, kind: e.r#type, payload: e.payload };
+            return Some(Seen { seq: e.seq, kind: e.r#type, payload: e.payload });
         }
     }
 }
@@ -289,9 +295,11 @@ async fn crash_rounds(name: &str, check_messages: bool) {
         } else {
             assert_eq!(r.log_id, log_id, "round {round}: the same log after a crash");
             let mut replay = subscribe(&server, Some(seen[0].seq - 1), &log_id).await.unwrap();
-            let got = next_events(&mut replay, seen.len()).await;
-            if let Some(i) = got.iter().zip(&seen).position(|(g, s)| g != s) {
-                panic!("round {round}: event {i} was given as {:?}, is now {:?}", seen[i], got[i]);
+            for (i, given) in seen.iter().enumerate() {
+                let Some(now) = next_event_within(&mut replay).await else {
+                    panic!("round {round}: lost in the crash: {} events given out, from {given:?}", seen.len() - i);
+                };
+                assert_eq!(&now, given, "round {round}: event {i} of the replay");
             }
             if check_messages {
                 let mut p = server.puppet().await;
