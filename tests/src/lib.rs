@@ -86,6 +86,12 @@ impl Server {
         Self::launch(data_dir.to_owned(), true, args, env)
     }
 
+    /// As [`Server::start_in`], with its log (level info) written to `<data dir>/server.log` (see
+    /// [`Server::log`]).
+    pub fn start_in_logged(data_dir: &std::path::Path, args: &[&str]) -> Self {
+        Self::launch_with(data_dir.to_owned(), true, args, &[("PUPPET_LOG", "info")], None, true)
+    }
+
     /// As [`Server::start`], under a limit of `nofile` open file descriptors (`ulimit -n`), with
     /// its log (level info) written to `<data dir>/server.log` (see [`Server::log`]).
     pub fn start_limited(args: &[&str], nofile: u64) -> Self {

@@ -391,14 +391,14 @@ impl EventBus {
         seq
     }
 
-    /// The oldest sequence still retained: in the tail, or with a durable store, on disk (the
-    /// count retention is exact here; the store drops what lies before it shortly after).
+    /// The oldest sequence still retained: in the tail, or with a durable store, the first after
+    /// what the store's retention deleted (it counts the events it holds, once a second).
+    /// Sequences the log never kept — skipped by an unclean batch-mode stop, dropped by a full
+    /// store — are no reason to refuse a resume, nor to count against the retention.
     fn first_retained(&self, log: &Log) -> u64 {
-        let last = log.last_seq();
-        let by_count = (last + 1).saturating_sub(self.shared.retention).max(1);
         match &self.shared.store {
             None => log.first_seq(),
-            Some(store) => store.first_event_seq().unwrap_or(log.first_seq()).min(log.first_seq()).max(by_count),
+            Some(store) => store.retention_floor() + 1,
         }
     }
 
@@ -569,6 +569,16 @@ impl Drop for Subscription {
 /// How many events one lock acquisition hands a subscriber.
 const BATCH: usize = 256;
 
+/// What a read of the store gave a subscriber.
+enum FromDisk {
+    /// Events.
+    Delivered,
+    /// Nothing yet: wait for the writer.
+    Wait,
+    /// A range the log never kept: look again from after it.
+    Skipped,
+}
+
 impl Subscription {
     /// Appends the next events to `out` (at least one), waiting for them if needed. `Ok(false)`
     /// means the bus was closed and everything was delivered. Cancel-safe: dropping the future loses
@@ -617,8 +627,9 @@ impl Subscription {
             };
             if from_disk {
                 match self.read_disk(out).await {
-                    Ok(true) => return Ok(true),
-                    Ok(false) => {}
+                    Ok(FromDisk::Delivered) => return Ok(true),
+                    Ok(FromDisk::Skipped) => continue,
+                    Ok(FromDisk::Wait) => {}
                     Err(behind) => return Err(self.cut(behind)),
                 }
             }
@@ -648,13 +659,14 @@ impl Subscription {
         Lagged { behind, limit: self.bus.shared.max_lag, last_delivered: self.last_delivered }
     }
 
-    /// Events that left the in-memory tail, read back from the store: `Ok(false)` when they are
-    /// not committed yet (wait), `Err(behind)` when they are gone.
-    async fn read_disk(&mut self, out: &mut Vec<Arc<Envelope>>) -> Result<bool, u64> {
+    /// Events that left the in-memory tail, read back from the store; `Err(behind)` when they are
+    /// gone.
+    async fn read_disk(&mut self, out: &mut Vec<Arc<Envelope>>) -> Result<FromDisk, u64> {
         let Some(store) = self.bus.shared.store.clone() else { return Err(0) };
+        // Before the read: everything committed up to here is visible to it.
+        let committed = *store.committed_seq().borrow();
         let after = self.cursor - 1;
         let read = store.read(move |s| crate::store::events::read_after(s, after, BATCH)).await;
-        let committed = *store.committed_seq().borrow();
         let events = match read {
             Ok(events) => events,
             Err(e) => {
@@ -662,18 +674,27 @@ impl Subscription {
                 return Err(0);
             }
         };
-        let contiguous: Vec<StoredEvent> = events
-            .into_iter()
-            .enumerate()
-            .take_while(|(i, e)| e.seq == self.cursor + *i as u64)
-            .map(|(_, e)| e)
-            .collect();
-        if contiguous.is_empty() {
-            // Evicted from the tail before its commit (a slow disk): wait for the writer.
-            return if self.cursor > committed { Ok(false) } else { Err(self.bus.lock().last_seq() + 1 - self.cursor) };
-        }
-        let n = contiguous.len() as u64;
-        out.extend(contiguous.into_iter().filter_map(|e| {
+        let tail_first = {
+            let log = self.bus.lock();
+            // Retention may have taken them meanwhile.
+            if self.cursor < self.bus.first_retained(&log) {
+                return Err(log.last_seq() + 1 - self.cursor);
+            }
+            log.first_seq()
+        };
+        let Some(last) = events.last().map(|e| e.seq) else {
+            if self.cursor > committed {
+                // Evicted from the tail before its commit (a slow disk): wait for the writer.
+                return Ok(FromDisk::Wait);
+            }
+            // Nothing on disk from the cursor through `committed`, and nothing will come (commits
+            // come in sequence order): sequences an unclean batch-mode stop skipped, or events a
+            // full store dropped. Go on after them, in the tail if they are there.
+            self.skip_to((committed + 1).min(tail_first));
+            return Ok(FromDisk::Skipped);
+        };
+        // A sequence missing between the events read is missing for good, for the same reason.
+        out.extend(events.into_iter().filter_map(|e| {
             Some(Arc::new(Envelope {
                 seq: e.seq,
                 time: std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.time_ms),
@@ -681,8 +702,15 @@ impl Subscription {
                 payload: e.payload,
             }))
         }));
-        self.advance(n);
-        Ok(true)
+        self.skip_to(last + 1);
+        self.last_delivered = last;
+        Ok(FromDisk::Delivered)
+    }
+
+    /// Moves the cursor to `next` without delivering what lies before it.
+    fn skip_to(&mut self, next: u64) {
+        self.cursor = next;
+        self.reader.cursor.store(next, Ordering::Release);
     }
 }
 
@@ -840,6 +868,30 @@ mod tests {
         assert_eq!(r.last_seq, 100);
         assert!(r.last_seq - r.first_seq + 1 < 10, "only a few 1 KB events fit in 10 KB: {r:?}");
         assert!(matches!(bus.subscribe(StartAt::After(50)), Err(SubscribeError::OutOfRange { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_resume_reads_across_sequences_the_log_never_kept() {
+        use crate::store::{Durability, StoredEvent};
+        let dir = crate::store::tests::temp_dir();
+        let store = Store::open(&dir, crate::store::tests::options(Durability::Always)).unwrap();
+        // 1..=5, then a range an unclean stop skipped, then 100..=104.
+        for seq in (1..=5).chain(100..=104) {
+            store.append_event(StoredEvent { seq, time_ms: 0, kind: EventKind::Dong.wire(), payload: "{}".into() });
+        }
+        store.settled().await.unwrap();
+        let limits = BusLimits { retention: 1000, tail_events: 10, tail_bytes: 1 << 20, max_lag: 1000 };
+        let bus = EventBus::with_store(&store, limits);
+        assert_eq!(bus.publish(dong(0)), 105);
+        let mut all = bus.subscribe(StartAt::After(0)).unwrap();
+        let expected: Vec<u64> = (1..=5).chain(100..=105).collect();
+        assert_eq!(drain(&mut all, expected.len()).await, expected, "read across the gap, not cut off");
+        // Resuming after a sequence inside the gap (given out, then lost in a crash).
+        let mut resumed = bus.subscribe(StartAt::After(50)).expect("nothing retained lies before it");
+        assert_eq!(drain(&mut resumed, 6).await, (100..=105).collect::<Vec<_>>());
+        drop((all, resumed, bus));
+        store.close();
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]

@@ -3,8 +3,9 @@
 //!
 //! Numbering. Under [`Durability::Always`] an event is delivered only once committed, so the next
 //! run continues after the last committed sequence. Under [`Durability::Batch`] an event may be
-//! delivered before its commit, and a crash can lose it: each commit therefore also records a
-//! *reservation* ([`RESERVE`] sequences past what it holds), the bus delivers nothing beyond it, and
+//! delivered before its commit, and a crash can lose it: each commit — and the opening of a run,
+//! before it delivers anything — therefore also records a *reservation* ([`RESERVE`] sequences past
+//! what it holds), the bus delivers nothing beyond it, and
 //! a run after an unclean stop starts at the reservation — a gap in the numbering, never a sequence
 //! given twice.
 
@@ -22,6 +23,8 @@ const LAST_SEQ: &str = "events.last_seq";
 const RESERVED: &str = "events.reserved";
 const CLEAN: &str = "clean";
 const COUNT: &str = "events.count";
+/// The newest sequence retention deleted.
+const FLOOR: &str = "events.floor";
 const BYTES: &str = "events.bytes";
 
 /// One event as stored.
@@ -96,6 +99,18 @@ pub(crate) fn reserve(
     Ok(())
 }
 
+/// As [`reserve`], unless the log already records `last` or later.
+pub(crate) fn reserve_at_least(
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    last: u64,
+    durability: Durability,
+) -> Result<(), StoreError> {
+    if meta_u64(meta, LAST_SEQ)? >= last {
+        return Ok(());
+    }
+    reserve(meta, last, durability)
+}
+
 /// Opens the log: its id (created when new), the first sequence this run uses, and whether the
 /// last run closed it cleanly. Marks it open (unclean) until [`mark_clean`].
 pub(crate) fn open_log(db: &redb::Database, durability: Durability) -> Result<(String, u64, bool), StoreError> {
@@ -126,23 +141,37 @@ pub(crate) fn open_log(db: &redb::Database, durability: Durability) -> Result<(S
         meta.insert(CLEAN, [0u8].as_slice())?;
         // The new run's numbering starts here even if it commits nothing.
         meta.insert(LAST_SEQ, (next - 1).to_le_bytes().as_slice())?;
+        if durability == Durability::Batch {
+            // Events are delivered before their commit: the run's first ones, before its first
+            // commit, need a reservation too.
+            meta.insert(RESERVED, (next - 1 + RESERVE).to_le_bytes().as_slice())?;
+        }
         (log_id, next, clean)
     };
     tx.commit()?;
     Ok(result)
 }
 
-/// Records a clean close: the next run continues the numbering without a gap.
-pub(crate) fn mark_clean(db: &redb::Database) -> Result<(), StoreError> {
+/// Records a clean close: the next run continues the numbering without a gap, after `last_given`
+/// — the newest sequence this run gave an event, kept or not (a full store drops events but they
+/// were delivered with their sequences).
+pub(crate) fn mark_clean(db: &redb::Database, last_given: u64) -> Result<(), StoreError> {
     let tx = db.begin_write()?;
-    tx.open_table(META)?.insert(CLEAN, [1u8].as_slice())?;
+    {
+        let mut meta = tx.open_table(META)?;
+        if last_given > meta_u64(&meta, LAST_SEQ)? {
+            meta.insert(LAST_SEQ, last_given.to_le_bytes().as_slice())?;
+        }
+        meta.insert(CLEAN, [1u8].as_slice())?;
+    }
     tx.commit()?;
     Ok(())
 }
 
-/// Drops the oldest events past the retention's count, bytes or age.
-pub(crate) fn retain(w: &mut Writes<'_>, r: Retention) -> Result<(), StoreError> {
+/// Drops the oldest events past the retention's count, bytes or age; the newest sequence dropped.
+pub(crate) fn retain(w: &mut Writes<'_>, r: Retention) -> Result<Option<u64>, StoreError> {
     let oldest_allowed = now_ms().saturating_sub(r.age.as_millis() as u64);
+    let mut removed = None;
     loop {
         let c = w.event_counters;
         let too_many = c.count > r.count || c.bytes > r.bytes;
@@ -156,10 +185,22 @@ pub(crate) fn retain(w: &mut Writes<'_>, r: Retention) -> Result<(), StoreError>
             break;
         }
         w.events.remove(seq)?;
+        removed = Some(seq);
         w.event_counters.count = c.count.saturating_sub(1);
         w.event_counters.bytes = c.bytes.saturating_sub(cost(len));
     }
-    Ok(())
+    if let Some(seq) = removed {
+        w.meta.insert(FLOOR, seq.to_le_bytes().as_slice())?;
+    }
+    Ok(removed)
+}
+
+/// The newest sequence retention has deleted (0: none). Sequences after it that the log does
+/// not hold were never kept (a range an unclean batch-mode stop skipped, events dropped while the
+/// store was full): a resume after them loses nothing that was retained.
+pub fn floor(store: &Store) -> Result<u64, StoreError> {
+    let tx = store.db().begin_read()?;
+    meta_u64(&tx.open_table(META)?, FLOOR)
 }
 
 /// The retained range: `(first, last)` sequences, `None` when the log holds nothing.
@@ -241,10 +282,37 @@ mod tests {
         assert_eq!(again, id, "the same log");
         assert!(!clean);
         assert_eq!(next, 10 + RESERVE + 1, "past everything the crashed run may have delivered");
-        mark_clean(&db).unwrap();
+        mark_clean(&db, 0).unwrap();
         let (_, next, clean) = open_log(&db, Durability::Batch).unwrap();
         assert!(clean);
         assert_eq!(next, 10 + RESERVE + 1, "a clean restart continues where the last run's numbering stood");
+    }
+
+    #[test]
+    fn a_crash_before_a_runs_first_commit_in_batch_mode_skips_the_reservation() {
+        let db = redb::Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).unwrap();
+        let (_, next, _) = open_log(&db, Durability::Batch).unwrap();
+        assert_eq!(next, 1);
+        // The run delivers events 1, 2, … and is killed before it commits any of them.
+        let (_, next, clean) = open_log(&db, Durability::Batch).unwrap();
+        assert!(!clean);
+        assert_eq!(next, RESERVE + 1, "past every event the first run may have delivered");
+        let (_, again, _) = open_log(&db, Durability::Batch).unwrap();
+        assert_eq!(again, next + RESERVE, "and so on for every run that crashes before committing");
+    }
+
+    #[test]
+    fn a_clean_close_numbers_on_after_sequences_given_to_events_that_were_not_kept() {
+        let db = redb::Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).unwrap();
+        let (_, next, _) = open_log(&db, Durability::Always).unwrap();
+        let tx = db.begin_write().unwrap();
+        reserve(&mut tx.open_table(META).unwrap(), 100, Durability::Always).unwrap();
+        tx.commit().unwrap();
+        // 101..=150 were delivered while the store was full, and dropped.
+        mark_clean(&db, 150).unwrap();
+        let (_, again, clean) = open_log(&db, Durability::Always).unwrap();
+        assert!(clean && next == 1);
+        assert_eq!(again, 151);
     }
 
     #[tokio::test]

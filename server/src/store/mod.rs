@@ -197,8 +197,14 @@ struct Shared {
     committed_seq: watch::Sender<u64>,
     /// The oldest event sequence on disk (0: none).
     first_event: AtomicU64,
+    /// The newest event sequence retention deleted (0: none).
+    floor: AtomicU64,
     /// Writes dropped because the store refused them.
     dropped: AtomicU64,
+    /// The newest sequence given to an event the store dropped (refused, or its commit failed).
+    dropped_seq: AtomicU64,
+    /// Set while recording [`Shared::dropped_seq`] fails (logged once per failure spell).
+    reservation_failing: AtomicBool,
     stats: StatsCounters,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Written but not yet committed: read back from here (tagged with their tickets).
@@ -311,7 +317,10 @@ impl Store {
             reserved_seq: AtomicU64::new(next_seq),
             committed_seq: watch::Sender::new(next_seq.saturating_sub(1)),
             first_event: AtomicU64::new(0),
+            floor: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            dropped_seq: AtomicU64::new(0),
+            reservation_failing: AtomicBool::new(false),
             stats: StatsCounters::default(),
             writer: Mutex::new(None),
             overlay: Mutex::new(Overlay::default()),
@@ -354,9 +363,15 @@ impl Store {
         Some(self.shared.first_event.load(Ordering::Acquire)).filter(|s| *s != 0)
     }
 
+    /// The newest event sequence retention has deleted (0: none): see [`events::floor`].
+    pub fn retention_floor(&self) -> u64 {
+        self.shared.floor.load(Ordering::Acquire)
+    }
+
     fn refresh_first_event(&self) -> Result<(), StoreError> {
         let first = events::range(self)?.map_or(0, |(first, _)| first);
         self.shared.first_event.store(first, Ordering::Release);
+        self.shared.floor.fetch_max(events::floor(self)?, Ordering::AcqRel);
         Ok(())
     }
 
@@ -474,10 +489,11 @@ impl Store {
         let mut p = self.pending();
         if self.shared.full.load(Ordering::Acquire) {
             // Refused: dropped, not queued (memory stays bounded). An event is still delivered,
-            // without being kept; the watermark passes it so `always` subscribers do not stall.
+            // without being kept, once the writer has recorded that its sequence was given out
+            // (see `reserve_dropped`).
             for op in ops {
                 if let Op::Event(e) = op {
-                    self.shared.committed_seq.send_modify(|s| *s = (*s).max(e.seq));
+                    self.shared.dropped_seq.fetch_max(e.seq, Ordering::AcqRel);
                 }
                 if self.shared.dropped.fetch_add(1, Ordering::Relaxed).is_multiple_of(10_000) {
                     tracing::warn!(
@@ -487,7 +503,11 @@ impl Store {
                 }
             }
             p.last_ticket += 1;
-            return p.last_ticket;
+            let ticket = p.last_ticket;
+            drop(p);
+            // Nothing to commit, but the writer settles the ticket (`settled` waits for it).
+            self.shared.wake.notify_one();
+            return ticket;
         }
         for op in ops {
             p.bytes += op.cost();
@@ -640,8 +660,13 @@ impl Store {
             let (ops, ticket, stopping) = {
                 let mut p = self.pending();
                 loop {
-                    // Idle, the writer still wakes now and then: retention by age needs no writes.
-                    if p.stopping || !p.ops.is_empty() || since_retention.elapsed() >= RETENTION_EVERY {
+                    // Idle, the writer still wakes now and then: retention by age needs no writes; tickets
+                    // of dropped writes are settled too, with nothing to commit.
+                    if p.stopping
+                        || !p.ops.is_empty()
+                        || p.last_ticket > *self.shared.committed.borrow()
+                        || since_retention.elapsed() >= RETENTION_EVERY
+                    {
                         break;
                     }
                     p = self.shared.wake.wait_timeout(p, RETENTION_EVERY).unwrap_or_else(|e| e.into_inner()).0;
@@ -685,13 +710,51 @@ impl Store {
                     tracing::warn!(error = %e, "store retention failed");
                 }
             }
+            self.reserve_dropped();
             self.forget_committed(ticket);
             self.shared.committed.send_replace(ticket);
             if stopping && self.pending().ops.is_empty() {
-                if let Err(e) = events::mark_clean(&self.shared.db) {
+                // The watermark also passed the events a full store dropped.
+                let last_given =
+                    (*self.shared.committed_seq.borrow()).max(self.shared.dropped_seq.load(Ordering::Acquire));
+                if let Err(e) = events::mark_clean(&self.shared.db, last_given) {
                     tracing::warn!(error = %e, "could not mark the store closed cleanly");
                 }
                 return;
+            }
+        }
+    }
+
+    /// Events a refusing store dropped were given sequences: before they are delivered under
+    /// `always` (the watermark passes them), and so that no later run gives those sequences again
+    /// after a crash, the newest is recorded with a commit of its own (a few bytes: a size cap
+    /// leaves room for it). Retried on every round of the writer while it fails (a full disk).
+    fn reserve_dropped(&self) {
+        let dropped = self.shared.dropped_seq.load(Ordering::Acquire);
+        if dropped <= *self.shared.committed_seq.borrow() {
+            return;
+        }
+        let recorded = (|| -> Result<(), StoreError> {
+            let tx = self.shared.db.begin_write()?;
+            events::reserve_at_least(&mut tx.open_table(META)?, dropped, self.durability())?;
+            tx.commit()?;
+            Ok(())
+        })();
+        match recorded {
+            Ok(()) => {
+                self.shared.reserved_seq.fetch_max(dropped + 1, Ordering::AcqRel);
+                self.shared.committed_seq.send_modify(|s| *s = (*s).max(dropped));
+                if self.shared.reservation_failing.swap(false, Ordering::AcqRel) {
+                    tracing::info!("the sequences of dropped events are recorded again");
+                }
+            }
+            Err(e) => {
+                if !self.shared.reservation_failing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(
+                        error = %e,
+                        "cannot record the sequences of events the store dropped; under `always` they wait"
+                    );
+                }
             }
         }
     }
@@ -706,6 +769,7 @@ impl Store {
         }
         let started = Instant::now();
         let bytes: u64 = ops.iter().map(|op| op.cost() as u64).sum();
+        let newest_event = ops.iter().rev().find_map(|op| if let Op::Event(e) = op { Some(e.seq) } else { None });
         let result = self.apply(ops);
         let micros = started.elapsed().as_micros() as u64;
         self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -742,7 +806,12 @@ impl Store {
                     self.accept_again();
                 }
             }
-            Err(e) => self.refuse(e),
+            Err(e) => {
+                if let Some(seq) = newest_event {
+                    self.shared.dropped_seq.fetch_max(seq, Ordering::AcqRel);
+                }
+                self.refuse(e)
+            }
         }
     }
 
@@ -779,10 +848,15 @@ impl Store {
         }
         {
             let mut w = Writes::open(&tx)?;
-            events::retain(&mut w, self.shared.options.events)?;
+            let floor = events::retain(&mut w, self.shared.options.events)?;
             messages::retain(&mut w, self.shared.options.messages)?;
             kv::retain_cache(&mut w)?;
             w.finish()?;
+            // Announced before the commit: a reader that finds the events gone after reading
+            // them also finds the floor past them, and is cut instead of skipping them.
+            if let Some(floor) = floor {
+                self.shared.floor.fetch_max(floor, Ordering::AcqRel);
+            }
         }
         tx.commit()?;
         self.refresh_sizes();
@@ -979,6 +1053,28 @@ pub(crate) mod tests {
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert!(names.iter().any(|n| n.starts_with("store.redb.unusable-")), "{names:?}");
         assert!(!names.iter().any(|n| n.contains("repairing")), "the repair's copy is removed: {names:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn under_always_a_write_the_full_store_dropped_settles_with_the_reason() {
+        let dir = temp_dir();
+        let mut opts = options(Durability::Always);
+        opts.max_bytes = 1 << 20;
+        let store = Store::open(&dir, opts).unwrap();
+        let event = |seq| StoredEvent { seq, time_ms: now_ms(), kind: 3, payload: "x".repeat(1000) };
+        let mut seq = 0;
+        while store.writable().is_ok() {
+            assert!(seq < 100_000, "1 MiB never filled");
+            seq += 1;
+            store.append_event(event(seq));
+            _ = store.settled().await;
+        }
+        // Dropped, not queued: nothing to commit, yet its ticket must settle.
+        store.append_event(event(seq + 1));
+        let settled = tokio::time::timeout(Duration::from_secs(10), store.settled()).await;
+        assert!(matches!(settled, Ok(Err(StoreError::Full(_)))), "{settled:?}");
+        store.close();
         std::fs::remove_dir_all(dir).unwrap();
     }
 
