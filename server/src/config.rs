@@ -93,7 +93,7 @@ pub struct Config {
 
     /// Most bytes, in MiB, of recent events kept in memory for live subscribers (older ones are
     /// read back from disk).
-    #[arg(long, env = "PUPPET_EVENT_TAIL_MIB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    #[arg(long, env = "PUPPET_EVENT_TAIL_MIB", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub event_tail_mib: u64,
 
     /// How many messages are kept (payloads and conversations).
@@ -289,6 +289,10 @@ pub enum TokenSource {
     Generated,
 }
 
+/// Events the in-memory tail holds at most with a durable store (also bounded by
+/// `--event-tail-mib`), unless `--subscriber-max-lag` is larger.
+const TAIL_EVENTS: u64 = 32_768;
+
 impl Config {
     /// The gRPC address, honouring `WECHATY_PUPPET_SERVER_PORT` when `--listen` is absent.
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -358,7 +362,12 @@ impl Config {
         crate::events::BusLimits {
             retention: self.event_retention,
             // With a durable store the tail is for live subscribers; in memory it is the log.
-            tail_events: if memory { self.event_retention as usize } else { self.event_retention.min(65_536) as usize },
+            // Subscribers within the lag limit read from memory.
+            tail_events: if memory {
+                self.event_retention as usize
+            } else {
+                self.event_retention.min(TAIL_EVENTS.max(self.subscriber_max_lag as u64)) as usize
+            },
             tail_bytes: (tail_mib as usize).saturating_mul(1 << 20),
             max_lag: self.subscriber_max_lag,
         }

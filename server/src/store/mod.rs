@@ -633,6 +633,13 @@ impl Store {
         }
     }
 
+    /// The file's length: one `stat`, after every commit.
+    fn refresh_file_bytes(&self) {
+        let file = self.shared.path.as_ref().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
+        self.shared.stats.file_bytes.store(file, Ordering::Relaxed);
+    }
+
+    /// The pages in use (a walk of every tree: see [`PAGE_OVERHEAD_ESTIMATE`]) and the file's length.
     fn refresh_sizes(&self) {
         let used = self
             .shared
@@ -649,8 +656,7 @@ impl Store {
             self.shared.stats.used_bytes.store(used, Ordering::Relaxed);
             self.shared.stats.grown_bytes.store(0, Ordering::Relaxed);
         }
-        let file = self.shared.path.as_ref().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
-        self.shared.stats.file_bytes.store(file, Ordering::Relaxed);
+        self.refresh_file_bytes();
     }
 
     /// The writer thread: group commits until [`Store::close`].
@@ -785,6 +791,8 @@ impl Store {
             + bytes * PAGE_OVERHEAD_ESTIMATE;
         if stats.used_bytes.load(Ordering::Relaxed) + grown >= self.shared.options.max_bytes {
             self.refresh_sizes();
+        } else {
+            self.refresh_file_bytes();
         }
         match result {
             Ok(last_event) => {
