@@ -170,6 +170,8 @@ struct Shared {
     /// Events the log retains (the tail in memory, the store's count retention with one).
     retention: u64,
     max_lag: u64,
+    /// The first sequence this run gives: from it on, sequences are contiguous.
+    run_first: u64,
     /// The account's store when it is durable.
     store: Option<Store>,
     log_id: String,
@@ -313,6 +315,7 @@ impl EventBus {
                 retention,
                 // A lag beyond the window is caught as "left the window" anyway.
                 max_lag: (max_lag.max(1) as u64).min(retention),
+                run_first: next_seq,
                 store,
                 log_id,
                 readers: Mutex::new(HashMap::new()),
@@ -392,13 +395,23 @@ impl EventBus {
     }
 
     /// The oldest sequence still retained: in the tail, or with a durable store, the first after
-    /// what the store's retention deleted (it counts the events it holds, once a second).
-    /// Sequences the log never kept — skipped by an unclean batch-mode stop, dropped by a full
-    /// store — are no reason to refuse a resume, nor to count against the retention.
+    /// what the store's retention deleted (it counts the events it holds, once a second) and, once
+    /// this run has given more than the retention count, no older than the newest that many (so
+    /// the count holds at once, not a second later). Sequences the log never kept — skipped by an
+    /// unclean batch-mode stop, dropped by a full store — are no reason to refuse a resume, nor to
+    /// count against the retention: this run's sequences have no gap of the first kind.
     fn first_retained(&self, log: &Log) -> u64 {
         match &self.shared.store {
             None => log.first_seq(),
-            Some(store) => store.retention_floor() + 1,
+            Some(store) => {
+                let after_floor = store.retention_floor() + 1;
+                let next = log.last_seq() + 1;
+                if next.saturating_sub(self.shared.run_first) >= self.shared.retention {
+                    after_floor.max(next - self.shared.retention)
+                } else {
+                    after_floor
+                }
+            }
         }
     }
 
@@ -890,6 +903,27 @@ mod tests {
         let mut resumed = bus.subscribe(StartAt::After(50)).expect("nothing retained lies before it");
         assert_eq!(drain(&mut resumed, 6).await, (100..=105).collect::<Vec<_>>());
         drop((all, resumed, bus));
+        store.close();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn with_a_store_the_retention_count_holds_at_once_not_a_second_later() {
+        use crate::store::Durability;
+        let dir = crate::store::tests::temp_dir();
+        let store = Store::open(&dir, crate::store::tests::options(Durability::Batch)).unwrap();
+        let limits = BusLimits { retention: 100, tail_events: 10, tail_bytes: 1 << 20, max_lag: 1000 };
+        let bus = EventBus::with_store(&store, limits);
+        for i in 0..250 {
+            bus.publish(dong(i));
+        }
+        // The store deletes the older ones on its next retention pass; the window is exact now.
+        let r = bus.retention();
+        assert_eq!((r.first_seq, r.last_seq, r.capacity), (151, 250, 100));
+        assert!(matches!(bus.subscribe(StartAt::After(149)), Err(SubscribeError::OutOfRange { .. })));
+        let mut resumed = bus.subscribe(StartAt::After(150)).unwrap();
+        assert_eq!(drain(&mut resumed, 100).await, (151..=250).collect::<Vec<_>>());
+        drop((resumed, bus));
         store.close();
         std::fs::remove_dir_all(dir).unwrap();
     }
