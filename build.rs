@@ -2,8 +2,12 @@
 //! `PROTOC` names one explicitly.
 use std::{env, path::PathBuf};
 
-const PROTOS: &[&str] =
-    &["proto/wechaty/puppet.proto", "proto/puppet_rs/v1/puppet_rs.proto", "proto/puppet_rs/v1/official_account.proto"];
+const PROTOS: &[&str] = &[
+    "proto/wechaty/puppet.proto",
+    "proto/puppet_rs/v1/puppet_rs.proto",
+    "proto/puppet_rs/v1/official_account.proto",
+    "proto/puppet_rs/v1/admin.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::Parser;
 use serde::Deserialize;
@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Config;
 
 /// Settings that belong to the whole process and cannot be given per account.
-const PROCESS_WIDE: [&str; 31] = [
+const PROCESS_WIDE: [&str; 34] = [
     "listen",
     "http_listen",
     "data_dir",
@@ -55,6 +55,9 @@ const PROCESS_WIDE: [&str; 31] = [
     "admin_token",
     "replicas",
     "pod_name",
+    "pod_service",
+    "discovery_port",
+    "discovery_host",
 ];
 
 /// Why an accounts file was refused.
@@ -124,11 +127,7 @@ pub fn load(path: &Path, process_args: &[OsString]) -> Result<Vec<AccountSpec>, 
 }
 
 /// [`load`] on text; relative `*_file` paths are read from `base`.
-pub fn parse(
-    text: &str,
-    base: &Path,
-    process_args: &[OsString],
-) -> Result<Vec<AccountSpec>, (Option<usize>, String)> {
+pub fn parse(text: &str, base: &Path, process_args: &[OsString]) -> Result<Vec<AccountSpec>, (Option<usize>, String)> {
     let file: File = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| line_of(text, s.start));
         (line, format!("not a valid accounts file: {}", e.message()))
@@ -138,6 +137,7 @@ pub fn parse(
     }
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut tokens: HashMap<String, usize> = HashMap::new();
+    let mut webhooks: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::with_capacity(file.account.len());
     for spanned in &file.account {
         let line = line_of(text, spanned.span().start);
@@ -163,7 +163,9 @@ pub fn parse(
                 }
             };
             if PROCESS_WIDE.contains(&key.as_str()) {
-                return Err(fail(format!("`{key}` is set for the whole process (on the command line), not per account")));
+                return Err(fail(format!(
+                    "`{key}` is set for the whole process (on the command line), not per account"
+                )));
             }
             if settings.insert(key.clone(), value).is_some() {
                 return Err(fail(format!("`{key}` is given twice")));
@@ -190,8 +192,26 @@ pub fn parse(
             args.push(format!("--{}", key.replace('_', "-")).into());
             args.push(value.into());
         }
-        let config = Config::try_parse_from(&args).map_err(|e| fail(format!("account `{name}`: {}", clap_reason(&e))))?;
+        let mut config =
+            Config::try_parse_from(&args).map_err(|e| fail(format!("account `{name}`: {}", clap_reason(&e))))?;
         crate::config::validate_token(&token).map_err(|e| fail(format!("account `{name}`: {e}")))?;
+        // Each account keeps its state apart: its own directory, blob directory and webhook path.
+        let process_blobs = config.blob_dir.clone().filter(|_| !settings.contains_key("blob_dir"));
+        config.data_dir = Some(config.data_dir().join("accounts").join(&name));
+        if let Some(dir) = process_blobs {
+            config.blob_dir = Some(dir.join(&name));
+        }
+        if !settings.contains_key("oa_webhook_path") {
+            config.oa.webhook_path = format!("/wechat/{name}");
+        }
+        if config.backend == crate::backend::BackendKind::OfficialAccount
+            && let Some(first) = webhooks.insert(config.oa.webhook_path.clone(), line)
+        {
+            return Err(fail(format!(
+                "account `{name}` has the webhook path {} of the account on line {first}",
+                config.oa.webhook_path
+            )));
+        }
         out.push(AccountSpec { name, token, config, line });
     }
     Ok(out)
@@ -220,10 +240,10 @@ pub struct Shard {
 impl Shard {
     /// From `POD_NAME` (`<statefulset>-<ordinal>`) and the replica count.
     pub fn from_pod_name(pod_name: &str, replicas: u32, service: Option<String>) -> Result<Self, String> {
-        let (sts, ordinal) = pod_name
-            .rsplit_once('-')
-            .and_then(|(sts, k)| Some((sts, k.parse::<u32>().ok()?)))
-            .ok_or_else(|| format!("POD_NAME `{pod_name}` does not end in -<ordinal> (a StatefulSet pod's name does)"))?;
+        let (sts, ordinal) =
+            pod_name.rsplit_once('-').and_then(|(sts, k)| Some((sts, k.parse::<u32>().ok()?))).ok_or_else(|| {
+                format!("POD_NAME `{pod_name}` does not end in -<ordinal> (a StatefulSet pod's name does)")
+            })?;
         if replicas == 0 || ordinal >= replicas {
             return Err(format!("POD_NAME `{pod_name}` has ordinal {ordinal}, but --replicas is {replicas}"));
         }
@@ -282,11 +302,6 @@ impl TokenKey {
     }
 }
 
-/// Where the accounts file for `config` is, if any.
-pub fn file_of(config: &Config) -> Option<PathBuf> {
-    config.accounts.clone()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,7 +341,7 @@ autostart = false
         let bad = |text: &str| parse(text, Path::new("."), &args()).map(|_| ()).unwrap_err();
         assert_eq!(bad("[[account]]\nname = \"a\"\n").1, "account `a` has no `token`");
         let (line, why) = bad(&format!("{TWO}\n[[account]]\nname = \"sales\"\ntoken = \"t_3\"\n"));
-        assert_eq!((line, why.as_str()), (Some(15), "the name `sales` is used already (line 2)"));
+        assert_eq!((line, why.as_str()), (Some(14), "the name `sales` is used already (line 2)"));
         let (line, why) = bad("[[account]]\nname = \"x\"\ntoken = \"t_1\"\nworld = \n");
         assert_eq!(line, Some(4), "{why}");
         let (_, why) = bad("[[account]]\nname = \"x\"\ntoken = \"t_1\"\nlisten = \"0.0.0.0:1\"\n");

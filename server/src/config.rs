@@ -27,7 +27,7 @@ pub enum ReadyWhen {
 
 /// puppet-server: one WeChat bot account served over the wechaty.Puppet gRPC contract.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "puppet-server", version, about)]
+#[command(name = "puppet-server", version, about, args_override_self = true)]
 pub struct Config {
     /// gRPC address. Port 0 picks a free port (printed at start-up). A Wechaty user's
     /// WECHATY_PUPPET_SERVER_PORT sets the port when this is not given.
@@ -252,6 +252,40 @@ pub struct Config {
     #[arg(long, env = "PUPPET_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
 
+    /// Serve many accounts: a TOML file with one `[[account]]` table per account (name, token,
+    /// backend and that backend's settings under their flag names in snake case). Each account
+    /// starts from these flags with its own on top. Without it, the flags make one account.
+    #[arg(long, env = "PUPPET_ACCOUNTS")]
+    pub accounts: Option<PathBuf>,
+
+    /// The operator's token: the `puppet_rs.v1.Admin` service (reload, list) and every account's
+    /// `/qrcode` page. Without it the Admin service answers UNAUTHENTICATED to everyone.
+    #[arg(long, env = "PUPPET_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// How many processes (StatefulSet pods) share the accounts file. Each serves the accounts whose
+    /// token hashes to its ordinal (rendezvous hashing), and discovery names the owner of any.
+    #[arg(long, env = "PUPPET_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub replicas: u32,
+
+    /// This process's pod name, `<statefulset>-<ordinal>` (Kubernetes sets POD_NAME from the
+    /// downward API). Needed with `--replicas` above 1.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// The headless Service that names the pods: discovery answers `<statefulset>-<k>.<this>`.
+    #[arg(long, env = "PUPPET_POD_SERVICE")]
+    pub pod_service: Option<String>,
+
+    /// The port discovery answers for the owning pod's gRPC port. Default: this process's gRPC port.
+    #[arg(long, env = "PUPPET_DISCOVERY_PORT")]
+    pub discovery_port: Option<u16>,
+
+    /// The host discovery answers when not sharded. Default: the gRPC listen address's IP (or
+    /// 127.0.0.1 when it listens on all addresses).
+    #[arg(long, env = "PUPPET_DISCOVERY_HOST")]
+    pub discovery_host: Option<String>,
+
     /// Mock backend: a world description (JSON or TOML) instead of the built-in default world.
     #[arg(long, env = "PUPPET_MOCK_WORLD")]
     pub world: Option<PathBuf>,
@@ -409,7 +443,7 @@ impl Config {
 }
 
 /// Tokens travel in `:authority` and TLS SNI: keep them to characters those allow.
-fn validate_token(t: &str) -> anyhow::Result<()> {
+pub(crate) fn validate_token(t: &str) -> anyhow::Result<()> {
     if t.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c)) {
         Ok(())
     } else {

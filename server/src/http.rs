@@ -20,31 +20,24 @@ use tower::{Layer, ServiceExt};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::events::EventBus;
 use crate::metrics::Port;
 use crate::net::{self, AuthThrottle, Gate, TrackRequestsLayer, Tracked};
 
 /// What the handlers read.
 #[derive(Clone)]
 pub struct HttpState {
-    /// The event bus, which knows the login state.
-    pub bus: EventBus,
-    /// What readiness means.
-    pub ready_when: crate::config::ReadyWhen,
-    /// The metrics registry.
+    /// The accounts this process serves.
+    pub accounts: crate::account::Accounts,
+    /// The process's metrics registry.
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
-    /// The blob store, for its size.
-    pub blobs: crate::blobs::BlobStore,
-    /// The account's store, for its figures.
-    pub store: crate::store::Store,
-    /// The backend, for the account's name.
-    pub backend: std::sync::Arc<dyn crate::backend::Backend>,
-    /// The account's token: `/qrcode` shows the account only to whoever holds it.
-    pub token: Arc<str>,
-    /// `--qrcode-public`: `/qrcode` without the token.
+    /// `--qrcode-public`: `/qrcode` without a token.
     pub qrcode_public: bool,
+    /// `--admin-token`: opens every account's `/qrcode`.
+    pub admin_token: Option<Arc<str>>,
     /// Failed tokens are throttled per address, as on the gRPC port.
     pub throttle: AuthThrottle,
+    /// What discovery answers for the accounts served here: host and gRPC port.
+    pub discovery: (String, u16),
 }
 
 /// The side port's request limits.
@@ -58,18 +51,51 @@ pub struct HttpLimits {
     pub max_body: usize,
 }
 
-/// The side port's routes; `webhook` (the backend's callback routes, with their own body limit)
-/// is merged in.
-pub fn router(state: HttpState, webhook: Option<Router>, limits: HttpLimits) -> Router {
+/// The side port's routes; the accounts' webhooks (each with its own body limit) are found by path.
+pub fn router(state: HttpState, limits: HttpLimits) -> Router {
+    let webhooks = Router::new().fallback(webhook).with_state(state.clone());
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/qrcode", get(qrcode_page))
+        .route("/v0/hosties/{token}", get(hosties))
         .with_state(state)
         .layer(RequestBodyLimitLayer::new(limits.max_body))
-        .merge(webhook.unwrap_or_default())
+        .merge(webhooks)
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
+}
+
+/// An Official Account's callback, handed to the account whose webhook path it is.
+async fn webhook(State(s): State<HttpState>, req: axum::extract::Request) -> Response {
+    match s.accounts.webhook(req.uri().path()) {
+        Some(routes) => routes.oneshot(req).await.into_response(),
+        None => (StatusCode::NOT_FOUND, "no such page\n").into_response(),
+    }
+}
+
+/// Wechaty's token discovery: where the account of a token is served. Clients only learn what
+/// they would learn by connecting; unknown tokens are throttled per address like wrong ones.
+async fn hosties(
+    State(s): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::extract::Path(token): axum::extract::Path<String>,
+) -> Response {
+    let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+    if let Err(wait) = s.throttle.check(peer.ip()) {
+        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", wait.as_secs().to_string())], "{}").into_response();
+    }
+    let (here, port) = &s.discovery;
+    match crate::account::discover(&s.accounts, &token, here, *port) {
+        Some((host, port)) => {
+            let body = serde_json::json!({ "host": host, "ip": host, "port": port });
+            (StatusCode::OK, json, body.to_string()).into_response()
+        }
+        None => {
+            s.throttle.failed(peer.ip());
+            (StatusCode::NOT_FOUND, json, "{}").into_response()
+        }
+    }
 }
 
 /// Serves `app` on `listener` through `gate` until `stop`: then no new connection is taken, and
@@ -79,22 +105,39 @@ pub async fn serve(
     app: Router,
     gate: Gate,
     limits: HttpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let idle_timeout = gate.limits().idle_timeout;
+    let conn_limits = gate.limits();
+    let metrics = gate.metrics().clone();
     net::accept_loop(listener, Port::Http, gate, stop.clone(), move |admitted| {
         let net::Admitted { stream, peer, slot } = admitted;
-        let io = Tracked::new(stream, peer, slot, idle_timeout);
-        let info = io.peer().clone();
-        let app = TrackRequestsLayer.layer(app.clone());
-        let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(info.clone());
-            req.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(req)
-        });
-        let stop = stop.clone();
+        let (app, stop, tls, metrics) = (app.clone(), stop.clone(), tls.clone(), metrics.clone());
         tasks.spawn(async move {
+            // With TLS material the port also speaks HTTPS (discovery clients ask https://),
+            // told apart by the first byte as on the gRPC port.
+            let conn =
+                match tokio::time::timeout(conn_limits.handshake_timeout, crate::tls::classify(stream, tls)).await {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(e)) => {
+                        metrics.refused(Port::Http, crate::metrics::RefuseReason::tls);
+                        tracing::debug!(%peer, error = %e, "side-port connection dropped during the TLS handshake");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.refused(Port::Http, crate::metrics::RefuseReason::handshake_timeout);
+                        return;
+                    }
+                };
+            let io = Tracked::new(conn, peer, slot, conn_limits.idle_timeout);
+            let info = io.peer().clone();
+            let app = TrackRequestsLayer.layer(app);
+            let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(info.clone());
+                req.extensions_mut().insert(ConnectInfo(peer));
+                app.clone().oneshot(req)
+            });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
             let conn = builder.serve_connection(TokioIo::new(io), service);
@@ -114,16 +157,35 @@ pub async fn serve(
     .await
 }
 
-async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
-    if s.ready_when == crate::config::ReadyWhen::Started || s.bus.logged_in() {
-        (StatusCode::OK, "logged in\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not logged in\n")
+/// `/readyz?account=NAME`.
+#[derive(Debug, Default, Deserialize)]
+struct AccountQuery {
+    account: Option<String>,
+}
+
+/// Ready when every account served here is (or, with `?account=`, that one).
+async fn readyz(State(s): State<HttpState>, Query(q): Query<AccountQuery>) -> (StatusCode, String) {
+    let accounts = match &q.account {
+        Some(name) => match s.accounts.by_name(name) {
+            Some(a) => vec![a],
+            None => return (StatusCode::NOT_FOUND, "no such account here\n".into()),
+        },
+        None => s.accounts.all(),
+    };
+    let waiting: Vec<&str> = accounts.iter().filter(|a| !a.ready()).map(|a| a.name.as_str()).collect();
+    match (accounts.is_empty(), waiting.is_empty()) {
+        (true, _) => (StatusCode::SERVICE_UNAVAILABLE, "no account served here\n".into()),
+        (false, true) => (StatusCode::OK, "logged in\n".into()),
+        (false, false) if !s.accounts.from_file() => (StatusCode::SERVICE_UNAVAILABLE, "not logged in\n".into()),
+        (false, false) => (StatusCode::SERVICE_UNAVAILABLE, format!("not logged in: {}\n", waiting.join(" "))),
     }
 }
 
 async fn metrics(State(s): State<HttpState>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
-    let text = s.metrics.render(&s.bus, &s.blobs, &s.store);
+    let accounts = s.accounts.all();
+    let parts: Vec<(Option<&str>, String)> =
+        accounts.iter().map(|a| (a.label.as_deref(), a.metrics.text(&a.bus, &a.blobs, &a.store))).collect();
+    let text = crate::metrics::render(&s.metrics, &parts);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 
@@ -140,24 +202,35 @@ fn escape(text: &str) -> String {
         .collect()
 }
 
-/// `/qrcode?token=…`.
+/// `/qrcode?token=…&account=…`.
 #[derive(Debug, Default, Deserialize)]
 struct QrQuery {
     token: Option<String>,
+    account: Option<String>,
 }
 
-/// The refusal of a `/qrcode` request that does not carry the account's token (`?token=`, or
-/// `Authorization: Wechaty <token>` / `Bearer <token>`); `None` lets it through. Failures count
-/// toward the per-address throttle.
-fn qrcode_refusal(s: &HttpState, peer: SocketAddr, headers: &HeaderMap, query: &QrQuery) -> Option<Response> {
+/// The account whose `/qrcode` page a request may see: it carries that account's token
+/// (`?token=`, or `Authorization: Wechaty <token>` / `Bearer <token>`), or the admin token with
+/// `?account=NAME`; with one account and `--qrcode-public`, no token. Failures count toward the
+/// per-address throttle.
+fn qrcode_account(
+    s: &HttpState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    query: &QrQuery,
+) -> Result<Arc<crate::account::Account>, Box<Response>> {
+    let named =
+        |name: &str| s.accounts.by_name(name).ok_or_else(|| boxed((StatusCode::NOT_FOUND, "no such account here\n")));
     if s.qrcode_public {
-        return None;
+        return match (&query.account, s.accounts.all().as_slice()) {
+            (Some(name), _) => named(name),
+            (None, [only]) => Ok(only.clone()),
+            (None, _) => Err(boxed((StatusCode::BAD_REQUEST, "this server has many accounts: add ?account=NAME\n"))),
+        };
     }
     if let Err(wait) = s.throttle.check(peer.ip()) {
         let text = format!("too many wrong tokens from this address; retry in {} s\n", wait.as_secs());
-        return Some(
-            (StatusCode::TOO_MANY_REQUESTS, [("retry-after", wait.as_secs().to_string())], text).into_response(),
-        );
+        return Err(boxed((StatusCode::TOO_MANY_REQUESTS, [("retry-after", wait.as_secs().to_string())], text)));
     }
     let from_header = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -166,36 +239,57 @@ fn qrcode_refusal(s: &HttpState, peer: SocketAddr, headers: &HeaderMap, query: &
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("wechaty") || scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim());
     let given = query.token.as_deref().or(from_header);
-    let ok = given.is_some_and(|t| bool::from(subtle::ConstantTimeEq::ct_eq(t.as_bytes(), s.token.as_bytes())));
-    if ok {
-        return None;
+    if let Some(given) = given {
+        let admin = s
+            .admin_token
+            .as_ref()
+            .is_some_and(|a| bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), a.as_bytes())));
+        match (&query.account, admin) {
+            (Some(name), true) => return named(name),
+            (Some(name), false) => {
+                if let Some(a) = s.accounts.by_name(name).filter(|a| a.token_is(given)) {
+                    return Ok(a);
+                }
+            }
+            (None, _) => {
+                if let Some(a) = s.accounts.by_token(given) {
+                    return Ok(a);
+                }
+            }
+        }
     }
     s.throttle.failed(peer.ip());
     let why =
         if given.is_some() { "the token is wrong" } else { "the login QR is the account: this page needs its token" };
-    Some((
+    Err(boxed((
         StatusCode::UNAUTHORIZED,
         [("www-authenticate", "Bearer")],
-        format!("{why}. Open /qrcode?token=<token> (the token the server printed), or start the server with --qrcode-public.\n"),
-    )
-        .into_response())
+        format!(
+            "{why}. Open /qrcode?token=<token> (the account's token, which the server printed), or \
+             /qrcode?account=<name>&token=<admin token>, or start the server with --qrcode-public.\n"
+        ),
+    )))
+}
+
+fn boxed(response: impl IntoResponse) -> Box<Response> {
+    Box::new(response.into_response())
 }
 
 /// A page that shows the login QR while one is pending and the account once logged in, and reloads
-/// itself every two seconds. It needs the account's token (see [`qrcode_refusal`]).
+/// itself every two seconds. It needs the account's token (see [`qrcode_account`]).
 async fn qrcode_page(
     State(s): State<HttpState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<QrQuery>,
 ) -> Response {
-    if let Some(refused) = qrcode_refusal(&s, peer, &headers, &query) {
-        return refused;
+    match qrcode_account(&s, peer, &headers, &query) {
+        Ok(account) => qrcode_html(&account).await.into_response(),
+        Err(refused) => *refused,
     }
-    qrcode_html(&s).await.into_response()
 }
 
-async fn qrcode_html(s: &HttpState) -> axum::response::Html<String> {
+async fn qrcode_html(s: &crate::account::Account) -> axum::response::Html<String> {
     let view = s.bus.login_view();
     let (title, body) = match (&view.contact_id, &view.qrcode) {
         (Some(id), _) => {
@@ -220,8 +314,6 @@ async fn qrcode_html(s: &HttpState) -> axum::response::Html<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::mock::world::WorldSpec;
-    use crate::backend::mock::{MockBackend, MockOptions};
     use crate::events::StartAt;
     use crate::net::ThrottleSettings;
     use axum::http::{HeaderName, HeaderValue, Request};
@@ -239,28 +331,27 @@ mod tests {
         assert_eq!(super::escape("张伟"), "张伟");
     }
 
-    /// The side port's routes over the built-in mock world (logged in when `login`), with the
-    /// blob directory to remove after.
+    /// The side port's routes over one account on the built-in mock world (logged in when
+    /// `login`), with its data directory to remove after.
     async fn app(login: bool, throttle: ThrottleSettings) -> (Router, std::path::PathBuf) {
+        use clap::Parser;
         let dir = std::env::temp_dir().join(format!("puppet-http-{}", uuid::Uuid::new_v4()));
-        let limits = crate::blobs::BlobLimits { max_file: 1 << 20, max_total: 1 << 20, ttl: Duration::from_secs(60) };
-        let blobs = crate::blobs::BlobStore::open(&dir, limits).unwrap();
-        let bus = EventBus::new(1024, 1 << 20, 1024);
-        let options =
-            MockOptions { world: WorldSpec::builtin(), login_step: Duration::ZERO, print_qr: false, import_file: None };
-        let backend: Arc<dyn crate::backend::Backend> = Arc::new(
-            MockBackend::new(
-                options,
-                crate::backend::mock::tests::memory_store(),
-                bus.sink(),
-                blobs.clone(),
-                crate::tasks::Tasks::new(),
-            )
-            .unwrap(),
-        );
+        let args = ["puppet-server", "--durability", "memory", "--login-step-ms", "0", "--autostart", "false"];
+        let mut config = crate::config::Config::try_parse_from(args).unwrap();
+        config.data_dir = Some(dir.clone());
+        config.ready_when = crate::config::ReadyWhen::Started;
+        let spec = crate::accounts::AccountSpec { name: "default".into(), token: TOKEN.into(), config, line: 0 };
+        let shared = crate::account::Shared {
+            max_message: 4 << 20,
+            front_stop: tokio_util::sync::CancellationToken::new(),
+            changed: tokio::sync::watch::Sender::new(0),
+        };
+        let accounts = crate::account::Accounts::new(None, Vec::new(), None, shared);
+        accounts.start(&[spec], false).await.unwrap();
         if login {
-            let mut sub = bus.subscribe(StartAt::Live { replay_state: true }).unwrap();
-            backend.start().await.unwrap();
+            let account = accounts.by_name("default").unwrap();
+            let mut sub = account.bus.subscribe(StartAt::Live { replay_state: true }).unwrap();
+            account.backend.start().await.unwrap();
             let logged_in = async {
                 let mut batch = Vec::new();
                 while !batch.iter().any(|e: &Arc<crate::events::Envelope>| e.kind == EventKind::Login) {
@@ -271,22 +362,19 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(10), logged_in).await.expect("the mock account logs in");
         }
         let state = HttpState {
-            bus,
-            ready_when: crate::config::ReadyWhen::Started,
+            accounts,
             metrics: Arc::new(crate::metrics::Metrics::new()),
-            blobs,
-            store: crate::store::Store::open(std::path::Path::new("/nonexistent"), memory_store()).unwrap(),
-            backend,
-            token: TOKEN.into(),
             qrcode_public: false,
+            admin_token: None,
             throttle: AuthThrottle::new(throttle, crate::metrics::NetMetrics::default()),
+            discovery: ("127.0.0.1".into(), 1),
         };
         let limits = HttpLimits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             max_body: 16 << 10,
         };
-        (router(state, None, limits), dir)
+        (router(state, limits), dir)
     }
 
     /// A GET as the accept loop hands it over (with the peer's address), answered in-process.
@@ -468,17 +556,6 @@ mod tests {
                 std::fs::remove_dir_all(dir).unwrap();
                 Ok(())
             })?;
-        }
-    }
-
-    fn memory_store() -> crate::store::StoreOptions {
-        let r = crate::store::Retention { count: 1000, age: Duration::from_secs(3600), bytes: 1 << 20 };
-        crate::store::StoreOptions {
-            durability: crate::store::Durability::Memory,
-            events: r,
-            messages: r,
-            max_bytes: 1 << 30,
-            cache_bytes: 1 << 20,
         }
     }
 }

@@ -1,11 +1,14 @@
-//! puppet-server: one WeChat bot account, held by a [`backend::Backend`], served over the
+//! puppet-server: WeChat bot accounts, each held by a [`backend::Backend`], served over the
 //! `wechaty.Puppet` gRPC contract plus the `puppet_rs.v1` extensions.
 //!
-//! Layout: [`config`] (flags), [`grpc`] (translation between the contract and the backend),
+//! Layout: [`config`] (flags), [`accounts`] (the accounts file, sharding), [`account`] (running
+//! accounts and the token resolver every front door asks), [`grpc`] (translation between the contract and the backend),
 //! [`events`] (the sequenced event bus), [`backend`] (the trait and its implementations),
 //! [`http`] (the side port), [`net`] (connection limits of both ports), [`tasks`] (ownership of
 //! background work). This file wires them and owns the order of shutdown.
 
+pub mod account;
+pub mod accounts;
 pub mod backend;
 pub mod blobs;
 pub mod config;
@@ -26,25 +29,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use puppet_proto::pb::puppet_rs::v1::event_feed_server::EventFeedServer;
-use puppet_proto::pb::puppet_rs::v1::mock_world_server::MockWorldServer;
-use puppet_proto::pb::puppet_rs::v1::official_account_server::OfficialAccountServer;
-use puppet_proto::pb::wechaty::puppet_server::PuppetServer;
+use puppet_proto::pb::puppet_rs::v1::admin_server::AdminServer;
 use tokio::net::TcpListener;
 
 use crate::backend::{Backend, BackendKind};
 use crate::config::{Config, TokenSource};
-use crate::events::{EventBus, EventSink};
+use crate::events::EventSink;
 use crate::grpc::auth::RequireToken;
-use crate::grpc::mock_world::MockWorldService;
-use crate::grpc::{EventFeedService, PuppetService};
 use crate::tasks::Tasks;
 
 /// HTTP/2 flow-control window per stream, in bytes.
 const FLOW_WINDOW: u32 = 4 << 20;
-
-/// How long background tasks get to stop after the front doors have drained.
-const BACKGROUND_GRACE: Duration = Duration::from_secs(5);
 
 /// A backend as built from the flags.
 pub struct Built {
@@ -62,7 +57,7 @@ pub fn build_backend(
     config: &Config,
     sink: EventSink,
     blobs: blobs::BlobStore,
-    metrics: &metrics::Metrics,
+    metrics: &metrics::AccountMetrics,
     tasks: Tasks,
     store: &store::Store,
 ) -> anyhow::Result<Built> {
@@ -106,26 +101,38 @@ pub fn build_backend(
 }
 
 /// Runs the server until SIGINT/SIGTERM, then stops in order: the front doors (no new connection;
-/// event streams end with OK; open calls get the grace period), then the background tasks, then
-/// the backend's final save.
+/// event streams end with OK; open calls get the grace period), then every account (its background
+/// tasks, its backend's final save, its store). SIGHUP rereads the accounts file.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
     // One rustls provider for the whole process (gRPC TLS, MQTT, the Official Account API client).
     _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-    let (token, token_source) = config.resolve_token()?;
-    let store = store::Store::open(&config.data_dir(), config.store_options())
-        .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", config.data_dir().display()))?;
-    let bus = EventBus::with_store(&store, config.bus_limits());
-    let blob_dir = config.blob_dir();
-    let blobs = blobs::BlobStore::open(&blob_dir, config.blob_limits())
-        .map_err(|e| anyhow::anyhow!("cannot open the blob store at {}: {e}", blob_dir.display()))?;
+    let process_args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if config.accounts.is_some() && config.token.is_some() {
+        anyhow::bail!(
+            "--token (WECHATY_PUPPET_SERVICE_TOKEN) and --accounts cannot be used together: each account of the file has its own token"
+        );
+    }
+    let specs = account::specs_of(&config, &process_args)?;
+    let token_source = match &config.accounts {
+        Some(_) => TokenSource::Given,
+        None => config.resolve_token()?.1,
+    };
+    let shard = match (config.replicas, &config.pod_name) {
+        (1, _) => None,
+        (n, Some(pod)) => Some(
+            accounts::Shard::from_pod_name(pod, n, config.pod_service.clone()).map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        (n, None) => anyhow::bail!("--replicas {n} needs POD_NAME (--pod-name): which of the {n} pods this is"),
+    };
     let metrics = Arc::new(metrics::Metrics::new());
-    // Front doors (accept loops, connections, the MQTT bridge) stop first; background work after.
+    // Front doors (accept loops, connections) stop first; the accounts after.
     let front = Tasks::new();
-    let background = Tasks::new();
-    let Built { backend, mock, official_account } =
-        build_backend(&config, bus.sink(), blobs.clone(), &metrics, background.clone(), &store)?;
-    let heartbeat = Duration::from_secs(config.heartbeat_secs);
+    let max_message = (config.max_message_mib as usize).saturating_mul(1024 * 1024);
+    let shared =
+        account::Shared { max_message, front_stop: front.stop_signal(), changed: tokio::sync::watch::Sender::new(0) };
+    let accounts = account::Accounts::new(config.accounts.clone(), process_args, shard, shared);
+    accounts.start(&specs, config.accounts.is_some()).await?;
 
     let grpc_listener = bind(config.listen_addr()?, "gRPC").await?;
     let grpc_addr = grpc_listener.local_addr()?;
@@ -139,8 +146,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (health, health_service) = tonic_health::server::health_reporter();
     {
-        let (bus, health, ready_when) = (bus.clone(), health.clone(), config.ready_when);
-        background.spawn("readiness", |stop| health::follow_login(bus, health, ready_when, stop));
+        let (accounts, health) = (accounts.clone(), health.clone());
+        front.spawn("readiness", |stop| health::follow_accounts(accounts, health, stop));
     }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(puppet_proto::pb::FILE_DESCRIPTOR_SET)
@@ -150,83 +157,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(puppet_proto::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-
-    let mqtt_id = match (&config.mqtt_url, &config.mqtt_client_id) {
-        (Some(_), None) => mqtt::default_client_id(&config.data_dir())?,
-        (_, id) => id.clone().unwrap_or_default(),
-    };
-    let mqtt = config.mqtt_url.clone().map(|url| mqtt::MqttConfig {
-        url,
-        client_id: mqtt_id,
-        events: config
-            .mqtt_events
-            .as_ref()
-            .map(|e| e.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()),
-        secret: config.mqtt_secret.clone().filter(|s| !s.is_empty()),
-    });
-    if let Some(m) = &mqtt {
-        mqtt::validate(m)?;
-    }
-    let max_message = (config.max_message_mib as usize).saturating_mul(1024 * 1024);
     let tls = tls_setup(&config)?;
-    let token: Arc<str> = token.into();
-    let puppet = PuppetServer::new(PuppetService::new(backend.clone(), bus.clone(), blobs.clone(), heartbeat))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
-    let feed = EventFeedServer::new(EventFeedService::new(bus.clone(), heartbeat));
+    let discovery = (discovery_host(&config, &accounts, grpc_addr), config.discovery_port.unwrap_or(grpc_addr.port()));
+    let admin_token: Option<Arc<str>> = config.admin_token.as_deref().filter(|t| !t.is_empty()).map(Into::into);
+    if let Some(t) = &admin_token {
+        config::validate_token(t).map_err(|e| anyhow::anyhow!("--admin-token: {e}"))?;
+    }
 
     print_banner(&Banner {
         config: &config,
         grpc: grpc_addr,
         http: http_addr,
-        token: &token,
+        accounts: &accounts,
         source: token_source,
-        backend: backend.name(),
-        webhook: official_account.as_ref().map(|oa| {
-            let s = oa.settings();
-            (s.webhook_path.clone(), s.mode.describe())
-        }),
         tls: &tls,
-        mqtt: mqtt.as_ref(),
     });
 
     if let Some(listener) = http_listener {
-        let webhook = official_account.clone().map(backend::official_account::webhook::router);
         let state = http::HttpState {
-            bus: bus.clone(),
-            ready_when: config.ready_when,
+            accounts: accounts.clone(),
             metrics: metrics.clone(),
-            blobs: blobs.clone(),
-            store: store.clone(),
-            backend: backend.clone(),
-            token: token.clone(),
             qrcode_public: config.qrcode_public,
+            admin_token: admin_token.clone(),
             throttle: throttle.clone(),
+            discovery,
         };
         let limits = config.http_limits();
-        let app = http::router(state, webhook, limits);
-        let (gate, connections) = (gate.clone(), front.tracker());
-        front.spawn("http-side-port", |stop| http::serve(listener, app, gate, limits, stop, connections));
+        let app = http::router(state, limits);
+        let (gate, connections, tls) = (gate.clone(), front.tracker(), tls.side_port.clone());
+        front.spawn("http-side-port", |stop| http::serve(listener, app, gate, limits, tls, stop, connections));
     }
-    if let Some(m) = mqtt {
-        let (backend, bus) = (backend.clone(), bus.clone());
-        // A front door: it stops with the others, answering the commands it has taken first.
-        front.spawn("mqtt-bridge", |stop| async move {
-            if let Err(e) = mqtt::run(m, backend, bus, stop).await {
-                tracing::error!(error = %e, "MQTT bridge stopped");
-            }
-        });
-    }
-    if config.autostart {
-        let backend = backend.clone();
-        background.spawn_cancellable("autostart", async move {
-            if let Err(e) = backend.start().await {
-                tracing::error!(error = %e, "autostart failed; a client's Start call will retry");
-            }
-        });
+    {
+        let accounts = accounts.clone();
+        front.spawn("reload-on-sighup", |stop| reload_on_sighup(accounts, stop));
     }
 
-    let auth = |svc| RequireToken::new(svc, token.clone(), throttle.clone());
+    let admin = admin_token.map(|t| {
+        RequireToken::new(AdminServer::new(grpc::admin::AdminService::new(accounts.clone())), t, throttle.clone())
+    });
     let stop_grpc = front.stop_signal();
     let server = tonic::transport::Server::builder()
         // HTTP/2's default 64 KiB windows cap uploads at ~100 MB/s on loopback; files want more in flight.
@@ -243,7 +211,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .layer(net::TrackRequestsLayer)
         .layer(metrics::RpcMetricsLayer(metrics.clone()))
         .layer(grpc::status::CodecStatusLayer)
-        .layer(grpc::durable::DurableWritesLayer { store: store.clone() })
         .layer(grpc::size::RequestSizeLayer {
             max_request: (config.max_request_kib as usize).saturating_mul(1024).min(max_message),
         })
@@ -251,15 +218,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(auth(puppet))
-        .add_service(RequireToken::new(feed, token.clone(), throttle.clone()))
-        .add_optional_service(official_account.map(|oa| {
-            let service = grpc::official_account::OfficialAccountService::new(oa, front.stop_signal());
-            RequireToken::new(OfficialAccountServer::new(service), token.clone(), throttle.clone())
-        }))
-        .add_optional_service(mock.map(|m| {
-            RequireToken::new(MockWorldServer::new(MockWorldService::new(m)), token.clone(), throttle.clone())
-        }))
+        .add_service(account::Routed::new(accounts.clone(), throttle.clone(), |a| Some(a.services.puppet.clone())))
+        .add_service(account::Routed::new(accounts.clone(), throttle.clone(), |a| Some(a.services.feed.clone())))
+        .add_service(account::Routed::new(accounts.clone(), throttle.clone(), |a| a.services.oa.clone()))
+        .add_service(account::Routed::new(accounts.clone(), throttle.clone(), |a| a.services.mock.clone()))
+        .add_optional_service(admin)
         .serve_with_incoming_shutdown(
             tls::incoming(grpc_listener, tls.acceptor, gate, front.stop_signal(), front.tracker()),
             async move { stop_grpc.cancelled().await },
@@ -267,7 +230,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let serving = tokio::spawn(server);
     shutdown.await;
     tracing::info!("shutting down: ending event streams and draining calls");
-    bus.close();
+    for a in accounts.all() {
+        a.bus.close();
+    }
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let drained = async {
         let front_stopped = front.stop(grace);
@@ -281,25 +246,62 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!(grace_secs = grace.as_secs(), "connections still open after the grace period; exiting")
         }
     }
-    if !background.stop(BACKGROUND_GRACE).await {
-        tracing::warn!("background tasks still running after the grace period; saving anyway");
-    }
-    if let Err(e) = backend.shutdown().await {
-        tracing::error!(error = %e, "saving state at shutdown failed");
-    }
-    // Last: everything queued is committed and the store marked closed cleanly.
-    let closing = store.clone();
-    drop(store);
-    if tokio::task::spawn_blocking(move || closing.close()).await.is_err() {
-        tracing::error!("closing the store failed");
-    }
+    // Last: every account's loops stop, its backend saves, its store commits and closes.
+    accounts.close_all().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What discovery answers for the accounts served here.
+fn discovery_host(config: &Config, accounts: &account::Accounts, grpc: SocketAddr) -> String {
+    if let Some(h) = &config.discovery_host {
+        return h.clone();
+    }
+    if let Some(shard) = accounts.shard() {
+        return shard.host_of(shard.ordinal);
+    }
+    if grpc.ip().is_unspecified() { "127.0.0.1".to_owned() } else { grpc.ip().to_string() }
+}
+
+/// Rereads the accounts file on every SIGHUP until `stop`. (Without a handler SIGHUP would end the
+/// process.)
+async fn reload_on_sighup(accounts: account::Accounts, stop: tokio_util::sync::CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: reload with the Admin service instead");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            match accounts.reload().await {
+                Ok(done) => tracing::info!(
+                    added = ?done.added,
+                    removed = ?done.removed,
+                    restarted = ?done.restarted,
+                    unchanged = done.unchanged,
+                    "accounts reloaded (SIGHUP)"
+                ),
+                Err(e) => tracing::error!(error = %e, "reloading the accounts failed (SIGHUP)"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        _ = accounts;
+        stop.cancelled().await;
+    }
 }
 
 /// How the gRPC port speaks, and what to tell clients about it.
 struct TlsSetup {
     acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// The same certificate for the side port (HTTP/1.1): discovery clients ask over HTTPS.
+    side_port: Option<tokio_rustls::TlsAcceptor>,
     /// One line for the banner.
     mode: String,
     /// Client settings to print (self-signed mode).
@@ -307,14 +309,19 @@ struct TlsSetup {
 }
 
 fn tls_setup(config: &Config) -> anyhow::Result<TlsSetup> {
-    let plaintext = |mode: &str| TlsSetup { acceptor: None, mode: mode.to_owned(), client_env: vec![] };
+    let plaintext =
+        |mode: &str| TlsSetup { acceptor: None, side_port: None, mode: mode.to_owned(), client_env: vec![] };
+    let pair = |cert: &str, key: &str| -> anyhow::Result<_> {
+        Ok((tls::acceptor(cert, key)?, tls::acceptor_for(cert, key, b"http/1.1")?))
+    };
     if config.no_tls {
         return Ok(plaintext("plaintext HTTP/2 only (TLS switched off)"));
     }
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-        let acceptor = tls::acceptor(&tls::pem_text(cert, "--tls-cert")?, &tls::pem_text(key, "--tls-key")?)?;
+        let (grpc, side) = pair(&tls::pem_text(cert, "--tls-cert")?, &tls::pem_text(key, "--tls-key")?)?;
         return Ok(TlsSetup {
-            acceptor: Some(acceptor),
+            acceptor: Some(grpc),
+            side_port: Some(side),
             mode: "TLS (ALPN h2) and plaintext HTTP/2 on one port".into(),
             client_env: vec![],
         });
@@ -322,9 +329,10 @@ fn tls_setup(config: &Config) -> anyhow::Result<TlsSetup> {
     if let Some(name) = &config.tls_self_signed {
         let dir = config.data_dir().join("tls");
         let certs = tls::self_signed(&dir, name)?;
-        let acceptor = tls::acceptor(&certs.cert_pem, &certs.key_pem)?;
+        let (grpc, side) = pair(&certs.cert_pem, &certs.key_pem)?;
         return Ok(TlsSetup {
-            acceptor: Some(acceptor),
+            acceptor: Some(grpc),
+            side_port: Some(side),
             mode: format!("TLS (ALPN h2, self-signed for {name}) and plaintext HTTP/2 on one port"),
             client_env: vec![
                 format!("WECHATY_PUPPET_SERVICE_TLS_CA_CERT=\"$(cat {})\"", dir.join("ca.pem").display()),
@@ -379,17 +387,80 @@ struct Banner<'a> {
     config: &'a Config,
     grpc: SocketAddr,
     http: Option<SocketAddr>,
-    token: &'a str,
+    accounts: &'a account::Accounts,
+    /// Where the single account's token came from.
     source: TokenSource,
-    backend: &'a str,
-    /// The Official Account webhook path and message-encryption mode.
-    webhook: Option<(String, &'static str)>,
     tls: &'a TlsSetup,
-    mqtt: Option<&'a mqtt::MqttConfig>,
 }
 
 fn print_banner(banner: &Banner<'_>) {
-    let Banner { config, grpc, http, token, source, backend, ref webhook, tls, mqtt } = *banner;
+    let Banner { config, grpc, http, accounts, source, tls } = *banner;
+    let all = accounts.all();
+    let mut out = String::new();
+    out.push_str(&format!("puppet-rs {} — wechaty.Puppet service\n", env!("CARGO_PKG_VERSION")));
+    out.push_str(&format!("  listening  grpc://{grpc}  ({})\n", tls.mode));
+    if accounts.from_file() {
+        banner_accounts(&mut out, config, http, accounts, &all);
+    } else if let Some(only) = all.first() {
+        banner_single(&mut out, config, grpc, http, only, source, tls);
+    }
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    _ = stdout.write_all(out.as_bytes());
+    _ = stdout.flush();
+}
+
+/// The banner of a process with an accounts file: one line per account, tokens masked.
+fn banner_accounts(
+    out: &mut String,
+    config: &Config,
+    http: Option<SocketAddr>,
+    accounts: &account::Accounts,
+    all: &[Arc<account::Account>],
+) {
+    let file = config.accounts.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    match accounts.shard() {
+        Some(s) => out.push_str(&format!(
+            "  accounts   {} served here of {file} (pod {} of {}; discovery names the others' pods)\n",
+            all.len(),
+            s.ordinal,
+            s.replicas
+        )),
+        None => out.push_str(&format!("  accounts   {} from {file}\n", all.len())),
+    }
+    for a in all {
+        out.push_str(&format!("    {:<16} {:<18} token {}\n", a.name, a.backend.name(), mask(a.token())));
+    }
+    if let Some(h) = http {
+        out.push_str(&format!(
+            "  http       http://{h}  (/qrcode?account=NAME /healthz /readyz /metrics /v0/hosties/TOKEN)\n"
+        ));
+        out.push_str(&format!(
+            "  discovery  WECHATY_PUPPET_SERVICE_AUTHORITY={h} WECHATY_PUPPET_SERVICE_TOKEN=<an account's token>\n"
+        ));
+        for a in all {
+            if let Some((path, _)) = &a.webhook {
+                out.push_str(&format!("  webhook    {}: http://{h}{path}\n", a.name));
+            }
+        }
+    }
+    if config.admin_token.is_some() {
+        out.push_str(
+            "  admin      puppet_rs.v1.Admin (ListAccounts, ReloadAccounts) with the admin token; SIGHUP reloads too\n",
+        );
+    }
+}
+
+fn banner_single(
+    out: &mut String,
+    config: &Config,
+    grpc: SocketAddr,
+    http: Option<SocketAddr>,
+    account: &account::Account,
+    source: TokenSource,
+    tls: &TlsSetup,
+) {
+    let token = account.token();
     // The banner is for the person who started the server; tracing logs never carry the token.
     let (shown, note, tok) = match source {
         TokenSource::Given => (mask(token), "given".to_owned(), "$WECHATY_PUPPET_SERVICE_TOKEN".to_owned()),
@@ -402,23 +473,20 @@ fn print_banner(banner: &Banner<'_>) {
             token.to_owned(),
         ),
     };
-    let mut out = String::new();
-    out.push_str(&format!("puppet-rs {} — wechaty.Puppet service\n", env!("CARGO_PKG_VERSION")));
-    out.push_str(&format!("  listening  grpc://{grpc}  ({})\n", tls.mode));
     out.push_str(&format!("  token      {shown}  ({note})\n"));
-    out.push_str(&format!("  backend    {backend}\n"));
+    out.push_str(&format!("  backend    {}\n", account.backend.name()));
     if let Some(h) = http {
-        out.push_str(&format!("  http       http://{h}  (/qrcode /healthz /readyz /metrics)\n"));
+        out.push_str(&format!("  http       http://{h}  (/qrcode /healthz /readyz /metrics /v0/hosties/TOKEN)\n"));
         // The QR page shows the account, so it asks for the token (unless --qrcode-public).
         let query = if config.qrcode_public { String::new() } else { format!("?token={tok}") };
         out.push_str(&format!("  login QR   http://{h}/qrcode{query}\n"));
-        if let Some((path, mode)) = webhook {
+        if let (Some((path, _)), Some(mode)) = (&account.webhook, account.webhook_mode) {
             out.push_str(&format!(
                 "  webhook    http://{h}{path}  (the Official Account's server URL, {mode}; expose it over HTTPS)\n"
             ));
         }
     }
-    if let Some(m) = mqtt {
+    if let Some(m) = &account.mqtt {
         // The URL may carry credentials: show only where it goes.
         let broker = m.url.rsplit('@').next().unwrap_or_default().rsplit("://").next().unwrap_or_default();
         out.push_str(&format!("  mqtt       thing/chatbot/{}/…  via {broker}\n", m.client_id));
@@ -440,10 +508,6 @@ fn print_banner(banner: &Banner<'_>) {
             tls.client_env.join(" ")
         ));
     }
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    _ = stdout.write_all(out.as_bytes());
-    _ = stdout.flush();
 }
 
 /// Lets a person recognise a token without showing any piece of it: its length and a short

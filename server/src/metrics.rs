@@ -174,11 +174,21 @@ impl NetMetrics {
     }
 }
 
-/// Every metric the server exports.
+/// The process's metrics: RPCs and connections (every account's calls share them).
 pub struct Metrics {
     registry: Registry,
     rpc_requests: Family<RpcLabels, Counter>,
     rpc_seconds: Family<MethodLabel, Histogram>,
+    /// Connection-level counters.
+    pub net: NetMetrics,
+    /// Every gRPC method path the server serves, so client-chosen paths cannot grow the labels.
+    methods: std::collections::HashSet<String>,
+}
+
+/// One account's metrics: its event bus, blobs, store, login and backend. With many accounts each
+/// sample carries an `account` label (see [`render`]).
+pub struct AccountMetrics {
+    registry: Registry,
     events_emitted: Gauge,
     subscribers: Gauge,
     subscribers_cut: Gauge,
@@ -186,11 +196,7 @@ pub struct Metrics {
     logged_in: Gauge,
     /// The Official Account backend's counters.
     pub oa: OaMetrics,
-    /// Connection-level counters.
-    pub net: NetMetrics,
     store: StoreGauges,
-    /// Every gRPC method path the server serves, so client-chosen paths cannot grow the labels.
-    methods: std::collections::HashSet<String>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -236,38 +242,8 @@ impl Metrics {
         let rpc_seconds = Family::<MethodLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0001, 4.0, 10))
         });
-        let (events_emitted, subscribers, subscribers_cut, blob_bytes, logged_in) =
-            (Gauge::default(), Gauge::default(), Gauge::default(), Gauge::default(), Gauge::default());
         registry.register("rpc_requests", "RPCs answered, by method and gRPC code", rpc_requests.clone());
         registry.register("rpc_seconds", "Time to the response headers, by method", rpc_seconds.clone());
-        registry.register("events_emitted", "Events published on the bus since start", events_emitted.clone());
-        registry.register("event_subscribers", "Event streams open now", subscribers.clone());
-        registry.register(
-            "event_subscribers_cut",
-            "Event streams ended because they fell too far behind",
-            subscribers_cut.clone(),
-        );
-        registry.register("blob_bytes", "Bytes held by the blob store", blob_bytes.clone());
-        registry.register("logged_in", "1 while the account is logged in", logged_in.clone());
-        let oa = OaMetrics::default();
-        registry.register("oa_pushes", "Official Account webhook pushes, by outcome", oa.pushes.clone());
-        registry.register("oa_replies", "Answers to followers, by path (passive reply or API)", oa.replies.clone());
-        registry.register("oa_token_fetches", "Official Account access_tokens fetched", oa.token_fetches.clone());
-        let store = StoreGauges::default();
-        registry.register("store_bytes", "Bytes the store's pages take", store.used.clone());
-        registry.register("store_file_bytes", "The store file's size on disk", store.file.clone());
-        registry.register("store_commits", "Store commits since start", store.commits.clone());
-        registry.register(
-            "store_commit_seconds",
-            "Store commit latency over the last commits, by quantile",
-            store.commit_seconds.clone(),
-        );
-        registry.register(
-            "store_dropped_writes",
-            "Writes dropped because the store refused them",
-            store.dropped.clone(),
-        );
-        registry.register("store_full", "1 while the store refuses writes (size cap, full disk)", store.full.clone());
         let net = NetMetrics::default();
         registry.register("connections_open", "Connections open now, by port", net.open.clone());
         registry.register(
@@ -297,20 +273,7 @@ impl Metrics {
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
         ]);
-        Self {
-            registry,
-            rpc_requests,
-            rpc_seconds,
-            events_emitted,
-            subscribers,
-            subscribers_cut,
-            blob_bytes,
-            logged_in,
-            oa,
-            net,
-            store,
-            methods,
-        }
+        Self { registry, rpc_requests, rpc_seconds, net, methods }
     }
 
     fn record(&self, method: String, code: tonic::Code, elapsed: std::time::Duration) {
@@ -322,8 +285,51 @@ impl Metrics {
         self.rpc_seconds.get_or_create(&MethodLabel { method }).observe(elapsed.as_secs_f64());
     }
 
-    /// The text exposition, with the figures read now.
-    pub fn render(&self, bus: &EventBus, blobs: &BlobStore, store: &crate::store::Store) -> String {
+    /// The process's part of the exposition (no `# EOF`).
+    fn text(&self) -> String {
+        encode(&self.registry)
+    }
+}
+
+impl AccountMetrics {
+    /// A fresh registry for one account.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("puppet");
+        let (events_emitted, subscribers, subscribers_cut, blob_bytes, logged_in) =
+            (Gauge::default(), Gauge::default(), Gauge::default(), Gauge::default(), Gauge::default());
+        registry.register("events_emitted", "Events published on the bus since start", events_emitted.clone());
+        registry.register("event_subscribers", "Event streams open now", subscribers.clone());
+        registry.register(
+            "event_subscribers_cut",
+            "Event streams ended because they fell too far behind",
+            subscribers_cut.clone(),
+        );
+        registry.register("blob_bytes", "Bytes held by the blob store", blob_bytes.clone());
+        registry.register("logged_in", "1 while the account is logged in", logged_in.clone());
+        let oa = OaMetrics::default();
+        registry.register("oa_pushes", "Official Account webhook pushes, by outcome", oa.pushes.clone());
+        registry.register("oa_replies", "Answers to followers, by path (passive reply or API)", oa.replies.clone());
+        registry.register("oa_token_fetches", "Official Account access_tokens fetched", oa.token_fetches.clone());
+        let store = StoreGauges::default();
+        registry.register("store_bytes", "Bytes the store's pages take", store.used.clone());
+        registry.register("store_file_bytes", "The store file's size on disk", store.file.clone());
+        registry.register("store_commits", "Store commits since start", store.commits.clone());
+        registry.register(
+            "store_commit_seconds",
+            "Store commit latency over the last commits, by quantile",
+            store.commit_seconds.clone(),
+        );
+        registry.register(
+            "store_dropped_writes",
+            "Writes dropped because the store refused them",
+            store.dropped.clone(),
+        );
+        registry.register("store_full", "1 while the store refuses writes (size cap, full disk)", store.full.clone());
+        Self { registry, events_emitted, subscribers, subscribers_cut, blob_bytes, logged_in, oa, store }
+    }
+
+    /// This account's part of the exposition (no `# EOF`), with the figures read now.
+    pub fn text(&self, bus: &EventBus, blobs: &BlobStore, store: &crate::store::Store) -> String {
         let st = store.stats();
         self.store.used.set(st.used_bytes as i64);
         self.store.file.set(st.file_bytes as i64);
@@ -338,11 +344,84 @@ impl Metrics {
         self.subscribers_cut.set(stats.cut_off as i64);
         self.blob_bytes.set(blobs.total_bytes() as i64);
         self.logged_in.set(i64::from(bus.logged_in()));
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
+        encode(&self.registry)
+    }
+}
+
+impl Default for AccountMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    match out.strip_suffix("# EOF\n") {
+        Some(body) => body.to_owned(),
+        None => out,
+    }
+}
+
+/// The whole exposition: the process's metrics, then the accounts'. One account named `None` (the
+/// single account the flags make) is shown as before, unlabelled; otherwise every account sample
+/// gets `account="<name>"`, each family's samples together under one HELP and TYPE.
+pub fn render(process: &Metrics, accounts: &[(Option<&str>, String)]) -> String {
+    let mut out = process.text();
+    match accounts {
+        [(None, text)] => out.push_str(text),
+        _ => out.push_str(&merge_labelled(accounts)),
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+/// Families of several accounts' expositions merged, each sample labelled with its account.
+fn merge_labelled(accounts: &[(Option<&str>, String)]) -> String {
+    // (family name, its HELP/TYPE/UNIT lines, its samples), in the order first seen.
+    let mut families: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    for (name, text) in accounts {
+        let account = name.unwrap_or("default");
+        let mut current: Option<usize> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# ") {
+                let family = rest.split_whitespace().nth(1).unwrap_or_default().to_owned();
+                let at = match families.iter().position(|f| f.0 == family) {
+                    Some(i) => i,
+                    None => {
+                        families.push((family, Vec::new(), Vec::new()));
+                        families.len() - 1
+                    }
+                };
+                if !families[at].1.iter().any(|h| h == line) && families[at].2.is_empty() {
+                    families[at].1.push(line.to_owned());
+                }
+                current = Some(at);
+            } else if let Some(at) = current {
+                families[at].2.push(labelled(line, account));
+            }
         }
-        out
+    }
+    let mut out = String::new();
+    for (_, header, samples) in families {
+        for line in header.iter().chain(&samples) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `name{a="b"} 1` → `name{account="x",a="b"} 1`; `name 1` → `name{account="x"} 1`.
+fn labelled(sample: &str, account: &str) -> String {
+    let end = sample.find([' ', '{']).unwrap_or(sample.len());
+    let (name, rest) = sample.split_at(end);
+    match rest.strip_prefix('{') {
+        Some(labels) if labels.starts_with('}') => format!("{name}{{account=\"{account}\"{labels}"),
+        Some(labels) => format!("{name}{{account=\"{account}\",{labels}"),
+        None => format!("{name}{{account=\"{account}\"}}{rest}"),
     }
 }
 

@@ -57,6 +57,11 @@ pub fn pem_text(value: &str, what: &str) -> anyhow::Result<String> {
 
 /// A TLS acceptor (ALPN h2) for this certificate chain and key.
 pub fn acceptor(cert_pem: &str, key_pem: &str) -> anyhow::Result<TlsAcceptor> {
+    acceptor_for(cert_pem, key_pem, b"h2")
+}
+
+/// A TLS acceptor offering `alpn` (the side port's HTTP/1.1 for discovery).
+pub fn acceptor_for(cert_pem: &str, key_pem: &str, alpn: &[u8]) -> anyhow::Result<TlsAcceptor> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow::anyhow!("TLS certificate: {e:?}"))?;
@@ -73,7 +78,7 @@ pub fn acceptor(cert_pem: &str, key_pem: &str) -> anyhow::Result<TlsAcceptor> {
         .map_err(|e| anyhow::anyhow!("TLS: {e}"))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(FixedCert(certified)));
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -170,7 +175,7 @@ impl AsyncWrite for Conn {
 }
 
 /// Plaintext, or TLS once its handshake is done: told apart by the first byte when TLS is on.
-async fn classify(stream: TcpStream, tls: Option<TlsAcceptor>) -> io::Result<Conn> {
+pub(crate) async fn classify(stream: TcpStream, tls: Option<TlsAcceptor>) -> io::Result<Conn> {
     let Some(acceptor) = tls else { return Ok(Conn::Plain(stream)) };
     let mut first = [0u8; 1];
     if stream.peek(&mut first).await? == 1 && first[0] == 0x16 {

@@ -15,9 +15,9 @@ use crate::net::{AuthThrottle, PeerInfo};
 use tonic::server::NamedService;
 use tower::Service;
 
-/// Checks a request's credentials against the expected token. The messages are upstream's, so
-/// existing bots show the errors their users already know.
-pub fn check<B>(req: &http::Request<B>, token: &str) -> Result<(), Status> {
+/// The token a request presents: `authorization: Wechaty <token>`, else its `:authority`. The
+/// messages are upstream's, so existing bots show the errors their users already know.
+pub fn presented<B>(req: &http::Request<B>) -> Result<String, Status> {
     let presented: String = match req.headers().get(http::header::AUTHORIZATION) {
         Some(v) => v.to_str().map_err(|_| Status::unauthenticated("No Authorization found."))?.to_owned(),
         None => match req.uri().authority() {
@@ -30,11 +30,18 @@ pub fn check<B>(req: &http::Request<B>, token: &str) -> Result<(), Status> {
     if !scheme.eq_ignore_ascii_case("wechaty") {
         return Err(Status::unauthenticated(format!("Invalid authorization type: \"{}\"", Shown(scheme))));
     }
-    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-        Ok(())
-    } else {
-        Err(Status::unauthenticated(format!("Invalid Wechaty TOKEN \"{}\"", Shown(given))))
-    }
+    Ok(given.to_owned())
+}
+
+/// The answer to a token no account holds.
+pub fn wrong_token(given: &str) -> Status {
+    Status::unauthenticated(format!("Invalid Wechaty TOKEN \"{}\"", Shown(given)))
+}
+
+/// Checks a request's credentials against the expected token.
+pub fn check<B>(req: &http::Request<B>, token: &str) -> Result<(), Status> {
+    let given = presented(req)?;
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) { Ok(()) } else { Err(wrong_token(&given)) }
 }
 
 /// A tower service that answers `UNAUTHENTICATED` unless [`check`] passes.

@@ -78,6 +78,10 @@ pub struct DurableWrites<S> {
     store: Store,
 }
 
+impl<S: tonic::server::NamedService> tonic::server::NamedService for DurableWrites<S> {
+    const NAME: &'static str = S::NAME;
+}
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 fn refused(e: crate::store::StoreError) -> Status {

@@ -1,6 +1,7 @@
 //! The gRPC layer: translation only. Requests become domain calls on the [`Backend`], results and
 //! errors become responses and statuses. No state and no business logic live here.
 
+pub mod admin;
 pub mod auth;
 mod convert;
 pub mod durable;
