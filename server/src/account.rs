@@ -37,6 +37,9 @@ use crate::tasks::Tasks;
 /// How long an account's background tasks get to stop when it is removed or the process stops.
 const ACCOUNT_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a restarted account waits for calls to its old instance to finish.
+const RELEASE_WAIT: Duration = Duration::from_secs(30);
+
 /// The gRPC services of one account, each behind its store's write guard.
 #[derive(Clone)]
 pub struct Services {
@@ -524,11 +527,20 @@ impl Accounts {
                     done.removed.push(name);
                 }
                 Some(spec) if fingerprint(spec) != old.fingerprint => {
-                    // The store is the account's own file: the old one closes before the new opens.
+                    // The store is the account's own file: the old instance lets go of it (calls
+                    // in flight finish) before the new one opens it.
+                    let (label, released) = (old.label.clone(), old.store.on_release());
+                    drop(old);
                     if let Some(a) = self.remove(&name) {
                         a.close().await;
                     }
-                    match Account::open(spec, old.label.clone(), &self.inner.shared).await {
+                    if tokio::time::timeout(RELEASE_WAIT, released).await.is_err() {
+                        failures.push(format!(
+                            "account `{name}`: its old instance was still in use after {RELEASE_WAIT:?}"
+                        ));
+                        continue;
+                    }
+                    match Account::open(spec, label, &self.inner.shared).await {
                         Ok(a) => {
                             tracing::info!(account = %name, "account restarted with new settings");
                             self.insert(a);

@@ -49,6 +49,9 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     bin
 }
 
+/// The `wechaty.Puppet` client the tests use (with a token interceptor).
+pub type PuppetClientT = PuppetClient<InterceptedService<Channel, Token>>;
+
 /// A running server, killed when dropped.
 pub struct Server {
     child: Child,
@@ -133,9 +136,12 @@ impl Server {
             }
             None => Command::new(server_binary()),
         };
-        cmd.args(["--listen", "127.0.0.1:0", "--token", TOKEN, "--data-dir"])
-            .arg(&data_dir)
-            .args(args)
+        cmd.args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(&data_dir);
+        // With an accounts file, each account brings its own token.
+        if !args.contains(&"--accounts") {
+            cmd.args(["--token", TOKEN]);
+        }
+        cmd.args(args)
             .env_remove("WECHATY_PUPPET_SERVICE_TOKEN")
             .env_remove("WECHATY_TOKEN")
             .env_remove("PUPPET_LISTEN")
@@ -200,6 +206,11 @@ impl Server {
             .await
             .expect("connect");
         PuppetClient::with_interceptor(channel, Token(TOKEN.into()))
+    }
+
+    /// A `wechaty.Puppet` client that sends `token`.
+    pub async fn puppet_as(&self, token: &str) -> PuppetClient<InterceptedService<Channel, Token>> {
+        PuppetClient::with_interceptor(self.channel().await, Token(token.into())).max_decoding_message_size(64 << 20)
     }
 
     /// A `wechaty.Puppet` client that sends the test token.

@@ -209,6 +209,17 @@ struct Shared {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Written but not yet committed: read back from here (tagged with their tickets).
     overlay: Mutex<Overlay>,
+    /// Last field: dropped after the database, so it tells when the file is released.
+    released: Released,
+}
+
+/// Sends `true` when dropped.
+struct Released(watch::Sender<bool>);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
 }
 
 type KvKey = (String, String);
@@ -324,6 +335,7 @@ impl Store {
             stats: StatsCounters::default(),
             writer: Mutex::new(None),
             overlay: Mutex::new(Overlay::default()),
+            released: Released(watch::Sender::new(false)),
         });
         if !clean {
             tracing::warn!(
@@ -346,6 +358,15 @@ impl Store {
     /// The log's id: new when the data dir's store is created (or in memory, at every start).
     pub fn log_id(&self) -> &str {
         &self.shared.log_id
+    }
+
+    /// Resolves once the last handle of this store is gone and its file is released (another
+    /// [`Store::open`] of the same directory can then succeed). Holds no handle itself.
+    pub fn on_release(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut released = self.shared.released.0.subscribe();
+        async move {
+            _ = released.wait_for(|r| *r).await;
+        }
     }
 
     /// The durability policy in force.

@@ -1,5 +1,6 @@
 //! End-to-end tests: each starts the real `puppet-server` binary on a free loopback port.
 
+mod accounts;
 mod blob_crash;
 mod bot;
 mod compat;
