@@ -92,7 +92,9 @@ pub struct SelfSigned {
     pub key_pem: String,
 }
 
-/// Loads the CA and server certificate for `name` from `dir`, generating them on first use.
+/// Loads the CA and server certificate for `name` from `dir`, generating them on first use. The
+/// certificate also names `localhost` and 127.0.0.1: discovery clients reach the side port by
+/// address (`WECHATY_PUPPET_SERVICE_AUTHORITY=127.0.0.1:8080`) and check it over HTTPS.
 pub fn self_signed(dir: &Path, name: &str) -> anyhow::Result<SelfSigned> {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
     let (ca_path, cert_path, key_path) =
@@ -109,6 +111,10 @@ pub fn self_signed(dir: &Path, name: &str) -> anyhow::Result<SelfSigned> {
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(err)?).map_err(err)?;
     let mut params = CertificateParams::new(vec![name.to_owned()]).map_err(err)?;
+    if name != "localhost" {
+        params.subject_alt_names.push(rcgen::SanType::DnsName("localhost".try_into().map_err(err)?));
+    }
+    params.subject_alt_names.push(rcgen::SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
     params.distinguished_name.push(DnType::CommonName, name);
     let key = KeyPair::generate().map_err(err)?;
     let cert = params.signed_by(&key, &ca).map_err(err)?;
