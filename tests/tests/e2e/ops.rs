@@ -43,19 +43,151 @@ async fn the_side_port_serves_health_readiness_and_metrics() {
     assert!(sample(&after, "puppet_blob_bytes").is_some());
 }
 
+/// Every manifest under `deploy/k8s` (the single-account set and `sharded/`), sorted.
+fn manifest_files() -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![puppet_tests::repo_root().join("deploy/k8s")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
 #[test]
 fn the_kubernetes_manifests_validate_offline() {
     let validate = puppet_tests::installed("PUPPET_KUBE_VALIDATE", "kubernetes-validate");
-    let dir = puppet_tests::repo_root().join("deploy/k8s");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    assert!(files.len() >= 5, "{files:?}");
+    let files = manifest_files();
+    assert!(files.len() >= 11, "{files:?}");
     let out = std::process::Command::new(validate).arg("--strict").args(&files).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
-    for kind in ["statefulset", "service", "configmap", "secret", "poddisruptionbudget", "ingress"] {
-        assert!(text.contains(&format!("passed for resource {kind}/")), "{kind} not validated:\n{text}");
+    for resource in [
+        // One account per pod.
+        "statefulset/puppet-rs",
+        "service/puppet-rs",
+        "configmap/puppet-rs",
+        "secret/puppet-rs-token",
+        "poddisruptionbudget/puppet-rs",
+        "ingress/puppet-rs-webhook",
+        // Many accounts sharded over the pods.
+        "statefulset/puppet-rs-shard",
+        "service/puppet-rs-pods",
+        "service/puppet-rs-discovery",
+        "configmap/puppet-rs-shard",
+        "secret/puppet-rs-accounts",
+        "secret/puppet-rs-admin",
+        "poddisruptionbudget/puppet-rs-shard",
+        "ingress/puppet-rs-discovery",
+    ] {
+        assert!(text.contains(&format!("passed for resource {resource} ")), "{resource} not validated:\n{text}");
     }
+}
+
+/// The value of the first line of `text` that reads `<key>: <value>` (indentation and a list
+/// dash ignored), without quotes.
+fn yaml_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        let l = l.trim_start().trim_start_matches("- ");
+        Some(l.strip_prefix(key)?.strip_prefix(':')?.trim().trim_matches('"'))
+    })
+}
+
+/// The `value:` of the container environment variable `name` in a manifest.
+fn env_value<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let after = text.split(&format!("- name: {name}\n")).nth(1)?;
+    yaml_value(after.lines().next()?, "value")
+}
+
+#[test]
+fn the_sharded_manifests_agree_on_the_replica_count_and_the_pod_names() {
+    let dir = puppet_tests::repo_root().join("deploy/k8s/sharded");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let (sts, services, config, secrets) =
+        (read("statefulset.yaml"), read("service.yaml"), read("configmap.yaml"), read("secret.yaml"));
+
+    // Every pod must know how many there are: that count decides which accounts it serves.
+    let replicas = yaml_value(&sts, "replicas").expect("spec.replicas");
+    assert_eq!(env_value(&sts, "PUPPET_REPLICAS"), Some(replicas), "PUPPET_REPLICAS must equal spec.replicas");
+    let pod_name = sts.split("- name: POD_NAME\n").nth(1).expect("POD_NAME is set");
+    let field = pod_name.lines().take(3).find_map(|l| yaml_value(l, "fieldPath"));
+    assert_eq!(field, Some("metadata.name"), "POD_NAME comes from the downward API");
+
+    // Discovery names pods `<sts>-<k>.<PUPPET_POD_SERVICE>`: that must be the headless Service the
+    // StatefulSet names its pods with, and it must resolve before the pods are ready.
+    let governing = yaml_value(&sts, "serviceName").expect("spec.serviceName");
+    let headless = services
+        .split("\n---\n")
+        .find(|doc| yaml_value(doc, "name") == Some(governing))
+        .unwrap_or_else(|| panic!("no Service {governing} in service.yaml"));
+    assert_eq!(yaml_value(headless, "clusterIP"), Some("None"), "{governing} must be headless");
+    assert_eq!(yaml_value(headless, "publishNotReadyAddresses"), Some("true"));
+    let pod_service = env_value(&sts, "PUPPET_POD_SERVICE").expect("PUPPET_POD_SERVICE");
+    assert!(pod_service.starts_with(&format!("{governing}.")), "{pod_service} is not under {governing}");
+
+    // The accounts file is where PUPPET_ACCOUNTS says, from the Secret that holds it.
+    let accounts = yaml_value(&config, "PUPPET_ACCOUNTS").expect("PUPPET_ACCOUNTS");
+    let (mount, file) = accounts.rsplit_once('/').unwrap();
+    assert!(sts.contains(&format!("mountPath: {mount}\n")), "nothing mounted at {mount}");
+    assert!(secrets.contains(&format!("  {file}: |\n")), "the Secret has no {file}");
+    assert!(secrets.matches("[[account]]").count() >= 2, "the example holds two accounts");
+}
+
+/// The environment variables `puppet-server --help` documents (`[env: NAME=…]`).
+fn flag_env_names() -> std::collections::BTreeSet<String> {
+    let out = std::process::Command::new(puppet_tests::server_binary()).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    help.split("[env: ").skip(1).map(|rest| rest.split(['=', ']']).next().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn every_environment_variable_in_the_manifests_is_a_flag_of_the_server() {
+    // Spelled only into another value with `$(NAME)`; the server never reads it.
+    const HELPERS: [&str; 1] = ["POD_NAMESPACE"];
+    let flags = flag_env_names();
+    assert!(flags.contains("PUPPET_LISTEN") && flags.contains("WECHATY_PUPPET_SERVICE_TOKEN"), "{flags:?}");
+    let mut unknown = std::collections::BTreeSet::new();
+    let mut checked = 0;
+    for file in manifest_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let shown = file.strip_prefix(puppet_tests::repo_root()).unwrap().display().to_string();
+        // Every name the server would read: ConfigMap and Secret keys, `env` entries, and the ones
+        // comments point to.
+        let words = text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+        let mut names: Vec<&str> =
+            words.filter(|w| w.starts_with("PUPPET_") || w.starts_with("WECHATY_") || *w == "POD_NAME").collect();
+        // Every other upper-case `env` entry must be a helper that is actually used.
+        for line in text.lines() {
+            let Some(name) = line.trim_start().strip_prefix("- name: ") else { continue };
+            if name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+                if HELPERS.contains(&name) {
+                    assert!(text.contains(&format!("$({name})")), "{shown}: {name} is set but never used");
+                } else {
+                    names.push(name);
+                }
+            }
+        }
+        for name in names {
+            checked += 1;
+            if !flags.contains(name) {
+                unknown.insert(format!("{shown}: {name}"));
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} names found");
+    assert!(
+        unknown.is_empty(),
+        "not an environment variable of any puppet-server flag:\n{}",
+        unknown.into_iter().collect::<Vec<_>>().join("\n")
+    );
 }
 
 /// The ConfigMap's settings, as environment variables.
