@@ -86,6 +86,19 @@ enum Command {
     /// Drive the mock backend's simulated world.
     #[command(subcommand)]
     Mock(Mock),
+    /// List the accounts the server holds (name, backend, login state), through the Admin service.
+    /// Needs the server's admin token (--admin-token or PUPPET_ADMIN_TOKEN).
+    Accounts {
+        /// The server's admin token (puppet-server --admin-token).
+        #[arg(long, env = "PUPPET_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Reread the server's accounts file first (as SIGHUP does) and print what changed.
+        #[arg(long)]
+        reload: bool,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Follow events: JSON lines {"seq", "type", "payload"}, or readable lines with --text.
     Events {
         /// One readable line per event instead of JSON.
@@ -181,6 +194,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
+    if let Command::Accounts { admin_token, reload, json } = cli.command {
+        let token = admin_token.ok_or_else(|| {
+            Error::Config(
+                "no admin token: pass --admin-token or set PUPPET_ADMIN_TOKEN (puppet-server --admin-token)".into(),
+            )
+        })?;
+        return accounts(&cli.endpoint, &token, reload, json).await;
+    }
     let token = cli.token.ok_or_else(|| {
         Error::Config("no token: pass --token or set WECHATY_PUPPET_SERVICE_TOKEN (puppet-server prints it)".into())
     })?;
@@ -234,6 +255,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Download { message_id, output } => download(&client, message_id, output).await?,
         Command::Events { since, count, text } => events(&client, since, count, text).await?,
         Command::Mock(m) => mock(&client, m).await?,
+        Command::Accounts { .. } => unreachable!("handled above"),
     }
     Ok(())
 }
@@ -390,6 +412,54 @@ async fn mock(client: &Client, command: Mock) -> Result<(), Error> {
                 println!("{line}");
             }
         }
+    }
+    Ok(())
+}
+
+/// `puppetctl accounts`: the Admin service's list (after a reload with `reload`).
+async fn accounts(endpoint: &str, admin_token: &str, reload: bool, json: bool) -> Result<(), Error> {
+    use puppet_proto::pb::puppet_rs::v1::admin_client::AdminClient;
+    // The admin token is not an account's: connect without the client's account handshake.
+    let client = Client::connect_with(puppet_client::ConnectOptions::new(endpoint.to_owned(), admin_token)).await?;
+    let auth: tonic::metadata::MetadataValue<_> = format!("Wechaty {admin_token}")
+        .parse()
+        .map_err(|_| Error::Config("the admin token may hold only letters, digits and - _ . ~".into()))?;
+    fn request<T>(msg: T, auth: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert("authorization", auth.clone());
+        r
+    }
+    let mut admin = AdminClient::new(client.channel());
+    if reload {
+        let done = admin.reload_accounts(request(ext::ReloadAccountsRequest {}, &auth)).await?.into_inner();
+        eprintln!(
+            "reloaded: added {:?}, removed {:?}, restarted {:?}, {} unchanged",
+            done.added, done.removed, done.restarted, done.unchanged
+        );
+    }
+    let list = admin.list_accounts(request(ext::ListAccountsRequest {}, &auth)).await?.into_inner();
+    if json {
+        let accounts: Vec<_> = list
+            .accounts
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "name": a.name, "backend": a.backend, "loggedIn": a.logged_in,
+                    "contactId": a.contact_id, "lastSeq": a.last_seq,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({ "accounts": accounts, "ordinal": list.ordinal, "replicas": list.replicas });
+        println!("{out}");
+        return Ok(());
+    }
+    println!("{:<20} {:<18} {:<10} {:<24} {:>10}", "NAME", "BACKEND", "LOGIN", "CONTACT", "LAST SEQ");
+    for a in &list.accounts {
+        let login = if a.logged_in { "logged in" } else { "-" };
+        println!("{:<20} {:<18} {:<10} {:<24} {:>10}", a.name, a.backend, login, a.contact_id, a.last_seq);
+    }
+    if list.replicas > 1 {
+        println!("(pod {} of {}: the accounts this pod serves)", list.ordinal, list.replicas);
     }
     Ok(())
 }

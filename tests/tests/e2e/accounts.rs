@@ -141,6 +141,24 @@ async fn three_accounts_are_routed_by_token_and_kept_apart() {
     assert!(list.accounts.iter().all(|a| a.backend == "mock"));
     let err = admin(&server, &token("sales")).await.list_accounts(ext::ListAccountsRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
+
+    // puppetctl accounts: the same list for a person.
+    let out = std::process::Command::new(puppet_tests::workspace_binary("puppetctl"))
+        .args(["--endpoint", &server.addr.to_string(), "accounts"])
+        .env("PUPPET_ADMIN_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table} {}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Vec<&str>> = table.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert_eq!(&rows[1][..5], ["sales", "mock", "logged", "in", "wxid_puppet_bot"], "{table}");
+    let out = std::process::Command::new(puppet_tests::workspace_binary("puppetctl"))
+        .args(["--endpoint", &server.addr.to_string(), "accounts", "--admin-token", "wrong"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Invalid Wechaty TOKEN"), "{out:?}");
     drop(server);
     _ = std::fs::remove_dir_all(dir);
 }
