@@ -19,7 +19,7 @@
 //! grpc-js replaced in 1.10, and with a newer grpc-js the client throws inside its own resolver before
 //! it connects, whatever the server answers.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use puppet_tests::{Server, http_get, installed, repo_root, workspace_binary};
