@@ -57,7 +57,8 @@ pub struct Server {
     child: Child,
     /// The gRPC address it printed.
     pub addr: SocketAddr,
-    /// The side HTTP address, when enabled with `--http-listen`.
+    /// The side HTTP address, when enabled with `--http-listen` (its banner line may say `http://`
+    /// or `https://`).
     pub http_addr: Option<SocketAddr>,
     /// Its stdout after the address line, one line per message (QR art, …).
     pub stdout: mpsc::Receiver<String>,
@@ -176,8 +177,8 @@ impl Server {
                 .unwrap_or_else(|_| panic!("server printed no address within {STARTUP_TIMEOUT:?}"));
             if let Some(rest) = line.split("grpc://").nth(1) {
                 addr = Some(rest.split_whitespace().next().unwrap().parse().expect("grpc address"));
-            } else if line.trim_start().starts_with("http ")
-                && let Some(rest) = line.split("http://").nth(1)
+            } else if (line.trim_start().starts_with("http ") || line.trim_start().starts_with("https "))
+                && let Some(rest) = line.split("://").nth(1)
             {
                 http_addr = Some(rest.split_whitespace().next().unwrap().parse().expect("http address"));
             }

@@ -5,6 +5,7 @@ mod blob_crash;
 mod bot;
 mod compat;
 mod contract;
+mod discovery_node;
 mod durability;
 mod durability_mock;
 mod events;
