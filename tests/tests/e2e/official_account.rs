@@ -1160,3 +1160,55 @@ async fn a_full_store_answers_pushes_503_and_handles_nothing() {
     drop(oa);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_official_account_in_an_accounts_file_takes_pushes_at_its_own_webhook() {
+    let fake = FakeWeChat::start(7200).await;
+    let dir = std::env::temp_dir().join(format!("puppet-oa-accounts-{}-{}", std::process::id(), nonce()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("news.secret"), APP_SECRET).unwrap();
+    let file = dir.join("accounts.toml");
+    let accounts = format!(
+        "[[account]]\nname = \"shop\"\ntoken = \"puppet_shop_1\"\nbackend = \"mock\"\nlogin_step_ms = 5\n\n\
+         [[account]]\nname = \"news\"\ntoken = \"puppet_news_2\"\nbackend = \"official-account\"\n\
+         oa_app_id = \"{APP_ID}\"\noa_app_secret_file = \"news.secret\"\noa_token = \"{OA_TOKEN}\"\n\
+         oa_api_base = \"{}\"\noa_original_id = \"{ORIGINAL_ID}\"\n",
+        fake.base
+    );
+    std::fs::write(&file, accounts).unwrap();
+    let file = file.display().to_string();
+    let server = Server::start_in(&dir.join("data"), &["--accounts", &file, "--http-listen", "127.0.0.1:0"]);
+    let http = server.http_addr.unwrap();
+    let mut news = server.puppet_as("puppet_news_2").await;
+    let mut events = Events::open(&mut news).await;
+    events.wait_for(kind::READY).await;
+
+    // Its webhook is /wechat/<name>; the one-account path is nobody's here.
+    let (path, body) = signed_push(&text_push(ALICE, "hello news", 7001), Mode::Plain, APP_ID);
+    let path = path.replacen("/wechat?", "/wechat/news?", 1);
+    let (status, _) = http_request(http, "POST", &path, &body).await;
+    assert_eq!(status, 200);
+    let m = events.wait_for(kind::MESSAGE).await;
+    let payload = message(&mut news, m["messageId"].as_str().unwrap()).await;
+    assert_eq!((payload.text.as_str(), payload.talker_id.as_str()), ("hello news", ALICE));
+    let (path, body) = signed_push(&text_push(ALICE, "lost", 7002), Mode::Plain, APP_ID);
+    assert_eq!(http_request(http, "POST", &path, &body).await.0, 404);
+
+    // Each backend's own service, for its own accounts only.
+    let err = puppet_proto::pb::puppet_rs::v1::mock_world_client::MockWorldClient::with_interceptor(
+        server.channel().await,
+        Token("puppet_news_2".into()),
+    )
+    .list_messages(ext::ListMessagesRequest { conversation_id: ALICE.into() })
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("account `news`") && err.message().contains("official-account"), "{err:?}");
+    let err = OfficialAccountClient::with_interceptor(server.channel().await, Token("puppet_shop_1".into()))
+        .get_menu(ext::GetMenuRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    drop(server);
+    _ = std::fs::remove_dir_all(dir);
+}
