@@ -30,7 +30,7 @@ use crate::grpc::mock_world::MockWorldService;
 use crate::grpc::official_account::OfficialAccountService;
 use crate::grpc::{EventFeedService, PuppetService};
 use crate::metrics::AccountMetrics;
-use crate::net::{AuthThrottle, PeerInfo};
+use crate::net::AuthThrottle;
 use crate::store::Store;
 use crate::tasks::Tasks;
 
@@ -630,24 +630,9 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let answer = |status: Status| -> Self::Future { Box::pin(std::future::ready(Ok(status.into_http()))) };
-        let ip = req.extensions().get::<PeerInfo>().map(|p| p.addr.ip());
-        if let Some(wait) = ip.and_then(|ip| self.throttle.check(ip).err()) {
-            return answer(Status::resource_exhausted(format!(
-                "too many failed authentication attempts from this address; retry in {} s",
-                wait.as_secs()
-            )));
-        }
-        let found = crate::grpc::auth::presented(&req)
-            .and_then(|token| self.accounts.by_token(&token).ok_or_else(|| crate::grpc::auth::wrong_token(&token)));
-        let account = match found {
+        let account = match crate::grpc::auth::authenticate(&req, &self.throttle, |t| self.accounts.by_token(t)) {
             Ok(a) => a,
-            Err(status) => {
-                if let Some(ip) = ip {
-                    self.throttle.failed(ip);
-                }
-                tracing::debug!(reason = status.message(), "rejected unauthenticated call");
-                return answer(status);
-            }
+            Err(status) => return answer(status),
         };
         match (self.pick)(&account) {
             Some(service) => Box::pin(service.oneshot(req)),

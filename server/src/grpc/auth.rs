@@ -80,25 +80,38 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let ip = req.extensions().get::<PeerInfo>().map(|p| p.addr.ip());
-        if let Some(wait) = ip.and_then(|ip| self.throttle.check(ip).err()) {
-            let status = Status::resource_exhausted(format!(
-                "too many failed authentication attempts from this address; retry in {} s",
-                wait.as_secs()
-            ));
-            return Box::pin(std::future::ready(Ok(status.into_http())));
-        }
-        match check(&req, &self.token) {
+        let token = self.token.clone();
+        let given = |t: &str| bool::from(t.as_bytes().ct_eq(token.as_bytes())).then_some(());
+        match authenticate(&req, &self.throttle, given) {
             Ok(()) => Box::pin(self.inner.call(req)),
-            Err(status) => {
-                if let Some(ip) = ip {
-                    self.throttle.failed(ip);
-                }
-                tracing::debug!(reason = status.message(), "rejected unauthenticated call");
-                Box::pin(std::future::ready(Ok(status.into_http())))
-            }
+            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
         }
     }
+}
+
+/// Authenticates a call: refused unchecked (`RESOURCE_EXHAUSTED`) while its address is throttled;
+/// otherwise `find` maps the presented token to what it opens, and a token that opens nothing is
+/// `UNAUTHENTICATED` and counts toward the throttle.
+pub fn authenticate<B, T>(
+    req: &http::Request<B>,
+    throttle: &AuthThrottle,
+    find: impl FnOnce(&str) -> Option<T>,
+) -> Result<T, Status> {
+    let ip = req.extensions().get::<PeerInfo>().map(|p| p.addr.ip());
+    if let Some(wait) = ip.and_then(|ip| throttle.check(ip).err()) {
+        return Err(Status::resource_exhausted(format!(
+            "too many failed authentication attempts from this address; retry in {} s",
+            wait.as_secs()
+        )));
+    }
+    let found = presented(req).and_then(|given| find(&given).ok_or_else(|| wrong_token(&given)));
+    if let Err(status) = &found {
+        if let Some(ip) = ip {
+            throttle.failed(ip);
+        }
+        tracing::debug!(reason = status.message(), "rejected unauthenticated call");
+    }
+    found
 }
 
 #[cfg(test)]
