@@ -70,7 +70,8 @@ pub fn build_backend(
             let options = backend::mock::MockOptions {
                 world,
                 login_step: Duration::from_millis(config.login_step_ms),
-                print_qr: true,
+                // With an accounts file the QRs are on `/qrcode?account=NAME`, not a thousand on stdout.
+                print_qr: config.accounts.is_none(),
                 import_file: Some(config.data_dir().join("mock-world.json")),
             };
             let mock = backend::mock::MockBackend::new(options, store.clone(), sink, blobs, tasks)?;

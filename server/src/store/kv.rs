@@ -11,14 +11,15 @@ use super::{Store, StoreError, Ticket, Writes};
 /// Payloads the cache holds at most; past it the cache starts over (it is only a cache).
 pub const CACHE_MAX: u64 = 100_000;
 
-/// Empties the payload cache once it holds more than [`CACHE_MAX`] payloads.
-pub(crate) fn retain_cache(w: &mut Writes<'_>) -> Result<(), StoreError> {
+/// Empties the payload cache once it holds more than [`CACHE_MAX`] payloads; whether it did.
+pub(crate) fn retain_cache(w: &mut Writes<'_>) -> Result<bool, StoreError> {
     use redb::ReadableTableMetadata;
     if w.cache.len()? > CACHE_MAX {
         w.cache.retain(|_, _| false)?;
         tracing::info!(limit = CACHE_MAX, "the payload cache was full and starts over");
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 pub(crate) const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");

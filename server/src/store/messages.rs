@@ -51,7 +51,7 @@ fn decode(id: &str, v: &[u8]) -> Option<(u64, MessageRecord)> {
 }
 
 /// How many messages are kept, what they weigh, and the next insertion number.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Counters {
     count: u64,
     bytes: u64,

@@ -240,6 +240,8 @@ struct Overlay {
 #[derive(Default)]
 struct StatsCounters {
     commits: AtomicU64,
+    /// Commits of the retention pass (only when it deleted something).
+    retention_commits: AtomicU64,
     used_bytes: AtomicU64,
     /// Bytes committed since `used_bytes` was measured, times [`PAGE_OVERHEAD_ESTIMATE`].
     grown_bytes: AtomicU64,
@@ -875,19 +877,31 @@ impl Store {
         if self.durability() == Durability::Memory {
             tx.set_durability(redb::Durability::None)?;
         }
-        {
+        let changed = {
             let mut w = Writes::open(&tx)?;
+            let messages_before = w.counters;
             let floor = events::retain(&mut w, self.shared.options.events)?;
             messages::retain(&mut w, self.shared.options.messages)?;
-            kv::retain_cache(&mut w)?;
-            w.finish()?;
+            let cache_cleared = kv::retain_cache(&mut w)?;
+            let changed = floor.is_some() || w.counters != messages_before || cache_cleared;
+            if changed {
+                w.finish()?;
+            }
             // Announced before the commit: a reader that finds the events gone after reading
             // them also finds the floor past them, and is cut instead of skipping them.
             if let Some(floor) = floor {
                 self.shared.floor.fetch_max(floor, Ordering::AcqRel);
             }
+            changed
+        };
+        if !changed {
+            // Nothing left: an idle account neither commits nor syncs (a thousand of them would
+            // otherwise write to disk every second).
+            tx.abort()?;
+            return Ok(());
         }
         tx.commit()?;
+        self.shared.stats.retention_commits.fetch_add(1, Ordering::Relaxed);
         self.refresh_sizes();
         self.refresh_first_event()
     }
@@ -1054,6 +1068,31 @@ pub(crate) mod tests {
 
     pub(crate) fn temp_dir() -> PathBuf {
         std::env::temp_dir().join(format!("puppet-store-{}", uuid::Uuid::new_v4()))
+    }
+
+    #[tokio::test]
+    async fn the_retention_pass_commits_only_when_it_deletes_something() {
+        let dir = temp_dir();
+        let mut opts = options(Durability::Batch);
+        opts.events.count = 3;
+        let store = Store::open(&dir, opts).unwrap();
+        let event = |seq| events::StoredEvent { seq, time_ms: now_ms(), kind: 3, payload: "{}".into() };
+        for seq in 1..=3 {
+            store.append_event(event(seq));
+        }
+        store.flushed().await.unwrap();
+        let retention_commits = || store.shared.stats.retention_commits.load(Ordering::Relaxed);
+        let before = retention_commits();
+        store.enforce_retention().unwrap();
+        store.enforce_retention().unwrap();
+        assert_eq!(retention_commits(), before, "nothing to delete: an idle store does not commit");
+        store.append_event(event(4));
+        store.flushed().await.unwrap();
+        store.enforce_retention().unwrap();
+        assert_eq!(retention_commits(), before + 1);
+        assert_eq!(store.retention_floor(), 1);
+        store.clone().close();
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]
