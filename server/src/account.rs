@@ -449,7 +449,10 @@ impl Accounts {
         let mut state = self.state_mut();
         let account = state.by_name.remove(name)?;
         let digest = self.inner.key.digest(&account.token);
-        state.by_digest.remove(&digest);
+        // A renamed account (same token, new name) was started first and already holds the digest.
+        if state.by_digest.get(&digest).is_some_and(|a| Arc::ptr_eq(a, &account)) {
+            state.by_digest.remove(&digest);
+        }
         drop(state);
         self.inner.shared.changed.send_modify(|g| *g += 1);
         Some(account)

@@ -251,6 +251,13 @@ async fn a_reload_adds_and_removes_accounts_while_the_others_keep_streaming() {
     }
     world(&server, "sales").await.say(say("after the signal")).await.unwrap();
     assert_eq!(next_text(&mut sales_events, &mut sales).await, "after the signal");
+
+    // A rename keeps the token working: the new name starts, the old one stops.
+    let renamed = account("support").replace("name = \"support\"", "name = \"helpdesk\"");
+    std::fs::write(&file, format!("{}{renamed}{}", account("sales"), account("extra").replace("= 5", "= 6"))).unwrap();
+    let done = admin(&server, ADMIN).await.reload_accounts(ext::ReloadAccountsRequest {}).await.unwrap().into_inner();
+    assert_eq!((done.added, done.removed), (vec!["helpdesk".into()], vec!["support".into()]));
+    server.puppet_as(&token("support")).await.version(pb::VersionRequest {}).await.expect("the token still opens it");
     drop(server);
     _ = std::fs::remove_dir_all(dir);
 }
