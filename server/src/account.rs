@@ -576,13 +576,20 @@ impl Accounts {
     }
 }
 
-/// The specs of `config`'s accounts: the file's, or the one account the flags make (`None` label).
-pub fn specs_of(config: &Config, process_args: &[OsString]) -> anyhow::Result<Vec<AccountSpec>> {
+/// The specs of `config`'s accounts — the file's, or the one account the flags make — and where
+/// the single account's token came from (a file's tokens are given). Reads files: blocking.
+pub fn specs_of(
+    config: &Config,
+    process_args: &[OsString],
+) -> anyhow::Result<(Vec<AccountSpec>, crate::config::TokenSource)> {
     match &config.accounts {
-        Some(file) => crate::accounts::load(file, process_args).map_err(|e| anyhow::anyhow!("{e}")),
+        Some(file) => Ok((
+            crate::accounts::load(file, process_args).map_err(|e| anyhow::anyhow!("{e}"))?,
+            crate::config::TokenSource::Given,
+        )),
         None => {
-            let (token, _) = config.resolve_token()?;
-            Ok(vec![AccountSpec { name: "default".into(), token, config: config.clone(), line: 0 }])
+            let (token, source) = config.resolve_token()?;
+            Ok((vec![AccountSpec { name: "default".into(), token, config: config.clone(), line: 0 }], source))
         }
     }
 }

@@ -114,10 +114,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "--token (WECHATY_PUPPET_SERVICE_TOKEN) and --accounts cannot be used together: each account of the file has its own token"
         );
     }
-    let specs = account::specs_of(&config, &process_args)?;
-    let token_source = match &config.accounts {
-        Some(_) => TokenSource::Given,
-        None => config.resolve_token()?.1,
+    let (specs, token_source) = {
+        let (config, args) = (config.clone(), process_args.clone());
+        tokio::task::spawn_blocking(move || account::specs_of(&config, &args)).await??
     };
     let shard = match (config.replicas, &config.pod_name) {
         (1, _) => None,

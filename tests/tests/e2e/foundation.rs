@@ -124,3 +124,36 @@ async fn sigterm_stops_the_server_cleanly() {
         }
     }
 }
+
+/// The banner's token line of a server started on `dir` without a token (then killed).
+fn banner_token_line(dir: &std::path::Path) -> String {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(puppet_tests::server_binary())
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env_remove("WECHATY_PUPPET_SERVICE_TOKEN")
+        .env_remove("WECHATY_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Each line arrives as the server prints it; the banner comes first, so this ends.
+    let line = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.trim_start().starts_with("token "))
+        .unwrap_or_default();
+    _ = child.kill();
+    _ = child.wait();
+    line
+}
+
+#[test]
+fn a_new_user_is_told_the_token_was_generated_then_that_it_was_saved() {
+    let dir = std::env::temp_dir().join(format!("puppet-banner-{}", std::process::id()));
+    let first = banner_token_line(&dir);
+    assert!(first.contains("insecure_") && first.contains("(generated, saved in"), "{first}");
+    let again = banner_token_line(&dir);
+    assert!(again.contains("(saved in"), "{again}");
+    _ = std::fs::remove_dir_all(dir);
+}
