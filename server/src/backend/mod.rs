@@ -101,6 +101,14 @@ impl From<crate::store::StoreError> for BackendError {
 /// Result of a backend operation.
 pub type BackendResult<T> = Result<T, BackendError>;
 
+/// The stored record of message `id`, read off the runtime; `NOT_FOUND` when the store has none.
+pub(crate) async fn stored_message(
+    store: &crate::store::Store,
+    id: &MessageId,
+) -> BackendResult<crate::store::MessageRecord> {
+    store.messages().get_async(id.as_str()).await?.ok_or_else(|| BackendError::not_found("message", id))
+}
+
 /// Something the bot sends into a conversation.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outgoing {

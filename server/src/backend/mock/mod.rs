@@ -454,14 +454,7 @@ impl MockBackend {
 
     /// A stored message and its record, read without holding the world's lock.
     async fn stored(&self, id: &MessageId) -> BackendResult<(MessageRecord, StoredMessage)> {
-        let record = self
-            .inner
-            .store
-            .messages()
-            .get_async(id.as_str())
-            .await
-            .map_err(BackendError::from)?
-            .ok_or_else(|| BackendError::not_found("message", id))?;
+        let record = crate::backend::stored_message(&self.inner.store, id).await?;
         let stored = StoredMessage::decode(&record)?;
         Ok((record, stored))
     }

@@ -530,14 +530,7 @@ impl OfficialAccount {
 
     /// A stored message, read off the runtime.
     async fn stored(&self, id: &MessageId) -> BackendResult<Stored> {
-        let record = self
-            .inner
-            .store
-            .messages()
-            .get_async(id.as_str())
-            .await
-            .map_err(BackendError::from)?
-            .ok_or_else(|| BackendError::not_found("message", id))?;
+        let record = crate::backend::stored_message(&self.inner.store, id).await?;
         serde_json::from_slice(&record.body).map_err(|e| {
             BackendError::Internal(format!(
                 "stored message `{}` is unreadable: {e}",
