@@ -398,4 +398,28 @@ autostart = false
         assert_ne!(a.digest("t"), b.digest("t"));
         assert_ne!(a.digest("t"), a.digest("u"));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Any text, or an accounts table with arbitrary keys and values: an answer, never a
+        /// panic, and a refusal's line lies within the text.
+        #[test]
+        fn any_file_is_answered_never_a_panic(
+            text in "(?s).{0,400}",
+            keys in proptest::collection::vec("[a-z_]{1,20}", 0..6),
+            values in proptest::collection::vec("[ -~]{0,30}", 0..6),
+        ) {
+            let lines = |t: &str| t.lines().count().max(1) + 1;
+            if let Err((Some(line), _)) = parse(&text, Path::new("."), &args()) {
+                proptest::prop_assert!(line <= lines(&text));
+            }
+            let mut table = String::from("[[account]]\nname = \"p\"\ntoken = \"t_1\"\n");
+            for (k, v) in keys.iter().zip(&values) {
+                table.push_str(&format!("{k} = {}\n", toml::Value::String(v.clone())));
+            }
+            if let Err((Some(line), _)) = parse(&table, Path::new("."), &args()) {
+                proptest::prop_assert!(line <= lines(&table));
+            }
+        }
+    }
 }
