@@ -23,6 +23,13 @@ fn alias(id: &str, alias: Option<&str>) -> pb::ContactAliasRequest {
     }
 }
 
+/// The bot sends `text` to Alice; the message id.
+async fn send_to_alice(p: &mut puppet_tests::PuppetClientT, text: &str) -> String {
+    let req =
+        pb::MessageSendTextRequest { conversation_id: "wxid_alice".into(), text: text.into(), ..Default::default() };
+    p.message_send_text(req).await.unwrap().into_inner().id
+}
+
 #[allow(deprecated)]
 fn topic(room: &str, topic: &str) -> pb::RoomTopicRequest {
     pb::RoomTopicRequest { id: room.into(), topic: Some(topic.into()), ..Default::default() }
@@ -37,16 +44,7 @@ async fn under_always_what_was_acknowledged_survives_sigkill() {
     let server = Server::start_in(&dir, &args);
     let mut p = server.puppet().await;
     Events::open(&mut p).await.wait_for(kind::READY).await;
-    let sent = p
-        .message_send_text(pb::MessageSendTextRequest {
-            conversation_id: "wxid_alice".into(),
-            text: "sent before the crash".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let sent = send_to_alice(&mut p, "sent before the crash").await;
     let mut w = world(&server).await;
     let heard = w
         .say(ext::SayRequest {
@@ -85,16 +83,7 @@ async fn under_always_what_was_acknowledged_survives_sigkill() {
     let ids: Vec<&str> = listed.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, [sent.as_str(), heard.as_str()]);
     // New ids never reuse old ones.
-    let next = p
-        .message_send_text(pb::MessageSendTextRequest {
-            conversation_id: "wxid_alice".into(),
-            text: "after".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let next = send_to_alice(&mut p, "after").await;
     assert!(next != sent && next != heard, "{next}");
     let old = p.message_payload(pb::MessagePayloadRequest { id: sent.clone() }).await.unwrap().into_inner();
     assert_eq!(old.text, "sent before the crash");
