@@ -192,15 +192,6 @@ impl Account {
                 }
             });
         }
-        if config.autostart {
-            let backend = backend.clone();
-            let name = name.clone();
-            background.spawn_cancellable("autostart", async move {
-                if let Err(e) = backend.start().await {
-                    tracing::error!(account = %name, error = %e, "autostart failed; a client's Start call will retry");
-                }
-            });
-        }
         Ok(Arc::new(Self {
             name,
             label,
@@ -219,6 +210,20 @@ impl Account {
             background,
             front,
         }))
+    }
+
+    /// Begins the login (`--autostart`, on by default), so the account is online before any client
+    /// connects. Separate from [`Account::open`]: at start-up the banner comes first, then the QR.
+    pub fn autostart(&self) {
+        if !self.config.autostart {
+            return;
+        }
+        let (backend, name) = (self.backend.clone(), self.name.clone());
+        self.background.spawn_cancellable("autostart", async move {
+            if let Err(e) = backend.start().await {
+                tracing::error!(account = %name, error = %e, "autostart failed; a client's Start call will retry");
+            }
+        });
     }
 
     /// Whether `token` is this account's (constant time).
@@ -458,10 +463,11 @@ impl Accounts {
         Some(account)
     }
 
-    /// Starts the accounts of `specs` this process owns and records which pod owns the others.
-    /// On an error, the accounts started so far are stopped again.
+    /// Opens the accounts of `specs` this process owns and records which pod owns the others (their
+    /// logins begin with [`Account::autostart`]). On an error, the accounts opened so far are
+    /// stopped again.
     pub async fn start(&self, specs: &[AccountSpec], label: bool) -> anyhow::Result<()> {
-        match self.apply(specs, label).await {
+        match self.apply(specs, label, false).await {
             Ok(_) => Ok(()),
             Err(ReloadError::Start(e) | ReloadError::Restart(e)) => Err(anyhow::anyhow!(e)),
             Err(e) => Err(anyhow::anyhow!("{e}")),
@@ -477,13 +483,15 @@ impl Accounts {
             .await
             .map_err(|e| ReloadError::Start(format!("reading the accounts file failed: {e}")))?
             .map_err(ReloadError::Invalid)?;
-        self.apply(&specs, true).await.map_err(|e| match e {
+        self.apply(&specs, true, true).await.map_err(|e| match e {
             ReloadError::Start(e) => ReloadError::Start(format!("{e}; the running accounts are unchanged")),
             e => e,
         })
     }
 
-    async fn apply(&self, specs: &[AccountSpec], label: bool) -> Result<Reloaded, ReloadError> {
+    /// Brings the running set to `specs`; accounts it starts log in at once when `autostart`
+    /// (a reload), or when the caller says so (start-up, after the banner).
+    async fn apply(&self, specs: &[AccountSpec], label: bool, autostart: bool) -> Result<Reloaded, ReloadError> {
         let _one_at_a_time = self.inner.reloading.lock().await;
         let mut elsewhere = HashMap::new();
         let mut wanted: BTreeMap<&str, &AccountSpec> = BTreeMap::new();
@@ -516,6 +524,9 @@ impl Accounts {
         for a in started {
             tracing::info!(account = %a.name, backend = a.backend.name(), "account started");
             done.added.push(a.name.clone());
+            if autostart {
+                a.autostart();
+            }
             self.insert(a);
         }
         self.state_mut().elsewhere = elsewhere;
@@ -546,6 +557,7 @@ impl Accounts {
                     match Account::open(spec, label, &self.inner.shared).await {
                         Ok(a) => {
                             tracing::info!(account = %name, "account restarted with new settings");
+                            a.autostart();
                             self.insert(a);
                             done.restarted.push(name);
                         }

@@ -173,6 +173,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tls: &tls,
     });
 
+    // After the banner: the mock's login QR comes below where the server listens.
+    for a in accounts.all() {
+        a.autostart();
+    }
+
     if let Some(listener) = http_listener {
         let state = http::HttpState {
             accounts: accounts.clone(),

@@ -138,14 +138,20 @@ fn banner_token_line(dir: &std::path::Path) -> String {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     // Each line arrives as the server prints it; the banner comes first, so this ends.
-    let line = std::io::BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find(|l| l.trim_start().starts_with("token "))
-        .unwrap_or_default();
+    let mut before = Vec::new();
+    let mut token_line = String::new();
+    for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        if line.trim_start().starts_with("token ") {
+            token_line = line;
+            break;
+        }
+        before.push(line);
+    }
     _ = child.kill();
     _ = child.wait();
-    line
+    assert!(before.iter().any(|l| l.contains("listening  grpc://")), "{before:?}");
+    assert!(!before.iter().any(|l| l.contains("scan to log in")), "the banner comes before the QR: {before:?}");
+    token_line
 }
 
 #[test]
