@@ -171,6 +171,20 @@ impl Account {
                 return Err(anyhow::anyhow!(whose(format!("{e:#}"))));
             }
         };
+        let onebot = crate::onebot::settings::Settings::from_flags(&config.onebot);
+        let onebot = match onebot {
+            Ok(Some(settings)) => {
+                crate::onebot::start(settings, backend.clone(), bus.clone(), store.clone(), blobs.clone(), &front).await
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = onebot {
+            front.stop(ACCOUNT_GRACE).await;
+            background.stop(ACCOUNT_GRACE).await;
+            close_store(store).await;
+            return Err(anyhow::anyhow!(whose(format!("{e:#}"))));
+        }
         if let Some(m) = mqtt.clone() {
             let (backend, bus) = (backend.clone(), bus.clone());
             front.spawn("mqtt-bridge", |stop| async move {

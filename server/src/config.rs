@@ -307,6 +307,10 @@ pub struct Config {
     /// Fetches of URLs from clients and pushes.
     #[command(flatten)]
     pub fetch: crate::fetch::FetchFlags,
+
+    /// The OneBot v11 front door (`PUPPET_ONEBOT_*`).
+    #[command(flatten)]
+    pub onebot: crate::onebot::settings::OneBotFlags,
 }
 
 /// The default gRPC port (the official puppet service examples use 8788).

@@ -20,6 +20,7 @@ pub mod http;
 pub mod metrics;
 pub mod mqtt;
 pub mod net;
+pub mod onebot;
 pub mod store;
 pub mod tasks;
 pub mod tls;
