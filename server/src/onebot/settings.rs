@@ -315,4 +315,20 @@ mod tests {
         assert!(e.contains("PUPPET_ONEBOT_POST_URL"), "{e}");
         assert!(settings(&["--onebot-message-format", "xml"]).is_err());
     }
+
+    #[test]
+    fn each_account_of_the_file_has_its_own_onebot_settings() {
+        let text = "[[account]]\nname = \"a\"\ntoken = \"t_a\"\nonebot_http = \"127.0.0.1:5700\"\nonebot_access_token = \"x\"\n\n\
+                    [[account]]\nname = \"b\"\ntoken = \"t_b\"\nonebot_message_format = \"string\"\nonebot_ws_reverse = \"ws://h/ws\"\n";
+        let args = vec!["puppet-server".into(), "--onebot-heartbeat-ms".into(), "1000".into()];
+        let specs = crate::accounts::parse(text, std::path::Path::new("."), &args).unwrap();
+        let a = Settings::from_flags(&specs[0].config.onebot).unwrap().unwrap();
+        let b = Settings::from_flags(&specs[1].config.onebot).unwrap().unwrap();
+        assert_eq!(
+            (a.http, a.access_token.as_deref(), a.format),
+            (Some("127.0.0.1:5700".parse().unwrap()), Some("x"), MessageFormat::Array)
+        );
+        assert_eq!((b.http, b.format, b.reverse.len()), (None, MessageFormat::String, 1));
+        assert_eq!(b.heartbeat, Some(Duration::from_secs(1)), "the process's flag");
+    }
 }

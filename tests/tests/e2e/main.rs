@@ -15,6 +15,7 @@ mod hostile;
 mod mock;
 mod mqtt;
 mod official_account;
+mod onebot;
 mod ops;
 mod outbound;
 mod polyglot;

@@ -1,0 +1,474 @@
+//! The OneBot v11 front door with real OneBot clients — NoneBot2 (reverse and forward WebSocket)
+//! and aiocqhttp (HTTP API + HTTP POST with a signature secret) — and with hand-made bad input on
+//! every transport.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use puppet_proto::pb::puppet_rs::v1 as ext;
+use puppet_proto::pb::wechaty::puppet as pb;
+use puppet_tests::{Events, Server, installed, kind, repo_root, world};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+
+const BOT: &str = "wxid_puppet_bot";
+const ROOM: &str = "10001@chatroom";
+const ONEBOT_TOKEN: &str = "onebot-e2e-token";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A Python OneBot client, its stdout and stderr read line by line; killed on drop.
+struct Client {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Client {
+    fn start(script: &str, args: &[&str], env: &[(&str, String)]) -> Self {
+        let python = installed("PUPPET_TEST_ONEBOT_PYTHON", "the OneBot test venv (NoneBot2, aiocqhttp)");
+        let mut cmd = Command::new(python);
+        cmd.arg(repo_root().join("tests/onebot").join(script))
+            .args(args)
+            .current_dir(std::env::temp_dir())
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start the Python OneBot client");
+        let (tx, lines) = mpsc::channel();
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Self { child, lines, seen: vec![] }
+    }
+
+    /// Waits for a line holding `needle`; the line.
+    fn wait_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line with `{needle}` within {WAIT:?}; the client said:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        _ = self.child.kill();
+        _ = self.child.wait();
+    }
+}
+
+/// Waits for the bot's next message into `conversation` and returns its text.
+async fn bot_says(events: &mut Events, server: &Server, conversation: &str) -> String {
+    let mut puppet = server.puppet().await;
+    loop {
+        let ev = events.wait_for(kind::MESSAGE).await;
+        let id = ev["messageId"].as_str().unwrap().to_owned();
+        let m = puppet.message_payload(pb::MessagePayloadRequest { id }).await.unwrap().into_inner();
+        let here =
+            if conversation.ends_with("@chatroom") { m.room_id == conversation } else { m.listener_id == conversation };
+        if m.talker_id == BOT && here {
+            return m.text;
+        }
+    }
+}
+
+async fn online(args: &[&str]) -> (Server, Events) {
+    let server = Server::start(args);
+    let mut puppet = server.puppet().await;
+    let mut events = Events::open(&mut puppet).await;
+    events.wait_for(kind::READY).await;
+    (server, events)
+}
+
+/// The world talks to the bot: Alice says `ding` to it, then says `@Puppet Bot ding` in a room;
+/// both answers must be `dong` (the room one may carry an @ of Alice).
+async fn ding_dong_private_and_room(server: &Server, events: &mut Events) {
+    let mut w = world(server).await;
+    w.say(ext::SayRequest { from_id: "wxid_alice".into(), text: "ding".into(), ..Default::default() }).await.unwrap();
+    assert_eq!(bot_says(events, server, "wxid_alice").await, "dong");
+    w.say(ext::SayRequest {
+        from_id: "wxid_alice".into(),
+        room_id: ROOM.into(),
+        text: "@Puppet Bot\u{2005}ding".into(),
+        mention_ids: vec![BOT.into()],
+    })
+    .await
+    .unwrap();
+    let said = bot_says(events, server, ROOM).await;
+    assert!(said.ends_with("dong"), "{said}");
+}
+
+#[tokio::test]
+async fn nonebot_over_reverse_websocket_answers_ding_and_accepts_a_friend() {
+    let port = free_port();
+    let url = format!("ws://127.0.0.1:{port}/onebot/v11/ws");
+    let (server, mut events) =
+        online(&["--onebot-ws-reverse", &url, "--onebot-reconnect-ms", "100", "--onebot-access-token", ONEBOT_TOKEN])
+            .await;
+    let mut nonebot = Client::start(
+        "nonebot_bot.py",
+        &[],
+        &[
+            ("DRIVER", "~fastapi+~websockets+~httpx".into()),
+            ("HOST", "127.0.0.1".into()),
+            ("PORT", port.to_string()),
+            ("ONEBOT_ACCESS_TOKEN", ONEBOT_TOKEN.into()),
+        ],
+    );
+    nonebot.wait_line("CONNECTED");
+    ding_dong_private_and_room(&server, &mut events).await;
+
+    // A stranger asks to be friends; NoneBot's request handler approves.
+    let mut w = world(&server).await;
+    let fid = w
+        .request_friendship(ext::RequestFriendshipRequest {
+            contact_id: "wxid_stranger_olga".into(),
+            name: "Olga".into(),
+            hello: "hi, I am Olga".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .friendship_id;
+    nonebot.wait_line("APPROVED");
+    let is_fid = |v: &Value| v["friendshipId"] == fid.as_str();
+    events.wait_until(kind::FRIENDSHIP, is_fid).await;
+    events.wait_until(kind::FRIENDSHIP, is_fid).await;
+    let mut puppet = server.puppet().await;
+    let olga = puppet
+        .contact_payload(pb::ContactPayloadRequest { id: "wxid_stranger_olga".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(olga.friend, "the friendship exists: {olga:?}");
+}
+
+#[tokio::test]
+async fn nonebot_over_forward_websocket_answers_ding() {
+    let port = free_port();
+    let (server, mut events) =
+        online(&["--onebot-ws", &format!("127.0.0.1:{port}"), "--onebot-access-token", ONEBOT_TOKEN]).await;
+    let mut nonebot = Client::start(
+        "nonebot_bot.py",
+        &[],
+        &[
+            ("DRIVER", "~fastapi+~websockets+~httpx".into()),
+            ("HOST", "127.0.0.1".into()),
+            ("PORT", free_port().to_string()),
+            ("ONEBOT_ACCESS_TOKEN", ONEBOT_TOKEN.into()),
+            ("ONEBOT_WS_URLS", format!("[\"ws://127.0.0.1:{port}/\"]")),
+        ],
+    );
+    nonebot.wait_line("CONNECTED");
+    ding_dong_private_and_room(&server, &mut events).await;
+}
+
+#[tokio::test]
+async fn aiocqhttp_over_http_api_and_signed_posts() {
+    let (api, hook) = (free_port(), free_port());
+    let (server, mut events) = online(&[
+        "--onebot-http",
+        &format!("127.0.0.1:{api}"),
+        "--onebot-post-url",
+        &format!("http://127.0.0.1:{hook}/"),
+        "--onebot-access-token",
+        ONEBOT_TOKEN,
+        "--onebot-secret",
+        "the-secret",
+    ])
+    .await;
+    let api_root = format!("http://127.0.0.1:{api}");
+    let mut bot = Client::start("aiocqhttp_bot.py", &[&hook.to_string(), &api_root, ONEBOT_TOKEN, "the-secret"], &[]);
+    bot.wait_line("READY");
+    ding_dong_private_and_room(&server, &mut events).await;
+    drop(bot);
+
+    // The same bot with another secret: aiocqhttp refuses our post, so nobody answers.
+    let mut wrong =
+        Client::start("aiocqhttp_bot.py", &[&hook.to_string(), &api_root, ONEBOT_TOKEN, "not-the-secret"], &[]);
+    wrong.wait_line("READY");
+    let mut w = world(&server).await;
+    w.say(ext::SayRequest { from_id: "wxid_alice".into(), text: "ding".into(), ..Default::default() }).await.unwrap();
+    wrong.wait_line("signature header is invalid");
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(port: u16, path: &str, token: Option<&str>) -> Result<Ws, u16> {
+    let mut req = format!("ws://127.0.0.1:{port}{path}").into_client_request().unwrap();
+    if let Some(t) = token {
+        req.headers_mut().insert("Authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Sends an action and returns the answer with the same echo (events in between are skipped).
+async fn ws_call(ws: &mut Ws, frame: Value) -> Value {
+    let echo = frame.get("echo").cloned();
+    ws.send(tungstenite::Message::Text(frame.to_string().into())).await.unwrap();
+    wait_frame(ws, |v| v.get("post_type").is_none() && v.get("echo") == echo.as_ref()).await
+}
+
+async fn wait_frame(ws: &mut Ws, want: impl Fn(&Value) -> bool) -> Value {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let m = ws.next().await.expect("the connection stays open").unwrap();
+            if let tungstenite::Message::Text(t) = m {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if want(&v) {
+                    return v;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the frame came")
+}
+
+#[tokio::test]
+async fn message_ids_stay_valid_across_a_restart() {
+    let dir = std::env::temp_dir().join(format!("puppet-onebot-ids-{}", std::process::id()));
+    let port = free_port();
+    let args =
+        ["--onebot-ws", &format!("127.0.0.1:{port}"), "--onebot-access-token", ONEBOT_TOKEN, "--durability", "always"];
+    let mut first = Server::start_in(&dir, &args);
+    Events::open(&mut first.puppet().await).await.wait_for(kind::READY).await;
+    let mut ws = ws_connect(port, "/", Some(ONEBOT_TOKEN)).await.unwrap();
+    let connect = wait_frame(&mut ws, |v| v["meta_event_type"] == "lifecycle").await;
+    assert_eq!(connect["sub_type"], "connect");
+    let mut w = world(&first).await;
+    w.say(ext::SayRequest { from_id: "wxid_alice".into(), text: "ding".into(), ..Default::default() }).await.unwrap();
+    let ev = wait_frame(&mut ws, |v| v["post_type"] == "message").await;
+    assert_eq!(ev["message"], json!([{"type": "text", "data": {"text": "ding"}}]), "{ev}");
+    assert_eq!((ev["message_type"].as_str(), ev["raw_message"].as_str()), (Some("private"), Some("ding")));
+    let (alice, received) = (ev["user_id"].as_i64().unwrap(), ev["message_id"].as_i64().unwrap());
+    let sent = ws_call(
+        &mut ws,
+        json!({"action": "send_private_msg", "params": {"user_id": alice, "message": "dong"}, "echo": 1}),
+    )
+    .await;
+    assert_eq!(sent["status"], "ok", "{sent}");
+    let sent = sent["data"]["message_id"].as_i64().unwrap();
+    drop(ws);
+    first.terminate();
+    drop(first);
+
+    let second = Server::start_in(&dir, &args);
+    let mut events = Events::open(&mut second.puppet().await).await;
+    events.wait_for(kind::READY).await;
+    let mut ws = ws_connect(port, "/api", Some(ONEBOT_TOKEN)).await.unwrap();
+    let got = ws_call(&mut ws, json!({"action": "get_msg", "params": {"message_id": received}, "echo": "a"})).await;
+    assert_eq!((got["status"].as_str(), got["data"]["sender"]["user_id"].as_i64()), (Some("ok"), Some(alice)), "{got}");
+    assert_eq!(got["data"]["message"][0]["data"]["text"], "ding");
+    let gone = ws_call(&mut ws, json!({"action": "delete_msg", "params": {"message_id": sent}, "echo": "b"})).await;
+    assert_eq!(gone["status"], "ok", "{gone}");
+    let got = ws_call(&mut ws, json!({"action": "get_msg", "params": {"message_id": sent}, "echo": "c"})).await;
+    assert_eq!(got["data"]["recalled"], true, "{got}");
+    drop(second);
+    _ = std::fs::remove_dir_all(dir);
+}
+
+async fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn bad_input_on_every_transport_gets_the_right_codes() {
+    let (api, ws_port) = (free_port(), free_port());
+    let reverse = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let reverse_url = format!("ws://127.0.0.1:{}/", reverse.local_addr().unwrap().port());
+    let (_server, _events) = online(&[
+        "--onebot-http",
+        &format!("127.0.0.1:{api}"),
+        "--onebot-ws",
+        &format!("127.0.0.1:{ws_port}"),
+        "--onebot-ws-reverse",
+        &reverse_url,
+        "--onebot-reconnect-ms",
+        "100",
+        "--onebot-access-token",
+        ONEBOT_TOKEN,
+    ])
+    .await;
+    let auth = ("Authorization", "Bearer onebot-e2e-token");
+    let json_type = ("Content-Type", "application/json");
+
+    // HTTP API.
+    let (status, body) = http(api, "POST", "/get_status", &[json_type], "{}").await;
+    assert_eq!((status, body["retcode"].as_i64()), (401, Some(1401)), "{body}");
+    let (status, _) = http(api, "POST", "/get_status", &[json_type, ("Authorization", "Bearer wrong")], "{}").await;
+    assert_eq!(status, 403);
+    let (status, _) = http(api, "GET", "/get_status?access_token=wrong", &[], "").await;
+    assert_eq!(status, 403);
+    let (status, body) = http(api, "POST", "/no_such_action", &[json_type, auth], "{}").await;
+    assert_eq!((status, body["retcode"].as_i64()), (404, Some(1404)), "{body}");
+    assert!(body["wording"].as_str().unwrap().contains("no_such_action"), "{body}");
+    let (status, body) =
+        http(api, "POST", "/send_private_msg", &[json_type, auth], r#"{"user_id": [1], "message": "x"}"#).await;
+    assert_eq!((status, body["retcode"].as_i64()), (200, Some(1400)), "{body}");
+    assert!(body["wording"].as_str().unwrap().contains("`user_id`"), "{body}");
+    let (status, body) = http(
+        api,
+        "POST",
+        "/send_private_msg",
+        &[("Content-Type", "application/x-www-form-urlencoded"), auth],
+        "user_id=abc&message=x",
+    )
+    .await;
+    assert_eq!((status, body["retcode"].as_i64()), (200, Some(1400)), "{body}");
+    let (status, body) = http(api, "POST", "/get_status", &[json_type, auth], "{not json").await;
+    assert_eq!((status, body["retcode"].as_i64()), (400, Some(1400)), "{body}");
+    let (status, _) = http(api, "POST", "/get_status", &[("Content-Type", "text/xml"), auth], "<x/>").await;
+    assert_eq!(status, 406);
+    let (status, body) = http(api, "GET", &format!("/get_status?access_token={ONEBOT_TOKEN}"), &[], "").await;
+    assert_eq!(
+        (status, body["status"].as_str(), body["data"]["online"].as_bool()),
+        (200, Some("ok"), Some(true)),
+        "{body}"
+    );
+    let (status, body) = http(api, "POST", "/get_version_info_async", &[json_type, auth], "{}").await;
+    assert_eq!((status, body["status"].as_str(), body["retcode"].as_i64()), (200, Some("async"), Some(1)), "{body}");
+    let (_, body) =
+        http(api, "POST", "/set_friend_add_request", &[json_type, auth], r#"{"flag": "x", "approve": false}"#).await;
+    assert_eq!(body["retcode"], 1404, "what WeChat cannot do says why: {body}");
+    assert!(body["wording"].as_str().unwrap().contains("decline"), "{body}");
+
+    // Forward WebSocket.
+    assert_eq!(ws_connect(ws_port, "/", None).await.err(), Some(401));
+    assert_eq!(ws_connect(ws_port, "/", Some("wrong")).await.err(), Some(403));
+    let mut ws = ws_connect(ws_port, "/api", Some(ONEBOT_TOKEN)).await.unwrap();
+    bad_actions(&mut ws).await;
+
+    // Reverse WebSocket: our own endpoint checks the handshake and sends the same bad input.
+    let (stream, _) = tokio::time::timeout(WAIT, reverse.accept()).await.unwrap().unwrap();
+    let headers = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen = headers.clone();
+    // tungstenite's callback type fixes the (large) error type.
+    #[allow(clippy::result_large_err)]
+    let callback = move |req: &tungstenite::handshake::server::Request, resp| {
+        *seen.lock().unwrap() = Some(req.headers().clone());
+        Ok(resp)
+    };
+    let mut rws = tokio_tungstenite::accept_hdr_async(stream, callback).await.unwrap();
+    let h = headers.lock().unwrap().clone().unwrap();
+    assert_eq!(h["x-client-role"], "Universal");
+    assert_eq!(h["authorization"], "Bearer onebot-e2e-token");
+    let self_id: i64 = h["x-self-id"].to_str().unwrap().parse().unwrap();
+    assert!(self_id > 0);
+    let connect = reverse_frame(&mut rws, |v| v["meta_event_type"] == "lifecycle").await;
+    assert_eq!((connect["sub_type"].as_str(), connect["self_id"].as_i64()), (Some("connect"), Some(self_id)));
+    for (frame, retcode, needle) in [
+        (json!({"action": "nope", "params": {}, "echo": 7}), 1404, "nope"),
+        (json!({"action": "get_group_info", "params": {"group_id": "x"}, "echo": 8}), 1400, "`group_id`"),
+        (json!({"action": "get_group_info", "params": {"group_id": self_id}, "echo": 9}), 1400, "a user, not a group"),
+    ] {
+        let echo = frame["echo"].clone();
+        rws.send(tungstenite::Message::Text(frame.to_string().into())).await.unwrap();
+        let r = reverse_frame(&mut rws, |v| v.get("echo") == Some(&echo)).await;
+        assert_eq!((r["status"].as_str(), r["retcode"].as_i64()), (Some("failed"), Some(retcode)), "{r}");
+        assert!(r["wording"].as_str().unwrap().contains(needle), "{r}");
+    }
+    let info = {
+        rws.send(tungstenite::Message::Text(json!({"action": "get_login_info", "echo": "me"}).to_string().into()))
+            .await
+            .unwrap();
+        reverse_frame(&mut rws, |v| v["echo"] == "me").await
+    };
+    assert_eq!(
+        (info["data"]["user_id"].as_i64(), info["data"]["nickname"].as_str()),
+        (Some(self_id), Some("Puppet Bot")),
+        "{info}"
+    );
+
+    // The server is unaffected.
+    let (status, body) = http(api, "POST", "/get_status", &[json_type, auth], "").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{body}");
+}
+
+async fn bad_actions(ws: &mut Ws) {
+    let r = ws_call(ws, json!({"action": "no_such_action", "params": {}, "echo": {"n": 1}})).await;
+    assert_eq!((r["status"].as_str(), r["retcode"].as_i64()), (Some("failed"), Some(1404)), "{r}");
+    let r =
+        ws_call(ws, json!({"action": "send_group_msg", "params": {"group_id": true, "message": "x"}, "echo": 2})).await;
+    assert_eq!(r["retcode"], 1400, "{r}");
+    assert!(r["wording"].as_str().unwrap().contains("`group_id`"), "{r}");
+    let r = ws_call(ws, json!({"action": "send_private_msg", "params": {"user_id": 1, "message": 5}, "echo": 3})).await;
+    assert_eq!(r["retcode"], 1400, "{r}");
+    let r = ws_call(ws, json!({"action": "get_msg", "params": "x", "echo": 4})).await;
+    assert!(r["wording"].as_str().unwrap().contains("`params`"), "{r}");
+    ws.send(tungstenite::Message::Text("{not json".into())).await.unwrap();
+    let r = wait_frame(ws, |v| v.get("retcode").is_some()).await;
+    assert_eq!(r["retcode"], 1400, "{r}");
+    let r = ws_call(ws, json!({"action": "get_status", "echo": 5})).await;
+    assert_eq!(r["status"], "ok", "{r}");
+}
+
+async fn reverse_frame(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let m = ws.next().await.expect("the connection stays open").unwrap();
+            if let tungstenite::Message::Text(t) = m {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if want(&v) {
+                    return v;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the frame came")
+}
