@@ -277,7 +277,8 @@ enum Out {
 }
 
 /// One OneBot WebSocket session over channels: `incoming` are the peer's text frames, `out`
-/// what to send. Events (for Universal and Event) come first with `lifecycle.connect`; actions
+/// what to send. Events (for Universal and Event) start with `lifecycle.connect` once the account
+/// is logged in; actions
 /// (Universal and API) run at most `PUPPET_ONEBOT_CONCURRENT_ACTIONS` at once, each answered with
 /// its `echo`. Returns when the peer goes, the connection falls behind, or `stop`.
 async fn session(
@@ -291,6 +292,10 @@ async fn session(
     let actions = role != Role::Event;
     let mut rx: Option<broadcast::Receiver<Arc<str>>> = events.then(|| core.subscribe());
     if events {
+        // `connect` names the bot (NoneBot takes `self_id` from it): it waits for the login.
+        if core.logged_in(&stop).await.is_none() {
+            return;
+        }
         _ = out.send(Out::Text(core.lifecycle("connect").to_string())).await;
     }
     let permits = Arc::new(Semaphore::new(core.settings().concurrent_actions));

@@ -472,3 +472,135 @@ async fn reverse_frame(
     .await
     .expect("the frame came")
 }
+
+/// What the world does reaches a forward WebSocket client as OneBot events: CQ strings with `at`,
+/// an image with a download link that serves its bytes (and refuses an unsigned one), join, leave,
+/// recall, friend and invitation events, and heartbeats.
+#[tokio::test]
+async fn world_events_become_onebot_events() {
+    let port = free_port();
+    let (server, _events) = online(&[
+        "--onebot-ws",
+        &format!("127.0.0.1:{port}"),
+        "--onebot-message-format",
+        "string",
+        "--onebot-heartbeat-ms",
+        "200",
+    ])
+    .await;
+    let mut ws = ws_connect(port, "/event", None).await.unwrap();
+    let connect = wait_frame(&mut ws, |v| v["meta_event_type"] == "lifecycle").await;
+    let me = connect["self_id"].as_i64().unwrap();
+    let beat = wait_frame(&mut ws, |v| v["meta_event_type"] == "heartbeat").await;
+    assert_eq!((beat["interval"].as_i64(), beat["status"]["online"].as_bool()), (Some(200), Some(true)), "{beat}");
+    let mut w = world(&server).await;
+
+    w.say(ext::SayRequest {
+        from_id: "wxid_carol".into(),
+        room_id: ROOM.into(),
+        text: "@Puppet Bot\u{2005}[look] & see".into(),
+        mention_ids: vec![BOT.into()],
+    })
+    .await
+    .unwrap();
+    let ev = wait_frame(&mut ws, |v| v["post_type"] == "message").await;
+    assert_eq!(ev["message"], format!("[CQ:at,qq={me}][look] &amp; see").replace("[look]", "&#91;look&#93;"), "{ev}");
+    assert_eq!(
+        (ev["message_type"].as_str(), ev["sender"]["card"].as_str(), ev["sender"]["role"].as_str()),
+        (Some("group"), Some("Carol from HR"), Some("member"))
+    );
+    let group = ev["group_id"].as_i64().unwrap();
+    let carol = ev["user_id"].as_i64().unwrap();
+
+    let png = b"\x89PNG\r\n\x1a\n not really a png".to_vec();
+    w.send_file(ext::SendFileRequest {
+        from_id: "wxid_alice".into(),
+        room_id: String::new(),
+        name: "cat.png".into(),
+        data: png.clone(),
+    })
+    .await
+    .unwrap();
+    let ev = wait_frame(&mut ws, |v| v["post_type"] == "message").await;
+    let text = ev["message"].as_str().unwrap();
+    assert!(text.starts_with("[CQ:image,file=cat.png,url="), "{ev}");
+    let url = unescape_url(text);
+    let path = url.split_once(&format!("127.0.0.1:{port}")).unwrap().1.to_owned();
+    let (status, body) = raw_get(port, &path).await;
+    assert_eq!((status, body), (200, png));
+    let (status, _) = raw_get(port, &path.replace("sig=", "sig=0")).await;
+    assert_eq!(status, 403, "an unsigned link serves nothing");
+
+    w.join_room(ext::JoinRoomRequest {
+        room_id: ROOM.into(),
+        contact_ids: vec!["wxid_stranger_sam".into()],
+        inviter_id: "wxid_alice".into(),
+    })
+    .await
+    .unwrap();
+    let ev = wait_frame(&mut ws, |v| v["post_type"] == "notice").await;
+    assert_eq!(
+        (ev["notice_type"].as_str(), ev["sub_type"].as_str(), ev["group_id"].as_i64()),
+        (Some("group_increase"), Some("invite"), Some(group)),
+        "{ev}"
+    );
+    w.leave_room(ext::LeaveRoomRequest {
+        room_id: ROOM.into(),
+        contact_ids: vec!["wxid_carol".into()],
+        remover_id: String::new(),
+    })
+    .await
+    .unwrap();
+    let ev = wait_frame(&mut ws, |v| v["post_type"] == "notice").await;
+    assert_eq!(
+        (ev["notice_type"].as_str(), ev["sub_type"].as_str(), ev["user_id"].as_i64()),
+        (Some("group_decrease"), Some("leave"), Some(carol)),
+        "{ev}"
+    );
+
+    // The bot's own message, recalled through the HTTP-less path: an API connection.
+    let mut api = ws_connect(port, "/api", None).await.unwrap();
+    let sent = ws_call(
+        &mut api,
+        json!({"action": "send_group_msg", "params": {"group_id": group, "message": "oops"}, "echo": 1}),
+    )
+    .await;
+    let sent = sent["data"]["message_id"].as_i64().unwrap();
+    ws_call(&mut api, json!({"action": "delete_msg", "params": {"message_id": sent}, "echo": 2})).await;
+    let ev = wait_frame(&mut ws, |v| v["notice_type"] == "group_recall").await;
+    assert_eq!((ev["message_id"].as_i64(), ev["user_id"].as_i64()), (Some(sent), Some(me)), "{ev}");
+
+    w.invite_bot(ext::InviteBotRequest { room_id: "10006@chatroom".into(), inviter_id: "wxid_victor".into() })
+        .await
+        .unwrap();
+    let ev = wait_frame(&mut ws, |v| v["post_type"] == "request").await;
+    assert_eq!(
+        (ev["request_type"].as_str(), ev["sub_type"].as_str(), ev["group_name"].as_str()),
+        (Some("group"), Some("invite"), Some("Secret Garden")),
+        "{ev}"
+    );
+    let r = ws_call(&mut api, json!({"action": "set_group_add_request", "params": {"flag": ev["flag"], "sub_type": "invite", "approve": true}, "echo": 3})).await;
+    assert_eq!(r["status"], "ok", "{r}");
+    let ev = wait_frame(&mut ws, |v| v["notice_type"] == "group_increase" && v["user_id"] == me).await;
+    let secret_garden = ev["group_id"].as_i64().unwrap();
+    let info =
+        ws_call(&mut api, json!({"action": "get_group_info", "params": {"group_id": secret_garden}, "echo": 4})).await;
+    assert_eq!(info["data"]["group_name"], "Secret Garden", "{info}");
+}
+
+/// The `url=` value of the first CQ code in `text`, unescaped.
+pub fn unescape_url(text: &str) -> String {
+    let v = text.split("url=").nth(1).unwrap().split([',', ']']).next().unwrap();
+    v.replace("&#44;", ",").replace("&#91;", "[").replace("&#93;", "]").replace("&amp;", "&")
+}
+
+async fn raw_get(port: u16, path: &str) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw)).await.unwrap().unwrap();
+    let status = String::from_utf8_lossy(&raw[..12]).split_whitespace().nth(1).unwrap().parse().unwrap();
+    let at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    (status, raw[at..].to_vec())
+}
