@@ -31,19 +31,21 @@ struct Client {
 }
 
 impl Client {
-    fn start(script: &str, args: &[&str], env: &[(&str, String)]) -> Self {
+    fn start(script: &str, args: &[&str]) -> Self {
+        Self::start_in(&std::env::temp_dir(), script, args)
+    }
+
+    /// Starts `script` with `args` in the directory `dir`.
+    fn start_in(dir: &std::path::Path, script: &str, args: &[&str]) -> Self {
         let python = installed("PUPPET_TEST_ONEBOT_PYTHON", "the OneBot test venv (NoneBot2, aiocqhttp)");
         let mut cmd = Command::new(python);
         cmd.arg(repo_root().join("tests/onebot").join(script))
             .args(args)
-            .current_dir(std::env::temp_dir())
+            .current_dir(dir)
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
         let mut child = cmd.spawn().expect("start the Python OneBot client");
         let (tx, lines) = mpsc::channel();
         for out in [
@@ -128,23 +130,43 @@ async fn ding_dong_private_and_room(server: &Server, events: &mut Events) {
     assert!(said.ends_with("dong"), "{said}");
 }
 
+/// The README's OneBot section: its NoneBot `.env` (with `PORT` set to `port` and `extra` lines
+/// added), written into a fresh directory NoneBot starts in, and the environment of its server
+/// command with `8080`/`6700` replaced by `ports`.
+fn readme_nonebot(port: u16, extra: &str) -> std::path::PathBuf {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = readme.split("## OneBot v11 (NoneBot, Koishi, …)").nth(1).unwrap();
+    let dotenv = section.split("```dotenv\n").nth(1).unwrap().split("```").next().unwrap();
+    let dotenv = dotenv.replace("PORT=8080", &format!("PORT={port}")) + extra;
+    let dir = std::env::temp_dir().join(format!("puppet-nonebot-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(".env"), dotenv).unwrap();
+    dir
+}
+
+/// The environment of the README's server command after `intro`, with ports replaced.
+fn readme_server_env(intro: &str, ports: &[(&str, u16)]) -> Vec<(String, String)> {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = readme.split("## OneBot v11 (NoneBot, Koishi, …)").nth(1).unwrap();
+    let after = section.split(intro).nth(1).unwrap();
+    let line = after.split("```sh\n").nth(1).unwrap().lines().next().unwrap();
+    let mut line = line.to_owned();
+    for (from, to) in ports {
+        line = line.replace(from, &to.to_string());
+    }
+    line.split_whitespace().filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
 #[tokio::test]
 async fn nonebot_over_reverse_websocket_answers_ding_and_accepts_a_friend() {
     let port = free_port();
-    let url = format!("ws://127.0.0.1:{port}/onebot/v11/ws");
-    let (server, mut events) =
-        online(&["--onebot-ws-reverse", &url, "--onebot-reconnect-ms", "100", "--onebot-access-token", ONEBOT_TOKEN])
-            .await;
-    let mut nonebot = Client::start(
-        "nonebot_bot.py",
-        &[],
-        &[
-            ("DRIVER", "~fastapi+~websockets+~httpx".into()),
-            ("HOST", "127.0.0.1".into()),
-            ("PORT", port.to_string()),
-            ("ONEBOT_ACCESS_TOKEN", ONEBOT_TOKEN.into()),
-        ],
-    );
+    let env = readme_server_env("and the server:", &[("8080", port)]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = Server::start_with_env(&["--onebot-reconnect-ms", "100"], &env);
+    let mut events = Events::open(&mut server.puppet().await).await;
+    events.wait_for(kind::READY).await;
+    let dir = readme_nonebot(port, "");
+    let mut nonebot = Client::start_in(&dir, "nonebot_bot.py", &[]);
     nonebot.wait_line("CONNECTED");
     ding_dong_private_and_room(&server, &mut events).await;
 
@@ -171,26 +193,25 @@ async fn nonebot_over_reverse_websocket_answers_ding_and_accepts_a_friend() {
         .unwrap()
         .into_inner();
     assert!(olga.friend, "the friendship exists: {olga:?}");
+    drop(nonebot);
+    _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
 async fn nonebot_over_forward_websocket_answers_ding() {
     let port = free_port();
-    let (server, mut events) =
-        online(&["--onebot-ws", &format!("127.0.0.1:{port}"), "--onebot-access-token", ONEBOT_TOKEN]).await;
-    let mut nonebot = Client::start(
-        "nonebot_bot.py",
+    let server = Server::start_with_env(
         &[],
-        &[
-            ("DRIVER", "~fastapi+~websockets+~httpx".into()),
-            ("HOST", "127.0.0.1".into()),
-            ("PORT", free_port().to_string()),
-            ("ONEBOT_ACCESS_TOKEN", ONEBOT_TOKEN.into()),
-            ("ONEBOT_WS_URLS", format!("[\"ws://127.0.0.1:{port}/\"]")),
-        ],
+        &[("PUPPET_ONEBOT_WS", &format!("127.0.0.1:{port}")), ("PUPPET_ONEBOT_ACCESS_TOKEN", "change-me")],
     );
+    let mut events = Events::open(&mut server.puppet().await).await;
+    events.wait_for(kind::READY).await;
+    let dir = readme_nonebot(free_port(), &format!("ONEBOT_WS_URLS=[\"ws://127.0.0.1:{port}/\"]\n"));
+    let mut nonebot = Client::start_in(&dir, "nonebot_bot.py", &[]);
     nonebot.wait_line("CONNECTED");
     ding_dong_private_and_room(&server, &mut events).await;
+    drop(nonebot);
+    _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
@@ -208,14 +229,13 @@ async fn aiocqhttp_over_http_api_and_signed_posts() {
     ])
     .await;
     let api_root = format!("http://127.0.0.1:{api}");
-    let mut bot = Client::start("aiocqhttp_bot.py", &[&hook.to_string(), &api_root, ONEBOT_TOKEN, "the-secret"], &[]);
+    let mut bot = Client::start("aiocqhttp_bot.py", &[&hook.to_string(), &api_root, ONEBOT_TOKEN, "the-secret"]);
     bot.wait_line("READY");
     ding_dong_private_and_room(&server, &mut events).await;
     drop(bot);
 
     // The same bot with another secret: aiocqhttp refuses our post, so nobody answers.
-    let mut wrong =
-        Client::start("aiocqhttp_bot.py", &[&hook.to_string(), &api_root, ONEBOT_TOKEN, "not-the-secret"], &[]);
+    let mut wrong = Client::start("aiocqhttp_bot.py", &[&hook.to_string(), &api_root, ONEBOT_TOKEN, "not-the-secret"]);
     wrong.wait_line("READY");
     let mut w = world(&server).await;
     w.say(ext::SayRequest { from_id: "wxid_alice".into(), text: "ding".into(), ..Default::default() }).await.unwrap();
@@ -283,7 +303,7 @@ async fn message_ids_stay_valid_across_a_restart() {
     .await;
     assert_eq!(sent["status"], "ok", "{sent}");
     let sent = sent["data"]["message_id"].as_i64().unwrap();
-    drop(ws);
+    drop((ws, w));
     first.terminate();
     drop(first);
 
