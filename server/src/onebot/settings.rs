@@ -70,6 +70,10 @@ pub struct OneBotFlags {
     #[arg(long, env = "PUPPET_ONEBOT_MAX_REQUEST_KIB", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(1..=1024 * 1024))]
     pub onebot_max_request_kib: u64,
 
+    /// OneBot: connections to the account's OneBot listener(s) at once; more wait to be accepted.
+    #[arg(long, env = "PUPPET_ONEBOT_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub onebot_max_connections: u64,
+
     /// OneBot: forward WebSocket connections open at once per account; one more is refused (503).
     #[arg(long, env = "PUPPET_ONEBOT_MAX_CLIENTS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub onebot_max_clients: u64,
@@ -147,6 +151,8 @@ pub struct Settings {
     pub heartbeat: Option<Duration>,
     /// Largest request, bytes.
     pub max_request: usize,
+    /// Listener connections at once.
+    pub max_connections: usize,
     /// Forward WS connections at once.
     pub max_clients: usize,
     /// Events a connection may fall behind.
@@ -252,6 +258,7 @@ impl Settings {
             format: f.onebot_message_format,
             heartbeat: (f.onebot_heartbeat_ms > 0).then(|| Duration::from_millis(f.onebot_heartbeat_ms)),
             max_request: (f.onebot_max_request_kib as usize).saturating_mul(1024),
+            max_connections: f.onebot_max_connections as usize,
             max_clients: f.onebot_max_clients as usize,
             queue: f.onebot_queue as usize,
             concurrent_actions: f.onebot_concurrent_actions as usize,

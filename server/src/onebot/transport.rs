@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
@@ -54,7 +55,15 @@ struct Listener {
     stop: CancellationToken,
 }
 
-/// Serves one listener until `stop`.
+/// How long a client may take to send a request's headers, and then its body.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long open connections get to finish once the listener stops.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+/// Serves one listener until `stop`: at most `PUPPET_ONEBOT_MAX_CONNECTIONS` connections at once
+/// (the next waits in the kernel's backlog), each with a header-read timeout. Every connection is
+/// owned here and ends (gracefully, then by force) when `stop` comes.
 pub async fn serve(core: Arc<Core>, listener: TcpListener, addr: SocketAddr, stop: CancellationToken) {
     let s = core.settings();
     // A listener bound to port 0 serves whatever the settings gave that address.
@@ -67,10 +76,48 @@ pub async fn serve(core: Arc<Core>, listener: TcpListener, addr: SocketAddr, sto
         stop: stop.clone(),
     };
     let app = axum::Router::new().fallback(handle).with_state(state);
-    let shutdown = stop.clone();
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await {
-        tracing::error!(%addr, error = %e, "OneBot listener failed");
+    let permits = Arc::new(Semaphore::new(s.max_connections));
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(%addr, error = %e, "OneBot listener cannot accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        _ = stream.set_nodelay(true);
+        let (app, stop) = (app.clone(), stop.clone());
+        connections.spawn(async move {
+            use tower::ServiceExt;
+            let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                app.clone().oneshot(req.map(Body::new))
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
+                }
+            }
+            drop(permit);
+        });
     }
+    connections.close();
+    _ = tokio::time::timeout(CLOSE_GRACE, connections.wait()).await;
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response {
@@ -179,9 +226,10 @@ async fn http_params(core: &Core, req: Request, query: &str) -> Result<Value, Re
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
     let max = core.settings().max_request;
-    let body = match axum::body::to_bytes(req.into_body(), max).await {
-        Ok(b) => b,
-        Err(_) => {
+    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(req.into_body(), max)).await {
+        Ok(Ok(b)) => b,
+        Err(_) => return Err(refuse(StatusCode::REQUEST_TIMEOUT, 1400, "the body did not arrive in time")),
+        Ok(Err(_)) => {
             return Err(refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 1400,
