@@ -39,13 +39,12 @@ impl Client {
     fn start_in(dir: &std::path::Path, script: &str, args: &[&str]) -> Self {
         let python = installed("PUPPET_TEST_ONEBOT_PYTHON", "the OneBot test venv (NoneBot2, aiocqhttp)");
         let mut cmd = Command::new(python);
-        cmd.arg(repo_root().join("tests/onebot").join(script))
-            .args(args)
-            .current_dir(dir)
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.arg(repo_root().join("tests/onebot").join(script)).args(args).current_dir(dir).env("PYTHONUNBUFFERED", "1");
+        Self::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start the Python OneBot client");
         let (tx, lines) = mpsc::channel();
         for out in [
@@ -623,4 +622,36 @@ async fn raw_get(port: u16, path: &str) -> (u16, Vec<u8>) {
     let status = String::from_utf8_lossy(&raw[..12]).split_whitespace().nth(1).unwrap().parse().unwrap();
     let at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     (status, raw[at..].to_vec())
+}
+
+/// The README's Koishi setup as written: its `koishi.yml` (the port replaced, a ding-dong plugin
+/// added) and its server command; `koishi start` connects over the forward WebSocket.
+#[tokio::test]
+async fn koishi_with_the_readme_config_answers_ding() {
+    let modules = installed("PUPPET_TEST_KOISHI_NODE_MODULES", "Koishi and its OneBot adapter (npm)");
+    let port = free_port();
+    let env = readme_server_env("and the server for it:", &[("6700", port)]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = Server::start_with_env(&[], &env);
+    let mut events = Events::open(&mut server.puppet().await).await;
+    events.wait_for(kind::READY).await;
+
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = readme.split("## OneBot v11 (NoneBot, Koishi, …)").nth(1).unwrap();
+    let yaml = section.split("```yaml\n").nth(1).unwrap().split("```").next().unwrap();
+    let dir = std::env::temp_dir().join(format!("puppet-koishi-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("koishi.yml"), yaml.replace("6700", &port.to_string()) + "  ./dingdong:\n").unwrap();
+    std::fs::write(dir.join("package.json"), r#"{"name": "koishi-e2e", "private": true}"#).unwrap();
+    std::fs::copy(repo_root().join("tests/onebot/koishi_dingdong.js"), dir.join("dingdong.js")).unwrap();
+    _ = std::fs::remove_file(dir.join("node_modules"));
+    std::os::unix::fs::symlink(&modules, dir.join("node_modules")).unwrap();
+    let mut cmd = Command::new("node");
+    cmd.arg(modules.join("koishi/bin.js")).arg("start").current_dir(&dir);
+    let mut koishi = Client::spawn(cmd);
+    // Status 1 is ONLINE: Koishi asked get_login_info and took the bot's `selfId` from the file.
+    koishi.wait_line("STATUS 1 10001");
+    ding_dong_private_and_room(&server, &mut events).await;
+    drop(koishi);
+    _ = std::fs::remove_dir_all(dir);
 }
