@@ -350,7 +350,10 @@ async fn session(
     let running = tokio_util::task::TaskTracker::new();
     loop {
         tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = stop.cancelled() => {
+                _ = out.try_send(Out::Close(1001, "the server is stopping".into()));
+                break;
+            }
             ev = async { rx.as_mut().unwrap().recv().await }, if rx.is_some() => match ev {
                 Ok(text) => if out.send(Out::Text(text.to_string())).await.is_err() { break },
                 Err(broadcast::error::RecvError::Lagged(n)) => {
