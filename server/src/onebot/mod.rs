@@ -467,9 +467,13 @@ impl Core {
     /// segments with a `url` that `/download` serves.
     pub async fn segments_of(&self, msg: &Message, message_id: i64) -> anyhow::Result<Vec<Segment>> {
         let mut out = Vec::new();
+        // `file` is what `get_image` takes back: the message id and the name's extension.
         let media = |kind: &str, name: &str| {
-            let file = if name.is_empty() { format!("{message_id}.{kind}") } else { name.to_owned() };
-            let mut data = vec![("file", json!(file))];
+            let ext = name.rsplit_once('.').map(|(_, e)| e).filter(|e| !e.is_empty() && e.len() <= 8).unwrap_or(kind);
+            let mut data = vec![("file", json!(format!("{message_id}.{ext}")))];
+            if !name.is_empty() {
+                data.push(("name", json!(name)));
+            }
             if let Some(url) = self.download_url(message_id) {
                 data.push(("url", json!(url)));
             }

@@ -542,13 +542,20 @@ async fn world_events_become_onebot_events() {
     .unwrap();
     let ev = wait_frame(&mut ws, |v| v["post_type"] == "message").await;
     let text = ev["message"].as_str().unwrap();
-    assert!(text.starts_with("[CQ:image,file=cat.png,url="), "{ev}");
+    let image_id = ev["message_id"].as_i64().unwrap();
+    assert!(text.starts_with(&format!("[CQ:image,file={image_id}.png,name=cat.png,url=")), "{ev}");
     let url = unescape_url(text);
     let path = url.split_once(&format!("127.0.0.1:{port}")).unwrap().1.to_owned();
     let (status, body) = raw_get(port, &path).await;
     assert_eq!((status, body), (200, png));
     let (status, _) = raw_get(port, &path.replace("sig=", "sig=0")).await;
     assert_eq!(status, 403, "an unsigned link serves nothing");
+
+    let mut api = ws_connect(port, "/api", None).await.unwrap();
+    let got =
+        ws_call(&mut api, json!({"action": "get_image", "params": {"file": format!("{image_id}.png")}, "echo": "img"}))
+            .await;
+    assert_eq!(got["data"]["url"].as_str(), Some(url.as_str()), "{got}");
 
     w.join_room(ext::JoinRoomRequest {
         room_id: ROOM.into(),
@@ -577,8 +584,31 @@ async fn world_events_become_onebot_events() {
         "{ev}"
     );
 
-    // The bot's own message, recalled through the HTTP-less path: an API connection.
-    let mut api = ws_connect(port, "/api", None).await.unwrap();
+    // Reads and room changes through an API connection.
+    let friends = ws_call(&mut api, json!({"action": "get_friend_list", "echo": "f"})).await;
+    assert!(friends["data"].as_array().unwrap().iter().any(|f| f["nickname"] == "Alice"), "{friends}");
+    let groups = ws_call(&mut api, json!({"action": "get_group_list", "echo": "g"})).await;
+    assert_eq!(groups["data"].as_array().unwrap().len(), 5, "{groups}");
+    let members =
+        ws_call(&mut api, json!({"action": "get_group_member_list", "params": {"group_id": group}, "echo": "m"})).await;
+    let owner = members["data"].as_array().unwrap().iter().find(|m| m["role"] == "owner").cloned().unwrap();
+    assert_eq!(owner["nickname"], "Alice", "{members}");
+    let stranger =
+        ws_call(&mut api, json!({"action": "get_stranger_info", "params": {"user_id": carol}, "echo": "s"})).await;
+    assert_eq!(
+        (stranger["data"]["nickname"].as_str(), stranger["data"]["sex"].as_str()),
+        (Some("Carol"), Some("female"))
+    );
+    let renamed = ws_call(
+        &mut api,
+        json!({"action": "set_group_name", "params": {"group_id": group, "group_name": "Tea & Cake"}, "echo": "n"}),
+    )
+    .await;
+    assert_eq!(renamed["status"], "ok", "{renamed}");
+    let info = ws_call(&mut api, json!({"action": "get_group_info", "params": {"group_id": group}, "echo": "i"})).await;
+    assert_eq!(info["data"]["group_name"], "Tea & Cake", "{info}");
+
+    // The bot's own message, recalled.
     let sent = ws_call(
         &mut api,
         json!({"action": "send_group_msg", "params": {"group_id": group, "message": "oops"}, "echo": 1}),
