@@ -685,3 +685,50 @@ async fn koishi_with_the_readme_config_answers_ding() {
     drop(koishi);
     _ = std::fs::remove_dir_all(dir);
 }
+
+/// Reverse WebSocket with separate API and Event connections: each says its role; events come on
+/// the Event one only, actions are answered on the API one.
+#[tokio::test]
+async fn reverse_websocket_api_and_event_roles() {
+    let endpoint = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("ws://127.0.0.1:{}", endpoint.local_addr().unwrap().port());
+    let (server, _events) = online(&[
+        "--onebot-ws-reverse-api",
+        &format!("{base}/api"),
+        "--onebot-ws-reverse-event",
+        &format!("{base}/event"),
+        "--onebot-reconnect-ms",
+        "100",
+    ])
+    .await;
+    let mut by_role = std::collections::HashMap::new();
+    while by_role.len() < 2 {
+        let (stream, _) = tokio::time::timeout(WAIT, endpoint.accept()).await.unwrap().unwrap();
+        let role = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let seen = role.clone();
+        #[allow(clippy::result_large_err)]
+        let callback = move |req: &tungstenite::handshake::server::Request, resp| {
+            *seen.lock().unwrap() =
+                format!("{} {}", req.uri().path(), req.headers()["x-client-role"].to_str().unwrap());
+            Ok(resp)
+        };
+        let ws = tokio_tungstenite::accept_hdr_async(stream, callback).await.unwrap();
+        let role = role.lock().unwrap().clone();
+        by_role.insert(role, ws);
+    }
+    let mut event = by_role.remove("/event Event").expect("an Event connection to /event");
+    let mut api = by_role.remove("/api API").expect("an API connection to /api");
+    assert_eq!(reverse_frame(&mut event, |v| v["post_type"].is_string()).await["sub_type"], "connect");
+    let mut w = world(&server).await;
+    w.say(ext::SayRequest { from_id: "wxid_alice".into(), text: "ding".into(), ..Default::default() }).await.unwrap();
+    let ev = reverse_frame(&mut event, |v| v["post_type"] == "message").await;
+    let frame =
+        json!({"action": "send_private_msg", "params": {"user_id": ev["user_id"], "message": "dong"}, "echo": "x"});
+    api.send(tungstenite::Message::Text(frame.to_string().into())).await.unwrap();
+    let first = reverse_frame(&mut api, |_| true).await;
+    assert_eq!(
+        (first["status"].as_str(), first["echo"].as_str()),
+        (Some("ok"), Some("x")),
+        "the API connection carries no events: {first}"
+    );
+}
