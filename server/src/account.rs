@@ -95,7 +95,7 @@ pub struct Account {
     pub mqtt: Option<crate::mqtt::MqttConfig>,
     /// Its loops (backend, readiness).
     background: Tasks,
-    /// Its MQTT bridge, a front door of its own.
+    /// Its own front doors: the MQTT bridge and the OneBot transports.
     front: Tasks,
 }
 
