@@ -619,6 +619,26 @@ async fn world_events_become_onebot_events() {
     let ev = wait_frame(&mut ws, |v| v["notice_type"] == "group_recall").await;
     assert_eq!((ev["message_id"].as_i64(), ev["user_id"].as_i64()), (Some(sent), Some(me)), "{ev}");
 
+    w.request_friendship(ext::RequestFriendshipRequest {
+        contact_id: "wxid_stranger_sam".into(),
+        name: String::new(),
+        hello: "hi & bye".into(),
+    })
+    .await
+    .unwrap();
+    let ev = wait_frame(&mut ws, |v| v["post_type"] == "request").await;
+    assert_eq!((ev["request_type"].as_str(), ev["comment"].as_str()), (Some("friend"), Some("hi & bye")), "{ev}");
+    let sam = ev["user_id"].as_i64().unwrap();
+    let r = ws_call(&mut api, json!({"action": "set_friend_add_request", "params": {"flag": ev["flag"], "approve": true, "remark": "Sam (gym)"}, "echo": "fr"})).await;
+    assert_eq!(r["status"], "ok", "{r}");
+    let ev = wait_frame(&mut ws, |v| v["notice_type"] == "friend_add").await;
+    assert_eq!(ev["user_id"].as_i64(), Some(sam), "{ev}");
+    let friends = ws_call(&mut api, json!({"action": "get_friend_list", "echo": "f2"})).await;
+    assert!(
+        friends["data"].as_array().unwrap().iter().any(|f| f["user_id"] == sam && f["remark"] == "Sam (gym)"),
+        "{friends}"
+    );
+
     w.invite_bot(ext::InviteBotRequest { room_id: "10006@chatroom".into(), inviter_id: "wxid_victor".into() })
         .await
         .unwrap();
