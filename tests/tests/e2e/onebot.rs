@@ -303,8 +303,9 @@ async fn message_ids_stay_valid_across_a_restart() {
     assert_eq!(sent["status"], "ok", "{sent}");
     let sent = sent["data"]["message_id"].as_i64().unwrap();
     drop((ws, w));
-    first.terminate();
-    drop(first);
+    // Off the runtime: the clients' connections must see the server's goodbye while it stops.
+    let status = tokio::task::spawn_blocking(move || first.terminate()).await.unwrap();
+    assert!(status.success(), "{status:?}");
 
     let second = Server::start_in(&dir, &args);
     let mut events = Events::open(&mut second.puppet().await).await;
