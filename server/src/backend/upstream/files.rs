@@ -33,8 +33,8 @@ impl Upstream {
         let FileBoxSource::Uuid(theirs) = &fb.source else { return Ok(fb) };
         let mut client = self.client()?;
         let timeout = self.inner.settings.call_timeout;
-        let masked = self.inner.settings.token_masked.clone();
-        let status = |s: tonic::Status| super::map_status("download", Some(("file", theirs)), &s, &masked);
+        let settings = &self.inner.settings;
+        let status = |s: tonic::Status| super::map_status("download", Some(("file", theirs)), &s, settings);
         let deadline = |what: &str| {
             BackendError::Unavailable(format!("the upstream's {what} stalled for {} s", timeout.as_secs()))
         };
@@ -107,7 +107,6 @@ impl Upstream {
         size: u64,
     ) -> BackendResult<String> {
         let mut client = self.client()?;
-        let masked = self.inner.settings.token_masked.clone();
         let timeout = self.inner.settings.call_timeout;
         let deadline = timeout.saturating_mul(u32::try_from(1 + (size >> 22)).unwrap_or(u32::MAX));
         let (sent, fed) = tokio::time::timeout(deadline, async { tokio::join!(client.upload(chunks), feed) })
@@ -119,7 +118,7 @@ impl Upstream {
                 ))
             })?;
         fed.map_err(|e| BackendError::Internal(format!("reading the file to upload failed: {e}")))?;
-        let id = sent.map_err(|s| super::map_status("upload", None, &s, &masked))?.into_inner().id;
+        let id = sent.map_err(|s| super::map_status("upload", None, &s, &self.inner.settings))?.into_inner().id;
         if id.is_empty() {
             return Err(BackendError::Internal("the upstream's Upload answered no id".into()));
         }

@@ -184,7 +184,7 @@ impl Upstream {
         let timeout = self.inner.settings.call_timeout;
         match tokio::time::timeout(timeout, f(client)).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(status)) => Err(map_status(op, subject, &status, &self.inner.settings.token_masked)),
+            Ok(Err(status)) => Err(map_status(op, subject, &status, &self.inner.settings)),
             Err(_) => Err(BackendError::Unavailable(format!(
                 "the upstream did not answer `{op}` within {} s",
                 timeout.as_secs()
@@ -210,9 +210,21 @@ fn says_missing(message: &str) -> bool {
         .any(|p| m.contains(p))
 }
 
+/// The first line of an upstream message with our upstream token masked (services quote the token
+/// they refused).
+fn scrubbed(message: &str, settings: &UpstreamSettings) -> String {
+    first_line(&message.replace(&settings.token, &settings.token_masked))
+}
+
 /// Maps an upstream status to our error. `subject` is what was looked up (kind, id), if anything.
-fn map_status(op: &'static str, subject: Option<(&'static str, &str)>, s: &Status, token_masked: &str) -> BackendError {
-    let msg = first_line(s.message());
+fn map_status(
+    op: &'static str,
+    subject: Option<(&'static str, &str)>,
+    s: &Status,
+    settings: &UpstreamSettings,
+) -> BackendError {
+    let token_masked = &settings.token_masked;
+    let msg = scrubbed(s.message(), settings);
     let missing = || subject.map(|(kind, id)| BackendError::not_found(kind, id));
     match s.code() {
         Code::NotFound => missing().unwrap_or_else(|| BackendError::Absent(format!("the upstream: {msg}"))),
@@ -242,29 +254,40 @@ fn map_status(op: &'static str, subject: Option<(&'static str, &str)>, s: &Statu
 mod tests {
     use super::*;
 
+    fn settings() -> UpstreamSettings {
+        let flags = settings::UpstreamFlags {
+            token: Some("insecure_secret-0123456789ab".into()),
+            endpoint: Some("127.0.0.1:1".into()),
+            ..Default::default()
+        };
+        UpstreamSettings::from_flags(&flags).unwrap()
+    }
+
     #[test]
     fn node_unknown_with_a_stack_becomes_not_found_without_it() {
+        let s = settings();
         let stack = "Error: no payload\n    at Mocker.contactPayload (/x/mocker.js:105:19)\n    at async Promise.all";
-        let e = map_status("contact", Some(("contact", "c-9")), &Status::unknown(stack), "****");
+        let e = map_status("contact", Some(("contact", "c-9")), &Status::unknown(stack), &s);
         assert_eq!(e, BackendError::not_found("contact", "c-9"));
         let e = map_status(
             "room",
             Some(("room", "r1")),
             &Status::unknown("Error: MockRoom.load(): r1 not exist.\n  at x"),
-            "****",
+            &s,
         );
         assert_eq!(e, BackendError::not_found("room", "r1"));
         // Another UNKNOWN keeps its first line only.
-        let e = map_status("send", None, &Status::unknown("Error: boom\n    at secret/path.js:1"), "****");
+        let e = map_status("send", None, &Status::unknown("Error: boom\n    at secret/path.js:1"), &s);
         assert_eq!(e, BackendError::Internal("the upstream failed `send` (Unknown): Error: boom".into()));
         // Our own NOT_FOUND upstream (a chain) names the id as we do.
-        let e = map_status("message", Some(("message", "m1")), &Status::not_found("message `m1` not found"), "****");
+        let e = map_status("message", Some(("message", "m1")), &Status::not_found("message `m1` not found"), &s);
         assert_eq!(e, BackendError::not_found("message", "m1"));
-        let e =
-            map_status("room_add", None, &Status::unauthenticated("Invalid Wechaty TOKEN \"x\""), "insecure_****ab");
+        let refused = Status::unauthenticated("Invalid Wechaty TOKEN \"insecure_secret-0123456789ab\"");
+        let e = map_status("room_add", None, &refused, &s);
         assert!(matches!(&e, BackendError::Unavailable(m) if m.contains("insecure_****ab")), "{e:?}");
-        assert_eq!(map_status("tag_list", None, &Status::unimplemented(""), ""), BackendError::Unsupported("tag_list"));
-        assert!(matches!(map_status("x", None, &Status::unavailable("down"), ""), BackendError::Unavailable(_)));
+        assert!(!format!("{e:?}").contains("0123456789"), "{e:?}");
+        assert_eq!(map_status("tag_list", None, &Status::unimplemented(""), &s), BackendError::Unsupported("tag_list"));
+        assert!(matches!(map_status("x", None, &Status::unavailable("down"), &s), BackendError::Unavailable(_)));
     }
 
     #[test]

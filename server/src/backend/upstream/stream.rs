@@ -110,11 +110,11 @@ async fn session(up: &Upstream, reconnect: bool, connected: &mut bool) -> Ended 
             return Ended::Failed(format!(
                 "the upstream refused the token {} (UNAUTHENTICATED: {}); check PUPPET_UPSTREAM_TOKEN",
                 settings.token_masked,
-                super::first_line(s.message())
+                super::scrubbed(s.message(), settings)
             ));
         }
         Ok(Err(s)) => {
-            return Ended::Failed(format!("`Event` failed: {:?} {}", s.code(), super::first_line(s.message())));
+            return Ended::Failed(format!("`Event` failed: {:?} {}", s.code(), super::scrubbed(s.message(), settings)));
         }
         Ok(Ok(r)) => r.into_inner(),
     };
@@ -138,7 +138,9 @@ async fn session(up: &Upstream, reconnect: bool, connected: &mut bool) -> Ended 
         match events.message().await {
             Ok(Some(e)) => up.republish(e),
             Ok(None) => return Ended::Dropped("the upstream ended the stream".into()),
-            Err(s) => return Ended::Dropped(format!("{:?}: {}", s.code(), super::first_line(s.message()))),
+            Err(s) => {
+                return Ended::Dropped(format!("{:?}: {}", s.code(), super::scrubbed(s.message(), &up.inner.settings)));
+            }
         }
     }
 }

@@ -1,0 +1,339 @@
+//! `--backend upstream`: puppet-rs in front of another puppet service. The upstream is puppet-rs
+//! itself on the mock (a chain of two), reached through a proxy the test can re-point when it
+//! restarts the upstream; and the official Node `wechaty-puppet-service` server wrapping
+//! `wechaty-puppet-mock`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use puppet_proto::pb::puppet_rs::v1 as ext;
+use puppet_proto::pb::wechaty::puppet as pb;
+use puppet_tests::{EVENT_TIMEOUT, Events, PuppetClientT, Server, TOKEN, kind, pattern_chunks, sha256, world};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A TCP proxy whose target can change (an upstream restarted on another free port).
+struct Relay {
+    addr: SocketAddr,
+    target: Arc<Mutex<SocketAddr>>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = Arc::new(Mutex::new(target));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Default::default();
+        let (t, c) = (target.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let to = *t.lock().unwrap();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                c.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self { addr, target, conns, accept }
+    }
+
+    fn retarget(&self, to: SocketAddr) {
+        *self.target.lock().unwrap() = to;
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+        self.accept.abort();
+    }
+}
+
+/// The flags of a puppet-rs in front of `endpoint` (plaintext, fast reconnects for the tests).
+fn front_args(endpoint: &str) -> Vec<String> {
+    [
+        "--backend",
+        "upstream",
+        "--upstream-endpoint",
+        endpoint,
+        "--upstream-token",
+        TOKEN,
+        "--upstream-tls",
+        "off",
+        "--upstream-reconnect-min-ms",
+        "100",
+        "--upstream-reconnect-max-ms",
+        "500",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn start_front(endpoint: &str, extra: &[&str]) -> Server {
+    let mut args = front_args(endpoint);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Waits (bounded) for `server`'s `wechaty.Puppet` readiness to be `want`.
+async fn readiness(server: &Server, want: ServingStatus) {
+    let mut health = HealthClient::new(server.channel().await);
+    let mut watch = health.watch(HealthCheckRequest { service: "wechaty.Puppet".into() }).await.unwrap().into_inner();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(r) = watch.message().await.unwrap() {
+            if r.status() == want {
+                return;
+            }
+        }
+        panic!("the health watch ended");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("readiness did not turn {want:?}"));
+}
+
+async fn contacts(p: &mut PuppetClientT) -> Vec<String> {
+    let mut ids = p.contact_list(pb::ContactListRequest {}).await.unwrap().into_inner().ids;
+    ids.sort();
+    ids
+}
+
+async fn rooms(p: &mut PuppetClientT) -> Vec<String> {
+    let mut ids = p.room_list(pb::RoomListRequest {}).await.unwrap().into_inner().ids;
+    ids.sort();
+    ids
+}
+
+const CHUNK: usize = 256 * 1024;
+
+async fn upload(p: &mut PuppetClientT, seed: u8, len: usize) -> (String, String) {
+    let chunks: Vec<Vec<u8>> = pattern_chunks(seed, len, CHUNK).collect();
+    let digest = sha256(chunks.iter().map(Vec::as_slice));
+    let reqs = chunks.into_iter().map(|chunk| pb::UploadRequest { chunk });
+    (p.upload(tokio_stream::iter(reqs)).await.unwrap().into_inner().id, digest)
+}
+
+/// Downloads a blob: (sha256, size, largest chunk).
+async fn download(p: &mut PuppetClientT, id: &str) -> (String, usize, usize) {
+    let mut stream = p.download(pb::DownloadRequest { id: id.into() }).await.unwrap().into_inner();
+    let mut chunks = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        chunks.push(m.chunk);
+    }
+    let size = chunks.iter().map(Vec::len).sum();
+    let largest = chunks.iter().map(Vec::len).max().unwrap_or(0);
+    (sha256(chunks.iter().map(Vec::as_slice)), size, largest)
+}
+
+fn uuid_of(file_box_json: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(file_box_json).unwrap();
+    assert_eq!(v["type"], 7, "a big file travels as a Uuid FileBox: {v}");
+    v["uuid"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_two_lists_the_same_world_fans_out_messages_and_sends_upstream() {
+    let upstream = Server::start(&[]);
+    let front = start_front(&upstream.addr.to_string(), &[]);
+    let mut up = upstream.puppet().await;
+    let mut ours = front.puppet().await;
+    let mut first = Events::open(&mut ours).await;
+    let mut second = Events::open(&mut front.puppet().await).await;
+    // Our clients learn the login from the upstream.
+    assert_eq!(first.wait_for(kind::LOGIN).await["contactId"], "wxid_puppet_bot");
+    readiness(&front, ServingStatus::Serving).await;
+
+    assert_eq!(contacts(&mut ours).await, contacts(&mut up).await);
+    assert_eq!(rooms(&mut ours).await, rooms(&mut up).await);
+    let payload = |id: &str| pb::ContactPayloadRequest { id: id.into() };
+    assert_eq!(
+        ours.contact_payload(payload("wxid_alice")).await.unwrap().into_inner(),
+        up.contact_payload(payload("wxid_alice")).await.unwrap().into_inner()
+    );
+    // A missing id is NOT_FOUND naming it, through the chain.
+    let e = ours.contact_payload(payload("wxid_nobody")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("wxid_nobody"), "{e:?}");
+
+    // A message the upstream world produces reaches both of our subscribers.
+    let said = world(&upstream)
+        .await
+        .say(ext::SayRequest { from_id: "wxid_alice".into(), text: "hello through two".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id;
+    for events in [&mut first, &mut second] {
+        let m = events.wait_until(kind::MESSAGE, |p| p["messageId"] == said.as_str()).await;
+        assert_eq!(m["messageId"], said.as_str());
+    }
+    let m = ours.message_payload(pb::MessagePayloadRequest { id: said.clone() }).await.unwrap().into_inner();
+    assert_eq!(m.text, "hello through two");
+
+    // MessageSendText reaches the upstream.
+    let sent = ours
+        .message_send_text(pb::MessageSendTextRequest {
+            conversation_id: "wxid_alice".into(),
+            text: "from the front".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    assert!(!sent.is_empty());
+    let there = up.message_payload(pb::MessagePayloadRequest { id: sent }).await.unwrap().into_inner();
+    assert_eq!(there.text, "from the front");
+
+    // Ding reaches the upstream and its DONG comes back to us.
+    ours.ding(pb::DingRequest { data: "ping-7".into() }).await.unwrap();
+    first.wait_until(kind::DONG, |p| p["data"] == "ping-7").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_mib_both_ways_through_the_chain_with_equal_checksums() {
+    const SIZE: usize = 10 << 20;
+    let upstream = Server::start(&[]);
+    let front = start_front(&upstream.addr.to_string(), &[]);
+    let mut up = upstream.puppet().await;
+    let mut ours = front.puppet().await;
+    let mut events = Events::open(&mut ours).await;
+    events.wait_for(kind::LOGIN).await;
+
+    // Down: a 10 MiB file message held upstream (the upstream's bot sent it there); our client
+    // fetches it from us.
+    let (theirs, digest) = upload(&mut up, 3, SIZE).await;
+    let file_box = serde_json::json!({"type": 7, "boxType": 7, "uuid": theirs, "name": "down.bin"}).to_string();
+    let said = up
+        .message_send_file(pb::MessageSendFileRequest { conversation_id: "wxid_alice".into(), file_box })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let fb = ours.message_file(pb::MessageFileRequest { id: said.clone() }).await.unwrap().into_inner().file_box;
+    let (got, size, largest) = download(&mut ours, &uuid_of(&fb)).await;
+    assert_eq!((got, size), (digest, SIZE));
+    assert!(largest <= 4 << 20, "a chunk of {largest} bytes");
+
+    // Up: our client uploads 10 MiB to us and sends it; the upstream holds the same bytes.
+    let (id, digest) = upload(&mut ours, 9, SIZE).await;
+    let file_box = serde_json::json!({"type": 7, "boxType": 7, "uuid": id, "name": "up.bin", "size": SIZE}).to_string();
+    let sent = ours
+        .message_send_file(pb::MessageSendFileRequest { conversation_id: "wxid_alice".into(), file_box })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let fb = up.message_file(pb::MessageFileRequest { id: sent }).await.unwrap().into_inner().file_box;
+    let (got, size, _) = download(&mut up, &uuid_of(&fb)).await;
+    assert_eq!((got, size), (digest, SIZE));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_restart_keeps_our_clients_and_the_feed_contiguous() {
+    let dir = std::env::temp_dir().join(format!("puppet-e2e-upstream-restart-{}", std::process::id()));
+    _ = std::fs::remove_dir_all(&dir);
+    let upstream = Server::start_in(&dir, &[]);
+    let relay = Relay::start(upstream.addr).await;
+    let front = start_front(&relay.addr.to_string(), &[]);
+    let mut ours = front.puppet().await;
+    let mut events = Events::open(&mut ours).await;
+    events.wait_for(kind::LOGIN).await;
+    readiness(&front, ServingStatus::Serving).await;
+    let mut feed = front
+        .feed()
+        .await
+        .subscribe(ext::SubscribeRequest { after_seq: None, replay_state: false, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // The upstream goes away: our readiness drops, our clients stay connected.
+    drop(upstream);
+    readiness(&front, ServingStatus::NotServing).await;
+    let e = ours.contact_list(pb::ContactListRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+
+    // It comes back (same data, another port): we reconnect and serve again.
+    let upstream = Server::start_in(&dir, &[]);
+    relay.retarget(upstream.addr);
+    readiness(&front, ServingStatus::Serving).await;
+    let said = world(&upstream)
+        .await
+        .say(ext::SayRequest { from_id: "wxid_bob".into(), text: "after the restart".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id;
+    // The same Event stream that was open before carries it.
+    events.wait_until(kind::MESSAGE, |p| p["messageId"] == said.as_str()).await;
+    // The bot continues.
+    let m = ours.message_payload(pb::MessagePayloadRequest { id: said.clone() }).await.unwrap().into_inner();
+    assert_eq!(m.text, "after the restart");
+    ours.message_send_text(pb::MessageSendTextRequest {
+        conversation_id: "wxid_bob".into(),
+        text: "still here".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // The feed saw every event in order, without a gap.
+    let mut seqs = Vec::new();
+    tokio::time::timeout(EVENT_TIMEOUT, async {
+        while let Some(e) = feed.message().await.unwrap() {
+            if e.seq == 0 {
+                continue; // a heartbeat
+            }
+            seqs.push(e.seq);
+            if e.r#type == kind::MESSAGE && e.payload.contains(&said) {
+                return;
+            }
+        }
+        panic!("the feed ended");
+    })
+    .await
+    .expect("the message after the restart did not reach the feed");
+    assert!(!seqs.is_empty());
+    if let Some(i) = seqs.windows(2).position(|p| p[1] != p[0] + 1) {
+        panic!("the feed skipped from {} to {}: {seqs:?}", seqs[i], seqs[i + 1]);
+    }
+    drop(upstream);
+    _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_upstream_token_keeps_us_not_ready_and_says_so_masked() {
+    let upstream = Server::start(&[]);
+    let secret = "insecure_wrong-secret-0123456789";
+    let mut args = front_args(&upstream.addr.to_string());
+    let at = args.iter().position(|a| a == TOKEN).unwrap();
+    args[at] = secret.into();
+    let front = Server::start_logged(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // The upstream answers (readiness would follow its login within a second otherwise).
+    readiness(&upstream, ServingStatus::Serving).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let line = loop {
+        if let Some(l) = front.log().lines().find(|l| l.contains("refused the token")) {
+            break l.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no log line about the token:\n{}", front.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(line.contains("insecure_****89"), "{line}");
+    assert!(!front.log().contains("wrong-secret"), "the token leaked into the log:\n{}", front.log());
+    readiness(&front, ServingStatus::NotServing).await;
+    let e = front.puppet().await.contact_list(pb::ContactListRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+}
