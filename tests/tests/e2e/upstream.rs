@@ -268,7 +268,9 @@ async fn an_upstream_restart_keeps_our_clients_and_the_feed_contiguous() {
     // It comes back (same data, another port): we reconnect and serve again.
     let upstream = Server::start_in(&dir, &[]);
     relay.retarget(upstream.addr);
+    // Serving again only once the upstream is logged in again.
     readiness(&front, ServingStatus::Serving).await;
+    assert!(upstream.puppet().await.contact_self_qr_code(pb::ContactSelfQrCodeRequest {}).await.is_ok());
     let said = world(&upstream)
         .await
         .say(ext::SayRequest { from_id: "wxid_bob".into(), text: "after the restart".into(), ..Default::default() })
@@ -336,4 +338,186 @@ async fn a_wrong_upstream_token_keeps_us_not_ready_and_says_so_masked() {
     readiness(&front, ServingStatus::NotServing).await;
     let e = front.puppet().await.contact_list(pb::ContactListRequest {}).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+}
+
+// ---- the official Node puppet service as the upstream ------------------------------------------
+
+/// `node tests/compat/node/upstream_service.js`: the official `PuppetServer` around
+/// `wechaty-puppet-mock`, plaintext, on a free port; commands go to its stdin.
+struct NodeUpstream {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    addr: SocketAddr,
+}
+
+fn upstream_node_modules() -> std::path::PathBuf {
+    puppet_tests::installed(
+        "PUPPET_UPSTREAM_NODE_MODULES",
+        "npm wechaty-puppet-service@1.19.9 + wechaty-puppet-mock@1.19.4 (the npm-upstream tree)",
+    )
+}
+
+impl NodeUpstream {
+    async fn start() -> Self {
+        use tokio::io::AsyncBufReadExt;
+        // A free port for the Node server (it cannot report one it picked itself).
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = tokio::process::Command::new("node")
+            .arg(puppet_tests::repo_root().join("tests/compat/node/upstream_service.js"))
+            .env("NODE_PATH", upstream_node_modules())
+            .env("UPSTREAM_PORT", port.to_string())
+            .env("UPSTREAM_TOKEN", TOKEN)
+            .env("WECHATY_PUPPET_SERVICE_NO_TLS_INSECURE_SERVER", "true")
+            .env("WECHATY_LOG", "warn")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node");
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(l) = lines.next_line().await.unwrap() {
+                if l == "UPSTREAM READY" {
+                    return;
+                }
+            }
+            panic!("the Node puppet service exited before serving");
+        })
+        .await
+        .expect("the Node puppet service did not start within 30 s");
+        Self { child, stdin, lines, addr: SocketAddr::from(([127, 0, 0, 1], port)) }
+    }
+
+    /// Sends one command and waits for its `done`.
+    async fn command(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        let cmd = line.split(' ').next().unwrap().to_owned();
+        tokio::time::timeout(EVENT_TIMEOUT, async {
+            while let Some(l) = self.lines.next_line().await.unwrap() {
+                if l == format!("done {cmd}") {
+                    return;
+                }
+                assert!(!l.starts_with("not started"), "the Node mock was not started: {l}");
+            }
+            panic!("the Node puppet service exited");
+        })
+        .await
+        .expect("the Node puppet service did not answer");
+    }
+
+    /// A client of the Node service itself.
+    async fn puppet(&self) -> PuppetClientT {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the Node service");
+        puppet_proto::pb::wechaty::puppet_client::PuppetClient::with_interceptor(
+            channel,
+            puppet_tests::Token(TOKEN.into()),
+        )
+        .max_decoding_message_size(64 << 20)
+    }
+}
+
+impl Drop for NodeUpstream {
+    fn drop(&mut self) {
+        _ = self.child.start_kill();
+    }
+}
+
+/// Waits for a MESSAGE whose payload (read through `p`) has `text`; returns its id.
+async fn message_with_text(events: &mut Events, p: &mut PuppetClientT, text: &str) -> String {
+    loop {
+        let m = events.wait_for(kind::MESSAGE).await;
+        let id = m["messageId"].as_str().unwrap().to_owned();
+        let payload = p.message_payload(pb::MessagePayloadRequest { id: id.clone() }).await.unwrap().into_inner();
+        if payload.text == text {
+            return id;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_front_of_the_official_node_service() {
+    let mut node = NodeUpstream::start().await;
+    let front = start_front(&node.addr.to_string(), &[]);
+    let mut ours = front.puppet().await;
+    let mut first = Events::open(&mut ours).await;
+    let mut second = Events::open(&mut front.puppet().await).await;
+    assert_eq!(first.wait_for(kind::LOGIN).await["contactId"], "node_bot");
+    readiness(&front, ServingStatus::Serving).await;
+
+    let mut theirs = node.puppet().await;
+    assert_eq!(contacts(&mut ours).await, contacts(&mut theirs).await);
+    assert!(contacts(&mut ours).await.contains(&"node_alice".to_owned()));
+    assert_eq!(rooms(&mut ours).await, vec!["node_room@chatroom".to_owned()]);
+    let room =
+        ours.room_payload(pb::RoomPayloadRequest { id: "node_room@chatroom".into() }).await.unwrap().into_inner();
+    assert_eq!(room.topic, "Node room");
+    // The Node service answers UNKNOWN with a stack trace for a missing id: NOT_FOUND here, no stack.
+    let e = ours.contact_payload(pb::ContactPayloadRequest { id: "node_nobody".into() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("node_nobody") && !e.message().contains(" at "), "{e:?}");
+
+    // A message the Node world produces reaches both of our subscribers.
+    node.command("say hello from node").await;
+    let id = message_with_text(&mut first, &mut ours, "hello from node").await;
+    second.wait_until(kind::MESSAGE, |p| p["messageId"] == id.as_str()).await;
+
+    // MessageSendText reaches the Node mock, which echoes the bot's own message.
+    ours.message_send_text(pb::MessageSendTextRequest {
+        conversation_id: "node_alice".into(),
+        text: "hello node".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let echo = message_with_text(&mut first, &mut ours, "hello node").await;
+    let m = ours.message_payload(pb::MessagePayloadRequest { id: echo }).await.unwrap().into_inner();
+    assert_eq!(m.talker_id, "node_bot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_node_wechaty_ding_dong_through_us_in_front_of_the_node_service() {
+    use tokio::io::AsyncBufReadExt;
+    let mut node = NodeUpstream::start().await;
+    let front = start_front(&node.addr.to_string(), &[]);
+    readiness(&front, ServingStatus::Serving).await;
+    let home = front.data_dir.join("client-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut bot = tokio::process::Command::new("node")
+        .arg(puppet_tests::repo_root().join("tests/compat/node/upstream_dingdong.js"))
+        .current_dir(&home)
+        .env("HOME", &home)
+        .env("NODE_PATH", upstream_node_modules())
+        .env("WECHATY_PUPPET_SERVICE_ENDPOINT", front.addr.to_string())
+        .env("WECHATY_PUPPET_SERVICE_TOKEN", TOKEN)
+        .env("WECHATY_PUPPET_SERVICE_NO_TLS_INSECURE_CLIENT", "true")
+        .env("WECHATY_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node");
+    let mut lines = tokio::io::BufReader::new(bot.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let ok = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            seen.push(l.clone());
+            if l == "BOT READY" {
+                node.command("say ding").await;
+            }
+            if l == "COMPAT OK" {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(ok, Ok(true), "the ding-dong bot did not finish:\n{}", seen.join("\n"));
+    let status = tokio::time::timeout(Duration::from_secs(30), bot.wait()).await.expect("bot exit").unwrap();
+    assert!(status.success(), "{status}:\n{}", seen.join("\n"));
 }

@@ -53,7 +53,7 @@ struct Inner {
     store: Store,
     /// The stub over the current connection; `None` while disconnected.
     client: Mutex<Option<UpstreamClient>>,
-    /// True while the upstream's event stream is open.
+    /// True while the upstream's event stream is open and has shown a login (see [`stream`]).
     serving: watch::Sender<bool>,
     /// Set once a client (or autostart) called `Start`: the stream calls it again after a reconnect.
     started: AtomicBool,

@@ -3,6 +3,10 @@
 //! had started, read until the stream ends, then wait with exponential back-off and jitter and do
 //! it again — until the backend's tasks stop.
 //!
+//! Readiness ([`crate::backend::Backend::serving`]) is true from a LOGIN on the current stream
+//! (the official server replays the login to every new stream) until the stream ends or the
+//! upstream shows a QR code or logs out: a restarted upstream still logging in is not ready.
+//!
 //! What reaches our bus: every upstream event but HEARTBEAT (ours are ours) and the login replay a
 //! reconnection brings (the official server sends LOGIN and READY again on every new stream; our
 //! clients saw them already). A login that changed while we were away is told as it is: a SCAN or
@@ -123,7 +127,6 @@ async fn session(up: &Upstream, reconnect: bool, connected: &mut bool) -> Ended 
     if reconnect {
         up.bump_generation();
     }
-    up.inner.serving.send_replace(true);
     tracing::info!(upstream = %endpoint, token = %settings.token_masked, "connected to the upstream puppet service");
     if up.inner.started.load(std::sync::atomic::Ordering::Acquire) {
         up.start_upstream(&mut client).await;
@@ -183,6 +186,8 @@ impl Upstream {
         let mut login = Self::lock(&self.inner.login);
         match &event {
             PuppetEvent::Login(l) => {
+                // Serving again: the upstream is reachable and logged in.
+                self.inner.serving.send_replace(true);
                 if login.contact.as_deref() == Some(l.contact_id.as_str()) {
                     // The replay a new stream begins with.
                     return;
@@ -200,12 +205,14 @@ impl Upstream {
                 login.ready = true;
             }
             PuppetEvent::Logout(_) => {
+                self.inner.serving.send_replace(false);
                 if login.contact.take().is_none() {
                     return;
                 }
                 login.ready = false;
             }
             PuppetEvent::Scan(_) => {
+                self.inner.serving.send_replace(false);
                 if let Some(old) = login.contact.take() {
                     login.ready = false;
                     self.inner.sink.emit(logout(old, "the upstream lost the login and shows a QR code"));
