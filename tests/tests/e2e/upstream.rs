@@ -340,6 +340,47 @@ async fn a_wrong_upstream_token_keeps_us_not_ready_and_says_so_masked() {
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
 }
 
+/// Asks the front for a contact's name.
+async fn name_of(p: &mut PuppetClientT, id: &str) -> Result<String, tonic::Status> {
+    p.contact_payload(pb::ContactPayloadRequest { id: id.into() }).await.map(|r| r.into_inner().name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_payload_cache_answers_until_the_upstream_says_dirty_and_can_be_turned_off() {
+    for cache in ["true", "false"] {
+        let upstream = Server::start(&[]);
+        let relay = Relay::start(upstream.addr).await;
+        let front = start_front(&relay.addr.to_string(), &["--upstream-cache", cache]);
+        let mut ours = front.puppet().await;
+        let mut events = Events::open(&mut ours).await;
+        events.wait_for(kind::LOGIN).await;
+        assert_eq!(name_of(&mut ours, "wxid_alice").await.unwrap(), "Alice");
+        // The upstream's DIRTY drops the cached payload: the new name shows at once.
+        world(&upstream)
+            .await
+            .update_contact(ext::UpdateContactRequest {
+                contact_id: "wxid_alice".into(),
+                name: Some("Alice B.".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        events.wait_until(kind::DIRTY, |p| p["payloadId"] == "wxid_alice").await;
+        assert_eq!(name_of(&mut ours, "wxid_alice").await.unwrap(), "Alice B.");
+        // Cached again; with the upstream unreachable, only the cache can answer.
+        relay.retarget("127.0.0.1:9".parse().unwrap());
+        readiness(&front, ServingStatus::NotServing).await;
+        let cached = name_of(&mut ours, "wxid_alice").await;
+        if cache == "true" {
+            assert_eq!(cached.unwrap(), "Alice B.");
+        } else {
+            assert_eq!(cached.unwrap_err().code(), tonic::Code::Unavailable);
+        }
+        // Never fetched, never cached.
+        assert_eq!(name_of(&mut ours, "wxid_bob").await.unwrap_err().code(), tonic::Code::Unavailable);
+    }
+}
+
 // ---- the official Node puppet service as the upstream ------------------------------------------
 
 /// `node tests/compat/node/upstream_service.js`: the official `PuppetServer` around
