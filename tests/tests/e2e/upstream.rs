@@ -267,10 +267,11 @@ async fn an_upstream_restart_keeps_our_clients_and_the_feed_contiguous() {
 
     // It comes back (same data, another port): we reconnect and serve again.
     let upstream = Server::start_in(&dir, &[]);
+    // Once it is logged in again (a resumed stream carries the events after the last one we saw,
+    // not a replay of the login).
+    readiness(&upstream, ServingStatus::Serving).await;
     relay.retarget(upstream.addr);
-    // Serving again only once the upstream is logged in again.
     readiness(&front, ServingStatus::Serving).await;
-    assert!(upstream.puppet().await.contact_self_qr_code(pb::ContactSelfQrCodeRequest {}).await.is_ok());
     let said = world(&upstream)
         .await
         .say(ext::SayRequest { from_id: "wxid_bob".into(), text: "after the restart".into(), ..Default::default() })
@@ -561,4 +562,83 @@ async fn the_official_node_wechaty_ding_dong_through_us_in_front_of_the_node_ser
     assert_eq!(ok, Ok(true), "the ding-dong bot did not finish:\n{}", seen.join("\n"));
     let status = tokio::time::timeout(Duration::from_secs(30), bot.wait()).await.expect("bot exit").unwrap();
     assert!(status.success(), "{status}:\n{}", seen.join("\n"));
+}
+
+// ---- Juzi's resumable stream -------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_juzi_client_resumes_its_event_stream_after_the_seq_it_saw() {
+    let server = Server::start(&[]);
+    let mut p = server.puppet().await;
+    let mut stream = p.event(pb::EventRequest::default()).await.unwrap().into_inner();
+    // Every event carries its sequence (heartbeats 0), as Juzi's server sends them.
+    let last = tokio::time::timeout(EVENT_TIMEOUT, async {
+        loop {
+            let e = stream.message().await.unwrap().unwrap();
+            if e.r#type == kind::LOGIN {
+                return e.seq;
+            }
+            assert!(e.r#type != kind::HEARTBEAT || e.seq == 0, "{e:?}");
+        }
+    })
+    .await
+    .unwrap();
+    assert!(last > 0);
+    drop(stream);
+    // Missed while disconnected.
+    let mut w = world(&server).await;
+    let mut said = Vec::new();
+    for i in 0..3 {
+        let r =
+            w.say(ext::SayRequest { from_id: "wxid_carol".into(), text: format!("missed {i}"), ..Default::default() });
+        said.push(r.await.unwrap().into_inner().message_id);
+    }
+    let mut resumed =
+        p.event(pb::EventRequest { seq: last, account_id: "wxid_puppet_bot".into() }).await.unwrap().into_inner();
+    let mut seqs = vec![last];
+    let mut got = Vec::new();
+    tokio::time::timeout(EVENT_TIMEOUT, async {
+        while got.len() < said.len() {
+            let e = resumed.message().await.unwrap().unwrap();
+            if e.seq == 0 {
+                continue;
+            }
+            seqs.push(e.seq);
+            if e.r#type == kind::MESSAGE {
+                let v: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+                got.push(v["messageId"].as_str().unwrap().to_owned());
+            }
+        }
+    })
+    .await
+    .expect("the missed messages did not come");
+    assert_eq!(got, said);
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "not contiguous: {seqs:?}");
+    // A negative seq is refused.
+    let e = p.event(pb::EventRequest { seq: -1, ..Default::default() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_resumes_the_upstream_stream_after_a_cut_so_nothing_said_meanwhile_is_lost() {
+    let upstream = Server::start(&[]);
+    let relay = Relay::start(upstream.addr).await;
+    let front = start_front(&relay.addr.to_string(), &[]);
+    let mut ours = front.puppet().await;
+    let mut events = Events::open(&mut ours).await;
+    events.wait_for(kind::LOGIN).await;
+    readiness(&front, ServingStatus::Serving).await;
+    // The link to the upstream breaks; the upstream world goes on.
+    relay.retarget("127.0.0.1:9".parse().unwrap());
+    readiness(&front, ServingStatus::NotServing).await;
+    let said = world(&upstream)
+        .await
+        .say(ext::SayRequest { from_id: "wxid_dave".into(), text: "while you were away".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id;
+    relay.retarget(upstream.addr);
+    readiness(&front, ServingStatus::Serving).await;
+    events.wait_until(kind::MESSAGE, |p| p["messageId"] == said.as_str()).await;
 }

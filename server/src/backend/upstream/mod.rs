@@ -69,6 +69,9 @@ struct Inner {
     generation: AtomicU64,
     /// Calls answered from the payload cache.
     cache_hits: AtomicU64,
+    /// The upstream's sequence number of the last event it sent (Juzi's `EventResponse.seq`; 0
+    /// while it sends none): a reconnection asks to resume after it.
+    upstream_seq: AtomicU64,
 }
 
 /// The upstream's login state as our bus has published it.
@@ -116,6 +119,7 @@ impl Upstream {
                 http,
                 generation: AtomicU64::new(0),
                 cache_hits: AtomicU64::new(0),
+                upstream_seq: AtomicU64::new(0),
             }),
         };
         let running = upstream.clone();

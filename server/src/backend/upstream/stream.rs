@@ -3,6 +3,11 @@
 //! had started, read until the stream ends, then wait with exponential back-off and jitter and do
 //! it again — until the backend's tasks stop.
 //!
+//! Toward an upstream that numbers its events (`EventResponse.seq`: Juzi's fork of the contract, or
+//! puppet-rs), a reconnection asks to resume after the last number seen (`EventRequest.seq`), so
+//! events the upstream published while we were away still reach our log; an upstream that cannot
+//! resume (`OUT_OF_RANGE`) is asked for its live stream next.
+//!
 //! Readiness ([`crate::backend::Backend::serving`]) is true from a LOGIN on the current stream
 //! (the official server replays the login to every new stream) until the stream ends or the
 //! upstream shows a QR code or logs out: a restarted upstream still logging in is not ready.
@@ -12,6 +17,7 @@
 //! clients saw them already). A login that changed while we were away is told as it is: a SCAN or
 //! another account's LOGIN after a reconnection first ends the old login with a LOGOUT.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use puppet_proto::event::{DirtyEvent, EventKind, LogoutEvent, PuppetEvent};
@@ -107,13 +113,28 @@ async fn session(up: &Upstream, reconnect: bool, connected: &mut bool) -> Ended 
         }
     };
     let mut client = connect::client(channel, &settings.token, settings.max_message);
-    let opened = tokio::time::timeout(settings.call_timeout, client.event(pb::EventRequest {})).await;
+    // Toward an upstream that numbers its events (Juzi's fork, puppet-rs), resume after the last
+    // one seen; the official server ignores the field and streams live.
+    let resume_after = up.inner.upstream_seq.load(Ordering::Acquire);
+    let request = pb::EventRequest {
+        seq: i32::try_from(resume_after).unwrap_or(0),
+        account_id: Upstream::lock(&up.inner.login).contact.clone().unwrap_or_default(),
+    };
+    let opened = tokio::time::timeout(settings.call_timeout, client.event(request)).await;
     let mut events = match opened {
         Err(_) => return Ended::Failed(format!("`Event` not answered within {} s", settings.call_timeout.as_secs())),
         Ok(Err(s)) if s.code() == tonic::Code::Unauthenticated => {
             return Ended::Failed(format!(
                 "the upstream refused the token {} (UNAUTHENTICATED: {}); check PUPPET_UPSTREAM_TOKEN",
                 settings.token_masked,
+                super::scrubbed(s.message(), settings)
+            ));
+        }
+        Ok(Err(s)) if resume_after > 0 && s.code() == tonic::Code::OutOfRange => {
+            // The upstream no longer holds what we missed (or its log was replaced): live next time.
+            up.inner.upstream_seq.store(0, Ordering::Release);
+            return Ended::Failed(format!(
+                "the upstream cannot resume after its event {resume_after}: {}",
                 super::scrubbed(s.message(), settings)
             ));
         }
@@ -127,8 +148,13 @@ async fn session(up: &Upstream, reconnect: bool, connected: &mut bool) -> Ended 
     if reconnect {
         up.bump_generation();
     }
-    tracing::info!(upstream = %endpoint, token = %settings.token_masked, "connected to the upstream puppet service");
-    if up.inner.started.load(std::sync::atomic::Ordering::Acquire) {
+    tracing::info!(upstream = %endpoint, token = %settings.token_masked, resume_after, "connected to the upstream puppet service");
+    if resume_after > 0 && up.logged_in() {
+        // A resumed stream replays what we missed, not the login: the login holds unless a LOGOUT
+        // or SCAN comes among the replayed events.
+        up.inner.serving.send_replace(true);
+    }
+    if up.inner.started.load(Ordering::Acquire) {
         up.start_upstream(&mut client).await;
     }
     if reconnect {
@@ -139,7 +165,12 @@ async fn session(up: &Upstream, reconnect: bool, connected: &mut bool) -> Ended 
     }
     loop {
         match events.message().await {
-            Ok(Some(e)) => up.republish(e),
+            Ok(Some(e)) => {
+                if e.seq > 0 {
+                    up.inner.upstream_seq.store(e.seq as u64, Ordering::Release);
+                }
+                up.republish(e);
+            }
             Ok(None) => return Ended::Dropped("the upstream ended the stream".into()),
             Err(s) => {
                 return Ended::Dropped(format!("{:?}: {}", s.code(), super::scrubbed(s.message(), &up.inner.settings)));
