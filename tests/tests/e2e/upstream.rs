@@ -241,6 +241,78 @@ async fn ten_mib_both_ways_through_the_chain_with_equal_checksums() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deprecated_file_streams_work_through_the_chain_and_the_upstream_holds_the_bytes() {
+    let upstream = Server::start(&[]);
+    let front = start_front(&upstream.addr.to_string(), &[]);
+    let mut up = upstream.puppet().await;
+    let mut ours = front.puppet().await;
+    Events::open(&mut ours).await.wait_for(kind::LOGIN).await;
+    for len in [5, 6 << 20] {
+        let data: Vec<Vec<u8>> = pattern_chunks(len as u8, len, 64 * 1024).collect();
+        let digest = sha256(data.iter().map(Vec::as_slice));
+        let mut msgs = vec![
+            pb::MessageSendFileStreamRequest { conversation_id: Some("wxid_bob".into()), file_box_chunk: None },
+            pb::MessageSendFileStreamRequest {
+                conversation_id: None,
+                file_box_chunk: Some(pb::FileBoxChunk { data: None, name: Some(format!("s{len}.bin")) }),
+            },
+        ];
+        msgs.extend(data.into_iter().map(|d| pb::MessageSendFileStreamRequest {
+            conversation_id: None,
+            file_box_chunk: Some(pb::FileBoxChunk { data: Some(d), name: None }),
+        }));
+        let id = ours.message_send_file_stream(tokio_stream::iter(msgs)).await.unwrap().into_inner().id;
+        // Read back through us with the deprecated stream…
+        let mut stream =
+            ours.message_file_stream(pb::MessageFileStreamRequest { id: id.clone() }).await.unwrap().into_inner();
+        let first = stream.message().await.unwrap().unwrap().file_box_chunk.unwrap();
+        assert_eq!(first.name, Some(format!("s{len}.bin")));
+        let mut got = Vec::new();
+        while let Some(m) = stream.message().await.unwrap() {
+            got.push(m.file_box_chunk.unwrap().data.unwrap());
+        }
+        assert_eq!(sha256(got.iter().map(Vec::as_slice)), digest, "{len} bytes back through us");
+        // …and the upstream itself holds the same bytes.
+        let mut stream = up.message_file_stream(pb::MessageFileStreamRequest { id }).await.unwrap().into_inner();
+        stream.message().await.unwrap().unwrap();
+        let mut there = Vec::new();
+        while let Some(m) = stream.message().await.unwrap() {
+            there.push(m.file_box_chunk.unwrap().data.unwrap());
+        }
+        assert_eq!(sha256(there.iter().map(Vec::as_slice)), digest, "{len} bytes upstream");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_with_the_upstreams_ca_and_server_name() {
+    let upstream = Server::start(&["--tls-self-signed", "puppet-upstream"]);
+    let ca = upstream.data_dir.join("tls/ca.pem");
+    let mut args = front_args(&upstream.addr.to_string());
+    let at = args.iter().position(|a| a == "off").unwrap();
+    args[at] = "on".into();
+    args.extend(
+        ["--upstream-tls-ca", ca.to_str().unwrap(), "--upstream-server-name", "puppet-upstream"].map(String::from),
+    );
+    let front = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    readiness(&front, ServingStatus::Serving).await;
+    assert_eq!(contacts(&mut front.puppet().await).await, contacts(&mut upstream.puppet().await).await);
+    // The wrong name is refused by the certificate check: never ready.
+    let mut args = front_args(&upstream.addr.to_string());
+    let at = args.iter().position(|a| a == "off").unwrap();
+    args[at] = "on".into();
+    args.extend(
+        ["--upstream-tls-ca", ca.to_str().unwrap(), "--upstream-server-name", "someone-else"].map(String::from),
+    );
+    let wrong = Server::start_logged(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !wrong.log().contains("cannot reach the upstream") {
+        assert!(std::time::Instant::now() < deadline, "no log line:\n{}", wrong.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    readiness(&wrong, ServingStatus::NotServing).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_restart_keeps_our_clients_and_the_feed_contiguous() {
     let dir = std::env::temp_dir().join(format!("puppet-e2e-upstream-restart-{}", std::process::id()));
     _ = std::fs::remove_dir_all(&dir);
