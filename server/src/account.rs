@@ -194,14 +194,22 @@ impl Account {
             });
         }
         {
-            // The process's readiness follows every account's login.
+            // The process's readiness follows every account's login (and its backend's reach).
             let (mut login, changed) = (bus.login_state(), shared.changed.clone());
+            let mut serving = backend.serving();
             background.spawn("login-watch", |stop| async move {
                 loop {
                     changed.send_modify(|g| *g += 1);
+                    let serving_changed = async {
+                        match serving.as_mut() {
+                            Some(s) => s.changed().await.is_ok(),
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         c = login.changed() => if c.is_err() { return },
+                        ok = serving_changed => if !ok { return },
                     }
                 }
             });
@@ -252,7 +260,8 @@ impl Account {
 
     /// Whether the account counts as ready (logged in, or `--ready-when started`).
     pub fn ready(&self) -> bool {
-        self.config.ready_when == crate::config::ReadyWhen::Started || self.bus.logged_in()
+        let reachable = self.backend.serving().is_none_or(|s| *s.borrow());
+        reachable && (self.config.ready_when == crate::config::ReadyWhen::Started || self.bus.logged_in())
     }
 
     /// Stops the account in order: its event streams end, its MQTT bridge answers what it took,

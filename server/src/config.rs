@@ -304,6 +304,10 @@ pub struct Config {
     #[command(flatten)]
     pub oa: crate::backend::official_account::settings::OaFlags,
 
+    /// `--backend upstream` settings.
+    #[command(flatten)]
+    pub upstream: crate::backend::upstream::settings::UpstreamFlags,
+
     /// Fetches of URLs from clients and pushes.
     #[command(flatten)]
     pub fetch: crate::fetch::FetchFlags,

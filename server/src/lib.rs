@@ -99,6 +99,11 @@ pub fn build_backend(
             )?;
             Ok(Built { backend: Arc::new(oa.clone()), mock: None, official_account: Some(oa) })
         }
+        BackendKind::Upstream => {
+            let settings = backend::upstream::settings::UpstreamSettings::from_flags(&config.upstream)?;
+            let up = backend::upstream::Upstream::new(settings, sink, blobs, tasks, store.clone())?;
+            Ok(Built { backend: Arc::new(up), mock: None, official_account: None })
+        }
     }
 }
 

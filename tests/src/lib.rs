@@ -297,7 +297,7 @@ impl Events {
     /// Opens the stream and checks that it starts with a heartbeat.
     pub async fn open(client: &mut PuppetClient<InterceptedService<Channel, Token>>) -> Self {
         let stream =
-            client.event(puppet_proto::pb::wechaty::puppet::EventRequest {}).await.expect("Event").into_inner();
+            client.event(puppet_proto::pb::wechaty::puppet::EventRequest::default()).await.expect("Event").into_inner();
         let mut events = Self { stream };
         let (kind, _) = events.next_any().await;
         assert_eq!(kind, 1, "an Event stream must open with a HEARTBEAT");

@@ -57,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
     let mut readers = Vec::new();
     for _ in 0..args.subscribers {
         let mut client = server.puppet().await;
-        let mut stream = client.event(pb::EventRequest {}).await?.into_inner();
+        let mut stream = client.event(pb::EventRequest::default()).await?.into_inner();
         stream.message().await?.expect("heartbeat first");
         let want = args.events;
         readers.push(tokio::spawn(async move {

@@ -514,7 +514,7 @@ async fn events(args: &Args, server: &Proc, idle: Option<f64>) -> anyhow::Result
     let stream_errors = Arc::new(AtomicU64::new(0));
     for i in 0..n {
         let mut client = PuppetClient::with_interceptor(stream_channels[i % k].clone(), Token(token_of("acct", i)));
-        let mut stream = timeout(CALL_TIMEOUT, client.event(pb::EventRequest {})).await??.into_inner();
+        let mut stream = timeout(CALL_TIMEOUT, client.event(pb::EventRequest::default())).await??.into_inner();
         let (received, errors) = (received.clone(), stream_errors.clone());
         readers.spawn(async move {
             loop {

@@ -342,7 +342,8 @@ async fn consumer(
     'outer: while going() {
         let Some(ch) = connect(&ctx, section, addr).await else { continue };
         let mut p = puppet(ch, TOKEN);
-        let Some(mut stream) = grpc(&ctx, section, "Event (long-lived)", p.event(pb::EventRequest {})).await else {
+        let Some(mut stream) = grpc(&ctx, section, "Event (long-lived)", p.event(pb::EventRequest::default())).await
+        else {
             sleep(Duration::from_millis(200)).await;
             continue;
         };
@@ -428,7 +429,9 @@ async fn churner(ctx: Arc<Ctx>, addr: SocketAddr, seed: u64) {
         let Some(ch) = connect(&ctx, MOCK, addr).await else { continue };
         let mut p = puppet(ch, TOKEN);
         let hold = Duration::from_millis(rng.u64(0..5000)).min(ctx.left());
-        if let Some(mut stream) = grpc(&ctx, MOCK, "Event (dropped at random)", p.event(pb::EventRequest {})).await {
+        if let Some(mut stream) =
+            grpc(&ctx, MOCK, "Event (dropped at random)", p.event(pb::EventRequest::default())).await
+        {
             let until = tokio::time::Instant::now() + hold;
             loop {
                 tokio::select! {

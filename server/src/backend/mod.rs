@@ -7,6 +7,7 @@
 
 pub mod mock;
 pub mod official_account;
+pub mod upstream;
 
 use async_trait::async_trait;
 use puppet_proto::filebox::FileBox;
@@ -145,6 +146,12 @@ pub struct Referrer {
 pub trait Backend: Send + Sync + 'static {
     /// Short name for logs and error messages (`mock`, `official-account`, …).
     fn name(&self) -> &'static str;
+
+    /// Whether the backend can serve now (its upstream reachable), when that can change; readiness
+    /// then needs it as well as the login. `None`: readiness follows the login alone.
+    fn serving(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
 
     // ---- lifecycle ----------------------------------------------------------------------------
     /// Begin (or resume) the login flow. Idempotent.
@@ -378,4 +385,6 @@ pub enum BackendKind {
     Mock,
     /// A WeChat Official Account (公众号): webhook on the side port, WeChat's REST API.
     OfficialAccount,
+    /// Another Wechaty puppet service, re-served (`--upstream-endpoint`, `--upstream-token`).
+    Upstream,
 }

@@ -39,10 +39,12 @@ fn heartbeat_json() -> String {
 
 impl StreamMessage for pb::EventResponse {
     fn event(env: &Envelope) -> Self {
-        Self { r#type: env.kind.wire(), payload: env.payload.clone() }
+        // Juzi's field is an int32: a sequence past it is sent as 0 (unknown) rather than wrapped.
+        let seq = i32::try_from(env.seq).unwrap_or(0);
+        Self { r#type: env.kind.wire(), payload: env.payload.clone(), seq }
     }
     fn heartbeat() -> Self {
-        Self { r#type: EventKind::Heartbeat.wire(), payload: heartbeat_json() }
+        Self { r#type: EventKind::Heartbeat.wire(), payload: heartbeat_json(), seq: 0 }
     }
 }
 

@@ -204,10 +204,16 @@ impl Puppet for PuppetService {
         ok(pb::VersionResponse { version: self.version.to_string() })
     }
 
-    async fn event(&self, _: Request<pb::EventRequest>) -> RpcResult<Self::EventStream> {
-        // Upstream allows one Event stream; we allow any number, each with its own cursor.
-        let sub =
-            self.bus.subscribe(StartAt::Live { replay_state: true }).map_err(|e| Status::internal(e.to_string()))?;
+    async fn event(&self, req: Request<pb::EventRequest>) -> RpcResult<Self::EventStream> {
+        // Upstream allows one Event stream; we allow any number, each with its own cursor. A Juzi
+        // client resumes after the `seq` it saw last (the bus refuses a range it no longer holds).
+        let seq = req.into_inner().seq;
+        let start = match u64::try_from(seq) {
+            Ok(after) if after > 0 => StartAt::After(after),
+            Ok(_) => StartAt::Live { replay_state: true },
+            Err(_) => return Err(Status::invalid_argument(format!("`seq` {seq} is negative"))),
+        };
+        let sub = self.bus.subscribe(start).map_err(|e| Status::out_of_range(e.to_string()))?;
         ok(pump(sub, self.heartbeat))
     }
 

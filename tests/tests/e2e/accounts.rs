@@ -172,7 +172,7 @@ async fn one_account_flooding_does_not_stall_another() {
     let mut quiet = server.puppet_as(&token("quiet")).await;
     // The loud account floods, with nobody reading a stream it holds open.
     let mut loud = server.puppet_as(&token("loud")).await;
-    let _unread = loud.event(pb::EventRequest {}).await.unwrap().into_inner();
+    let _unread = loud.event(pb::EventRequest::default()).await.unwrap().into_inner();
     let flooding = tokio::spawn({
         let mut w = world(&server, "loud").await;
         async move { w.flood(ext::FloodRequest { count: 200_000, per_second: 0 }).await }

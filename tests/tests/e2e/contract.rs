@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 use prost_types::FileDescriptorSet;
+use prost_types::field_descriptor_proto::{Label, Type};
 use puppet_tests::contract::{compare, strip_gateway_options};
 use puppet_tests::installed;
 
@@ -65,4 +66,38 @@ fn our_contract_is_a_superset_of_wechaty_grpc_1_5_2() {
     let embedded = FileDescriptorSet::decode(puppet_proto::pb::FILE_DESCRIPTOR_SET).unwrap();
     let drift = compare(&ours, &embedded);
     assert!(drift.is_empty(), "the embedded descriptor differs from proto/:\n  {}", drift.join("\n  "));
+}
+
+/// The fields of message `name` in `set`: (name, number, type, label).
+fn fields_of(set: &FileDescriptorSet, name: &str) -> Vec<(String, i32, Type, Label)> {
+    let message = set
+        .file
+        .iter()
+        .filter(|f| f.package() == "wechaty.puppet")
+        .flat_map(|f| &f.message_type)
+        .find(|m| m.name() == name)
+        .unwrap_or_else(|| panic!("no message wechaty.puppet.{name}"));
+    message.field.iter().map(|f| (f.name().to_owned(), f.number(), f.r#type(), f.label())).collect()
+}
+
+#[test]
+fn the_event_messages_carry_juzis_resumable_stream_fields() {
+    let modules = installed("PUPPET_UPSTREAM_NODE_MODULES", "the npm-upstream tree with @juzi/wechaty-grpc@1.0.100");
+    let package = modules.join("@juzi/wechaty-grpc");
+    let version: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(package.join("package.json")).unwrap()).unwrap();
+    assert_eq!(version["version"], "1.0.100", "the Juzi contract must be @juzi/wechaty-grpc 1.0.100");
+    let work = std::env::temp_dir().join(format!("puppet-contract-juzi-{}", std::process::id()));
+    _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("juzi")).unwrap();
+    copy_stripped(&package.join("dist/cjs/proto"), &work.join("juzi"));
+    let juzi = compile(&work.join("juzi"), "wechaty/puppet/event.proto", &work.join("juzi.bin"));
+    let ours = compile(&puppet_tests::repo_root().join("proto"), "wechaty/puppet/event.proto", &work.join("ours.bin"));
+    std::fs::remove_dir_all(&work).unwrap();
+    for message in ["EventRequest", "EventResponse"] {
+        let theirs = fields_of(&juzi, message);
+        assert!(theirs.iter().any(|f| f.0 == "seq"), "Juzi's {message} has no seq: {theirs:?}");
+        // Every field Juzi's clients send or read is ours too, same number, type and label.
+        assert_eq!(fields_of(&ours, message), theirs, "{message}");
+    }
 }

@@ -111,7 +111,8 @@ async fn a_generated_token_is_printed_and_kept_in_the_data_dir() {
 async fn sigterm_stops_the_server_cleanly() {
     let mut server = Server::start(&[]);
     let mut puppet = server.puppet().await;
-    let mut events = puppet.event(puppet_proto::pb::wechaty::puppet::EventRequest {}).await.unwrap().into_inner();
+    let mut events =
+        puppet.event(puppet_proto::pb::wechaty::puppet::EventRequest::default()).await.unwrap().into_inner();
     events.message().await.unwrap().expect("heartbeat");
     let status = server.terminate();
     assert!(status.success(), "{status:?}");

@@ -21,3 +21,4 @@ mod outbound;
 mod polyglot;
 mod puppetctl;
 mod python_auth;
+mod upstream;
