@@ -304,6 +304,10 @@ pub struct Config {
     #[command(flatten)]
     pub oa: crate::backend::official_account::settings::OaFlags,
 
+    /// `--backend ilink` settings.
+    #[command(flatten)]
+    pub ilink: crate::backend::ilink::settings::IlinkFlags,
+
     /// Fetches of URLs from clients and pushes.
     #[command(flatten)]
     pub fetch: crate::fetch::FetchFlags,

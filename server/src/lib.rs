@@ -98,6 +98,12 @@ pub fn build_backend(
             )?;
             Ok(Built { backend: Arc::new(oa.clone()), mock: None, official_account: Some(oa) })
         }
+        BackendKind::Ilink => {
+            let settings = backend::ilink::settings::IlinkSettings::from_flags(&config.ilink)?;
+            let print_qr = config.accounts.is_none();
+            let ilink = backend::ilink::Ilink::new(settings, sink, blobs, tasks, store.clone(), print_qr)?;
+            Ok(Built { backend: Arc::new(ilink), mock: None, official_account: None })
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! [`BackendError::Unsupported`], which the gRPC layer turns into `UNIMPLEMENTED` naming the backend
 //! and the operation, so a backend can grow one operation at a time.
 
+pub mod ilink;
 pub mod mock;
 pub mod official_account;
 
@@ -378,4 +379,6 @@ pub enum BackendKind {
     Mock,
     /// A WeChat Official Account (公众号): webhook on the side port, WeChat's REST API.
     OfficialAccount,
+    /// A personal WeChat account through Tencent's iLink bot API (QR login, long-poll).
+    Ilink,
 }
