@@ -82,3 +82,215 @@ async fn official_client_modules_run_against_the_fake() {
     );
     _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---- puppet-server on --backend ilink ---------------------------------------------------------
+
+mod server {
+    use base64::Engine;
+    use puppet_proto::model::MessageType;
+    use puppet_proto::pb::wechaty::puppet as pb;
+    use puppet_tests::fake_ilink::{FakeIlink, REPLIES_PER_MESSAGE};
+    use puppet_tests::{Events, PuppetClientT, Server, kind};
+    use tonic::Code;
+
+    const ALICE: &str = "o9cq80alice000@im.wechat";
+    const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+    fn env(fake: &FakeIlink, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+        let mut env = fake.server_env();
+        env.extend_from_slice(extra);
+        env
+    }
+
+    fn start(fake: &FakeIlink, extra: &[(&'static str, String)]) -> Server {
+        let env = env(fake, extra);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Server::start_with_env(&["--backend", "ilink"], &env)
+    }
+
+    fn start_in(dir: &std::path::Path, fake: &FakeIlink, extra: &[(&'static str, String)]) -> Server {
+        let env = env(fake, extra);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Server::start_in_with_env(dir, &["--backend", "ilink"], &env)
+    }
+
+    async fn say(p: &mut PuppetClientT, to: &str, text: &str) -> Result<String, tonic::Status> {
+        p.message_send_text(pb::MessageSendTextRequest {
+            conversation_id: to.into(),
+            text: text.into(),
+            mentional_ids: vec![],
+        })
+        .await
+        .map(|r| r.into_inner().id)
+    }
+
+    async fn payload(p: &mut PuppetClientT, id: &str) -> pb::MessagePayloadResponse {
+        p.message_payload(pb::MessagePayloadRequest { id: id.into() }).await.unwrap().into_inner()
+    }
+
+    /// QR login through SCAN events, then: a text in, a reply with its context token, an image in
+    /// (decrypted to the original bytes), an image out (the fake decrypts the same bytes), the quota,
+    /// rooms refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn qr_login_messages_media_and_the_platform_rules() {
+        let fake = FakeIlink::start(3_000).await;
+        let server = start(&fake, &[]);
+        let mut p = server.puppet().await;
+        let mut events = Events::open(&mut p).await;
+
+        let scan = events.wait_for(kind::SCAN).await;
+        assert_eq!(scan["status"], 2, "{scan}");
+        assert_eq!(scan["data"], "wait");
+        let qr = fake.qr(0).await;
+        assert!(scan["qrcode"].as_str().unwrap().contains(&qr), "{scan}");
+        fake.set_qr(&qr, "scaned");
+        let scan = events.wait_for(kind::SCAN).await;
+        assert_eq!((scan["status"].as_i64(), scan["data"].as_str()), (Some(3), Some("scaned")), "{scan}");
+        let token = fake.set_qr(&qr, "confirmed").unwrap();
+        let login = events.wait_for(kind::LOGIN).await;
+        let bot_id = token.split(':').next().unwrap();
+        assert_eq!(login["contactId"], bot_id);
+        events.wait_for(kind::READY).await;
+        fake.wait_call("ilink/bot/msg/notifystart").await;
+
+        // A text in; the talker becomes a contact.
+        let ctx = fake.inject_text(&token, ALICE, "ding");
+        let id = events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
+        let m = payload(&mut p, &id).await;
+        assert_eq!((m.text.as_str(), m.talker_id.as_str(), m.r#type), ("ding", ALICE, MessageType::Text.wire()));
+        let contacts = p.contact_list(pb::ContactListRequest {}).await.unwrap().into_inner().ids;
+        assert!(contacts.iter().any(|c| c == ALICE), "{contacts:?}");
+
+        // The reply carries the conversation's context token.
+        say(&mut p, ALICE, "dong").await.unwrap();
+        let sent = fake.wait_sent(&token, 1).await;
+        assert_eq!(sent[0]["context_token"], ctx.as_str());
+        assert_eq!(sent[0]["item_list"][0]["text_item"]["text"], "dong");
+        let call = fake.calls().into_iter().find(|c| c.path == "ilink/bot/sendmessage").unwrap();
+        assert_eq!(call.headers.get("ilink-app-id").map(String::as_str), Some("bot"));
+
+        // An image in: MessageImage answers the original bytes, decrypted from the CDN.
+        let picture: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let ctx2 = fake.inject_image(&token, ALICE, &picture);
+        let id = events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
+        assert_eq!(payload(&mut p, &id).await.r#type, MessageType::Image.wire());
+        let fb = p.message_image(pb::MessageImageRequest { id: id.clone(), r#type: 2 }).await.unwrap().into_inner();
+        let fb: serde_json::Value = serde_json::from_str(&fb.file_box).unwrap();
+        let bytes = match fb["base64"].as_str() {
+            Some(b) => B64.decode(b).unwrap(),
+            None => {
+                let uuid = fb["uuid"].as_str().expect("inline or uuid");
+                let mut s = p.download(pb::DownloadRequest { id: uuid.into() }).await.unwrap().into_inner();
+                let mut all = Vec::new();
+                while let Some(c) = s.message().await.unwrap() {
+                    all.extend(c.chunk);
+                }
+                all
+            }
+        };
+        assert!(bytes == picture, "the inbound image decrypts to the original bytes");
+
+        // An image out: uploaded encrypted, the fake decrypts the same bytes; it carries the newest
+        // context token.
+        let png = [&b"\x89PNG\r\n\x1a\n"[..], &[5u8; 3000][..]].concat();
+        let file_box = serde_json::json!({"type": 1, "name": "back.png", "base64": B64.encode(&png)});
+        p.message_send_file(pb::MessageSendFileRequest {
+            conversation_id: ALICE.into(),
+            file_box: file_box.to_string(),
+        })
+        .await
+        .unwrap();
+        let sent = fake.wait_sent(&token, 2).await;
+        assert_eq!(sent[1]["item_list"][0]["type"], 2);
+        assert_eq!(sent[1]["context_token"], ctx2.as_str());
+        let uploads = fake.uploads();
+        assert_eq!(uploads.len(), 1);
+        assert!(uploads[0].plain == png && uploads[0].media_type == 1 && uploads[0].to_user_id == ALICE);
+
+        // The quota: the image message reset it; REPLIES_PER_MESSAGE sends pass (one used), the next
+        // is refused here, before iLink sees it.
+        for i in 1..REPLIES_PER_MESSAGE {
+            say(&mut p, ALICE, &format!("reply {i}")).await.unwrap();
+        }
+        let err = say(&mut p, ALICE, "one too many").await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains("quota of 10") && err.message().contains("reopens when"), "{}", err.message());
+        assert_eq!(fake.sent(&token).len(), 2 + REPLIES_PER_MESSAGE as usize - 1);
+        // A user who never wrote cannot be written to.
+        let err = say(&mut p, "o9cq80stranger@im.wechat", "hi").await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("has not written"), "{}", err.message());
+        // A new message from Alice reopens it.
+        fake.inject_text(&token, ALICE, "again");
+        events.wait_for(kind::MESSAGE).await;
+        say(&mut p, ALICE, "welcome back").await.unwrap();
+
+        // Rooms do not exist here.
+        let err = p.room_list(pb::RoomListRequest {}).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented);
+        assert!(err.message().contains("iLink bots receive direct messages only"), "{}", err.message());
+    }
+
+    /// A token given at start skips the QR; a restart resumes from the stored token and cursor:
+    /// a message that arrived while down comes once, nothing before it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn given_token_and_restart_without_loss_or_duplicate() {
+        let fake = FakeIlink::start(3_000).await;
+        let token = fake.mint_token();
+        let dir = std::env::temp_dir().join(format!("puppet-ilink-restart-{}", std::process::id()));
+        _ = std::fs::remove_dir_all(&dir);
+        let mut server = start_in(&dir, &fake, &[("PUPPET_ILINK_BOT_TOKEN", token.clone())]);
+        let mut p = server.puppet().await;
+        let mut events = Events::open(&mut p).await;
+        events.wait_for(kind::LOGIN).await;
+        let mut before = Vec::new();
+        for i in 0..3 {
+            fake.inject_text(&token, ALICE, &format!("before {i}"));
+            before.push(events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned());
+        }
+        fake.wait_polling(&token).await;
+        assert!(server.terminate().success());
+        fake.inject_text(&token, ALICE, "while down");
+
+        // No token given this time: the stored one is used; no QR is fetched.
+        let server = start_in(&dir, &fake, &[]);
+        let mut p = server.puppet().await;
+        let mut events = Events::open(&mut p).await;
+        events.wait_for(kind::LOGIN).await;
+        let id = events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
+        assert!(!before.contains(&id), "a message from before the restart came again");
+        assert_eq!(payload(&mut p, &id).await.text, "while down");
+        // The old ones are still readable, and nothing else arrives.
+        assert_eq!(payload(&mut p, &before[0]).await.text, "before 0");
+        fake.inject_text(&token, ALICE, "after");
+        let next = events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
+        assert_eq!(payload(&mut p, &next).await.text, "after");
+        assert_eq!(fake.qr_count(), 0);
+        drop(server);
+        _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A stale token (-14) is a LOGOUT with the reason, then a fresh login QR.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stale_token_logs_out_and_shows_a_new_qr() {
+        let fake = FakeIlink::start(3_000).await;
+        let token = fake.mint_token();
+        let server = start(&fake, &[("PUPPET_ILINK_BOT_TOKEN", token.clone())]);
+        let mut p = server.puppet().await;
+        let mut events = Events::open(&mut p).await;
+        events.wait_for(kind::LOGIN).await;
+        fake.wait_polling(&token).await;
+        fake.expire_token(&token);
+        let logout = events.wait_for(kind::LOGOUT).await;
+        assert!(logout["data"].as_str().unwrap().contains("stale"), "{logout}");
+        let scan = events.wait_for(kind::SCAN).await;
+        assert_eq!(scan["status"], 2);
+        let qr = fake.qr(0).await;
+        assert!(scan["qrcode"].as_str().unwrap().contains(&qr));
+        // Scanning it logs in with the new token.
+        let new_token = fake.set_qr(&qr, "confirmed").unwrap();
+        events.wait_for(kind::LOGIN).await;
+        fake.inject_text(&new_token, ALICE, "hello again");
+        events.wait_for(kind::MESSAGE).await;
+    }
+}

@@ -94,12 +94,7 @@ impl Ilink {
             let session = match self.saved_session().await {
                 Some(s) => s,
                 None => match self.qr_login(&cancel).await {
-                    Ok(s) => {
-                        if let Err(e) = self.inner.store.kv().put(KV, "session", &s) {
-                            tracing::error!(error = %e, "the iLink session could not be stored");
-                        }
-                        s
-                    }
+                    Ok(s) => s,
                     Err(LoginEnd::Cancelled) => return,
                     Err(LoginEnd::GaveUp(reason)) => {
                         tracing::warn!(%reason, "iLink login gave up");
@@ -115,6 +110,10 @@ impl Ilink {
                     }
                 },
             };
+            // Stored whichever way it came (a given token too): a restart resumes without a scan.
+            if let Err(e) = self.inner.store.kv().put(KV, "session", &session) {
+                tracing::error!(error = %e, "the iLink session could not be stored");
+            }
             let api = self.inner.api.with_base(&session.base);
             match api.post("notifystart", "msg/notifystart", Some(&session.token), json!({}), None).await {
                 Ok(_) => {}
