@@ -293,4 +293,72 @@ mod server {
         fake.inject_text(&new_token, ALICE, "hello again");
         events.wait_for(kind::MESSAGE).await;
     }
+
+    /// The official Node Wechaty client runs a ding-dong bot through puppet-server on this backend:
+    /// it sees the login QR, logs in when the fake confirms the scan, answers `ding` and an image.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_node_wechaty_client_plays_ding_dong() {
+        use tokio::io::AsyncBufReadExt;
+        let node_modules = puppet_tests::installed("WECHATY_NODE_MODULES", "npm wechaty + wechaty-puppet-service");
+        let fake = FakeIlink::start(3_000).await;
+        let server = start(&fake, &[]);
+        let home = server.data_dir.join("client-home");
+        std::fs::create_dir_all(&home).unwrap();
+        let mut child = tokio::process::Command::new("node")
+            .arg(puppet_tests::repo_root().join("tests/compat/node/ilink.js"))
+            .current_dir(&home)
+            .env("HOME", &home)
+            .env("NODE_PATH", &node_modules)
+            .env("WECHATY_PUPPET_SERVICE_ENDPOINT", server.addr.to_string())
+            .env("WECHATY_PUPPET_SERVICE_TOKEN", puppet_tests::TOKEN)
+            .env("WECHATY_PUPPET_SERVICE_NO_TLS_INSECURE_CLIENT", "true")
+            .env("WECHATY_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run node");
+        let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut seen = vec![];
+        let mut expect_line = async |want: &str| -> String {
+            let found = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+                while let Some(line) = out.next_line().await.unwrap() {
+                    seen.push(line.clone());
+                    if line.starts_with(want) {
+                        return Some(line);
+                    }
+                }
+                None
+            })
+            .await;
+            match found {
+                Ok(Some(line)) => line,
+                _ => panic!("no `{want}` from the Node bot; it printed {seen:?}"),
+            }
+        };
+        let scan = expect_line("SCAN ").await;
+        let qr = fake.qr(0).await;
+        assert!(scan.contains(&qr), "{scan}");
+        let token = fake.set_qr(&qr, "confirmed").unwrap();
+        // Wechaty may report READY before or after LOGIN; LOGIN is what the bot needs.
+        let login = expect_line("LOGIN ").await;
+        assert_eq!(login, format!("LOGIN {}", token.split(':').next().unwrap()));
+
+        let ctx = fake.inject_text(&token, ALICE, "ding");
+        let sent = fake.wait_sent(&token, 1).await;
+        assert_eq!(sent[0]["item_list"][0]["text_item"]["text"], "dong");
+        assert_eq!(sent[0]["context_token"], ctx.as_str());
+
+        let picture: Vec<u8> = (0..4321u32).map(|i| (i % 199) as u8).collect();
+        fake.inject_image(&token, ALICE, &picture);
+        let sent = fake.wait_sent(&token, 2).await;
+        let text = sent[1]["item_list"][0]["text_item"]["text"].as_str().unwrap();
+        assert!(text.starts_with("got image-") && text.ends_with(", 4321 bytes"), "{text}");
+
+        fake.inject_text(&token, ALICE, "bye");
+        let sent = fake.wait_sent(&token, 3).await;
+        assert_eq!(sent[2]["item_list"][0]["text_item"]["text"], "再见");
+        expect_line("COMPAT OK").await;
+        let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+        assert!(status.success());
+    }
 }
