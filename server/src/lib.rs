@@ -101,7 +101,15 @@ pub fn build_backend(
         BackendKind::Ilink => {
             let settings = backend::ilink::settings::IlinkSettings::from_flags(&config.ilink)?;
             let print_qr = config.accounts.is_none();
-            let ilink = backend::ilink::Ilink::new(settings, sink, blobs, tasks, store.clone(), print_qr)?;
+            let ilink = backend::ilink::Ilink::new(
+                settings,
+                sink,
+                blobs,
+                metrics.ilink.clone(),
+                tasks,
+                store.clone(),
+                print_qr,
+            )?;
             Ok(Built { backend: Arc::new(ilink), mock: None, official_account: None })
         }
     }

@@ -79,7 +79,7 @@ pub struct Call {
     /// The bearer token, if any.
     pub token: Option<String>,
     /// The headers the official client sends on every call (`AuthorizationType`, `X-WECHAT-UIN`,
-    /// `iLink-App-Id`, `iLink-App-ClientVersion`), lowercased names.
+    /// `iLink-App-Id`, `iLink-App-ClientVersion`), and `Host`; lowercased names.
     pub headers: BTreeMap<String, String>,
     /// The JSON body (`null` for GETs and the CDN).
     pub body: Value,
@@ -417,7 +417,8 @@ fn record(shared: &Shared, path: &str, headers: &HeaderMap, body: &Value) -> Opt
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(String::from);
     let mut hs = BTreeMap::new();
-    for name in ["authorizationtype", "x-wechat-uin", "ilink-app-id", "ilink-app-clientversion", "content-type"] {
+    for name in ["authorizationtype", "x-wechat-uin", "ilink-app-id", "ilink-app-clientversion", "content-type", "host"]
+    {
         if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
             hs.insert(name.to_string(), v.to_string());
         }

@@ -105,7 +105,7 @@ mod server {
     fn start(fake: &FakeIlink, extra: &[(&'static str, String)]) -> Server {
         let env = env(fake, extra);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        Server::start_with_env(&["--backend", "ilink"], &env)
+        Server::start_with_env(&["--backend", "ilink", "--http-listen", "127.0.0.1:0"], &env)
     }
 
     fn start_in(dir: &std::path::Path, fake: &FakeIlink, extra: &[(&'static str, String)]) -> Server {
@@ -229,6 +229,61 @@ mod server {
         let err = p.room_list(pb::RoomListRequest {}).await.unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
         assert!(err.message().contains("iLink bots receive direct messages only"), "{}", err.message());
+
+        // Sends are counted by outcome, the refusals by the rule that refused them.
+        let metrics = puppet_tests::http_get(server.http_addr.unwrap(), "/metrics").await.1;
+        for line in [
+            "puppet_ilink_sends_total{outcome=\"sent\"} 12",
+            "puppet_ilink_sends_total{outcome=\"quota_used\"} 1",
+            "puppet_ilink_sends_total{outcome=\"no_conversation\"} 1",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
+        }
+
+        // Stop tells iLink (notifystop) and stops polling; the login is kept.
+        p.stop(pb::StopRequest {}).await.unwrap();
+        fake.wait_call("ilink/bot/msg/notifystop").await;
+    }
+
+    /// Expired QRs are replaced, at most PUPPET_ILINK_QR_REFRESHES times, then the login stops with
+    /// an ERROR until the next Start; a `scaned_but_redirect` moves the status polls to the host named.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_qrs_are_replaced_a_bounded_number_of_times_and_redirects_are_followed() {
+        let fake = FakeIlink::start(3_000).await;
+        let server = start(&fake, &[("PUPPET_ILINK_QR_REFRESHES", "1".into())]);
+        let mut p = server.puppet().await;
+        let mut events = Events::open(&mut p).await;
+        assert_eq!(events.wait_for(kind::SCAN).await["status"], 2);
+        let qr0 = fake.qr(0).await;
+
+        let port = fake.base.rsplit(':').next().unwrap().to_owned();
+        fake.redirect_qr(&qr0, &format!("localhost:{port}"));
+        let scan = events.wait_for(kind::SCAN).await;
+        assert_eq!((scan["status"].as_i64(), scan["data"].as_str()), (Some(3), Some("scaned_but_redirect")), "{scan}");
+        fake.set_qr(&qr0, "expired");
+        let scan = events.wait_for(kind::SCAN).await;
+        assert_eq!((scan["status"].as_i64(), scan["data"].as_str()), (Some(5), Some("expired")), "{scan}");
+        let polled_after_redirect = fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.path == "ilink/bot/get_qrcode_status")
+            .any(|c| c.headers.get("host").is_some_and(|h| h.starts_with("localhost:")));
+        assert!(polled_after_redirect, "the status polls moved to the redirect host");
+
+        // A new QR, shown; it expires too, and that was the last replacement allowed.
+        let scan = events.wait_for(kind::SCAN).await;
+        assert_eq!(scan["status"], 2);
+        let qr1 = fake.qr(1).await;
+        assert!(scan["qrcode"].as_str().unwrap().contains(&qr1));
+        fake.set_qr(&qr1, "expired");
+        let error = events.wait_for(kind::ERROR).await;
+        assert!(error["data"].as_str().unwrap().contains("PUPPET_ILINK_QR_REFRESHES=1"), "{error}");
+        assert_eq!(fake.qr_count(), 2);
+
+        // Start begins a new login.
+        p.start(pb::StartRequest {}).await.unwrap();
+        let scan = events.wait_until(kind::SCAN, |s| s["status"] == 2).await;
+        assert!(scan["qrcode"].as_str().unwrap().contains(&fake.qr(2).await));
     }
 
     /// A token given at start skips the QR; a restart resumes from the stored token and cursor:

@@ -44,6 +44,7 @@ use self::settings::IlinkSettings;
 use super::{Backend, BackendError, BackendResult, Outgoing};
 use crate::blobs::BlobStore;
 use crate::events::EventSink;
+use crate::metrics::IlinkMetrics;
 use crate::store::{MessageRecord, Store};
 use crate::tasks::Tasks;
 
@@ -106,6 +107,7 @@ struct Inner {
     api: Api,
     sink: EventSink,
     blobs: BlobStore,
+    metrics: IlinkMetrics,
     store: Store,
     tasks: Tasks,
     print_qr: bool,
@@ -130,6 +132,7 @@ impl Ilink {
         settings: IlinkSettings,
         sink: EventSink,
         blobs: BlobStore,
+        metrics: IlinkMetrics,
         tasks: Tasks,
         store: Store,
         print_qr: bool,
@@ -141,6 +144,7 @@ impl Ilink {
                 api,
                 sink,
                 blobs,
+                metrics,
                 store,
                 tasks,
                 print_qr,
@@ -345,7 +349,10 @@ impl Backend for Ilink {
     }
 
     async fn send(&self, to: &ConversationId, content: Outgoing) -> BackendResult<Option<MessageId>> {
-        self.send_to(to, content).await
+        let mut outcome = crate::metrics::IlinkSendOutcome::failed;
+        let result = self.send_to(to, content, &mut outcome).await;
+        self.inner.metrics.send(outcome);
+        result
     }
 
     async fn room_list(&self) -> BackendResult<Vec<RoomId>> {

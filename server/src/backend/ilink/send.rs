@@ -13,6 +13,7 @@ use super::api::id_text;
 use super::cdn::{self, MediaType};
 use super::{Ilink, NO_ROOMS, Stored, User, now_ms};
 use crate::backend::{BackendError, BackendResult, Outgoing};
+use crate::metrics::IlinkSendOutcome;
 
 /// The platform's text limit, in UTF-8 bytes.
 pub const MAX_TEXT_BYTES: usize = 16 * 1024;
@@ -34,31 +35,45 @@ fn when(ms: u64) -> String {
 }
 
 /// Checks the session window and quota for a send to `user` now.
-pub fn check_rules(to: &str, user: Option<&User>, now: u64, window_ms: u64, quota: u32) -> Result<(), BackendError> {
+pub fn check_rules(
+    to: &str,
+    user: Option<&User>,
+    now: u64,
+    window_ms: u64,
+    quota: u32,
+) -> Result<(), (IlinkSendOutcome, BackendError)> {
+    let refuse = |outcome, why: String| Err((outcome, BackendError::FailedPrecondition(why)));
+    let shown = puppet_proto::ids::Shown(to);
     let Some(user) = user else {
-        return Err(BackendError::FailedPrecondition(format!(
-            "`{}` has not written to this bot: iLink bots can only answer, and a conversation opens when the user \
-             writes",
-            puppet_proto::ids::Shown(to)
-        )));
+        return refuse(
+            IlinkSendOutcome::no_conversation,
+            format!(
+                "`{shown}` has not written to this bot: iLink bots can only answer, and a conversation opens when \
+                 the user writes"
+            ),
+        );
     };
     let closes = user.last_inbound_ms.saturating_add(window_ms);
     if now >= closes {
-        return Err(BackendError::FailedPrecondition(format!(
-            "the iLink session window with `{}` closed at {} ({} h after their last message); it reopens when \
-             they write again",
-            puppet_proto::ids::Shown(to),
-            when(closes),
-            window_ms / 3_600_000
-        )));
+        return refuse(
+            IlinkSendOutcome::window_closed,
+            format!(
+                "the iLink session window with `{shown}` closed at {} ({} h after their last message); it reopens \
+                 when they write again",
+                when(closes),
+                window_ms / 3_600_000
+            ),
+        );
     }
     if user.sent_since >= quota {
-        return Err(BackendError::FailedPrecondition(format!(
-            "the iLink quota of {quota} bot messages per user message is used up for `{}`; it reopens when they \
-             write again (the window closes at {})",
-            puppet_proto::ids::Shown(to),
-            when(closes)
-        )));
+        return refuse(
+            IlinkSendOutcome::quota_used,
+            format!(
+                "the iLink quota of {quota} bot messages per user message is used up for `{shown}`; it reopens \
+                 when they write again (the window closes at {})",
+                when(closes)
+            ),
+        );
     }
     Ok(())
 }
@@ -105,8 +120,14 @@ impl Ilink {
         Ok(bytes)
     }
 
-    /// Sends `content` to user `to`.
-    pub(super) async fn send_to(&self, to: &ConversationId, content: Outgoing) -> BackendResult<Option<MessageId>> {
+    /// Sends `content` to user `to`; `outcome` says how it went, for the metrics.
+    pub(super) async fn send_to(
+        &self,
+        to: &ConversationId,
+        content: Outgoing,
+        outcome: &mut IlinkSendOutcome,
+    ) -> BackendResult<Option<MessageId>> {
+        *outcome = IlinkSendOutcome::failed;
         let to = to.as_str();
         if to.ends_with("@chatroom") {
             return Err(BackendError::PlatformLimit { op: "send", reason: NO_ROOMS });
@@ -116,13 +137,11 @@ impl Ilink {
         let _turn = self.inner.sending.lock().await;
         let user = self.user(to).await?;
         let settings = &self.inner.settings;
-        check_rules(
-            to,
-            user.as_ref(),
-            now_ms(),
-            settings.session_window.as_millis() as u64,
-            settings.replies_per_message,
-        )?;
+        let window_ms = settings.session_window.as_millis() as u64;
+        if let Err((refusal, e)) = check_rules(to, user.as_ref(), now_ms(), window_ms, settings.replies_per_message) {
+            *outcome = refusal;
+            return Err(e);
+        }
         let mut user = user.unwrap_or_default();
         let api = self.inner.api.with_base(&session.base);
         let mut message = Message {
@@ -200,10 +219,14 @@ impl Ilink {
         let v: Value = match answer {
             Ok(v) => v,
             Err(e) => {
-                tracing::info!(outcome = "refused", error = %e, "iLink send");
+                if matches!(e, super::api::ApiError::Ret { .. }) {
+                    *outcome = IlinkSendOutcome::platform_refused;
+                }
+                tracing::info!(error = %e, "an iLink send failed");
                 return Err(e.into_backend());
             }
         };
+        *outcome = IlinkSendOutcome::sent;
         user.sent_since += 1;
         self.put_user(to, &user)?;
         let id = id_text(v.get("message_id")).map_or_else(|| format!("ilink-{client_id}"), |m| format!("ilink-{m}"));
@@ -225,13 +248,16 @@ mod tests {
     fn rules_name_the_rule_and_when_it_reopens() {
         let user = User { context_token: Some("c".into()), last_inbound_ms: 10 * H, sent_since: 0, first_seen_ms: 0 };
         assert!(check_rules("u", Some(&user), 11 * H, 24 * H, 10).is_ok());
-        let e = check_rules("u", None, 0, 24 * H, 10).unwrap_err().to_string();
-        assert!(e.contains("has not written"), "{e}");
-        let e = check_rules("u", Some(&user), 34 * H, 24 * H, 10).unwrap_err().to_string();
-        assert!(e.contains("window") && e.contains("1970-01-02T10:00:00Z"), "{e}");
+        let (o, e) = check_rules("u", None, 0, 24 * H, 10).unwrap_err();
+        assert_eq!(o, IlinkSendOutcome::no_conversation);
+        assert!(e.to_string().contains("has not written"), "{e}");
+        let (o, e) = check_rules("u", Some(&user), 34 * H, 24 * H, 10).unwrap_err();
+        assert_eq!(o, IlinkSendOutcome::window_closed);
+        assert!(e.to_string().contains("window") && e.to_string().contains("1970-01-02T10:00:00Z"), "{e}");
         let full = User { sent_since: 10, ..user };
-        let e = check_rules("u", Some(&full), 11 * H, 24 * H, 10).unwrap_err().to_string();
-        assert!(e.contains("quota of 10") && e.contains("reopens when they write"), "{e}");
+        let (o, e) = check_rules("u", Some(&full), 11 * H, 24 * H, 10).unwrap_err();
+        assert_eq!(o, IlinkSendOutcome::quota_used);
+        assert!(e.to_string().contains("quota of 10") && e.to_string().contains("reopens when they write"), "{e}");
     }
 
     #[test]
