@@ -143,6 +143,10 @@ mod server {
         assert_eq!(scan["data"], "wait");
         let qr = fake.qr(0).await;
         assert!(scan["qrcode"].as_str().unwrap().contains(&qr), "{scan}");
+        let http = server.http_addr.unwrap();
+        let qr_page = format!("/qrcode?token={}", puppet_tests::TOKEN);
+        let page = puppet_tests::http_get(http, &qr_page).await.1;
+        assert!(page.contains("Scan to log in") && page.contains(&qr), "{page}");
         fake.set_qr(&qr, "scaned");
         let scan = events.wait_for(kind::SCAN).await;
         assert_eq!((scan["status"].as_i64(), scan["data"].as_str()), (Some(3), Some("scaned")), "{scan}");
@@ -152,6 +156,8 @@ mod server {
         assert_eq!(login["contactId"], bot_id);
         events.wait_for(kind::READY).await;
         fake.wait_call("ilink/bot/msg/notifystart").await;
+        let page = puppet_tests::http_get(http, &qr_page).await.1;
+        assert!(page.contains("Logged in as iLink bot"), "{page}");
 
         // A text in; the talker becomes a contact.
         let ctx = fake.inject_text(&token, ALICE, "ding");
@@ -231,7 +237,7 @@ mod server {
         assert!(err.message().contains("iLink bots receive direct messages only"), "{}", err.message());
 
         // Sends are counted by outcome, the refusals by the rule that refused them.
-        let metrics = puppet_tests::http_get(server.http_addr.unwrap(), "/metrics").await.1;
+        let metrics = puppet_tests::http_get(http, "/metrics").await.1;
         for line in [
             "puppet_ilink_sends_total{outcome=\"sent\"} 12",
             "puppet_ilink_sends_total{outcome=\"quota_used\"} 1",
@@ -416,4 +422,23 @@ mod server {
         let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
         assert!(status.success());
     }
+}
+
+/// The README's iLink table names exactly the `PUPPET_ILINK_*` settings `puppet-server --help` lists.
+#[test]
+fn the_readme_lists_every_ilink_setting() {
+    let help = std::process::Command::new(puppet_tests::server_binary()).arg("--help").output().expect("--help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = readme.split("## A personal account through iLink").nth(1).expect("the README section");
+    let section = section.split("\n## ").next().unwrap();
+    let names = |text: &str| -> std::collections::BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("PUPPET_ILINK_"))
+            .map(String::from)
+            .collect()
+    };
+    let in_help = names(&help);
+    assert!(in_help.len() >= 9, "{in_help:?}");
+    assert_eq!(names(section), in_help);
 }
