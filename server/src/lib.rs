@@ -49,6 +49,8 @@ pub struct Built {
     pub mock: Option<backend::mock::MockBackend>,
     /// The same backend when it is an Official Account, for its extension service and webhook.
     pub official_account: Option<backend::official_account::OfficialAccount>,
+    /// The same backend when it is iLink, for its extension service.
+    pub ilink: Option<backend::ilink::Ilink>,
 }
 
 /// Builds the configured backend, wired to the event sink and the account's store; its loops belong
@@ -75,7 +77,7 @@ pub fn build_backend(
                 import_file: Some(config.data_dir().join("mock-world.json")),
             };
             let mock = backend::mock::MockBackend::new(options, store.clone(), sink, blobs, tasks)?;
-            Ok(Built { backend: Arc::new(mock.clone()), mock: Some(mock), official_account: None })
+            Ok(Built { backend: Arc::new(mock.clone()), mock: Some(mock), official_account: None, ilink: None })
         }
         BackendKind::OfficialAccount => {
             let settings = backend::official_account::settings::OaSettings::from_flags(&config.oa)?;
@@ -96,7 +98,7 @@ pub fn build_backend(
                 tasks,
                 store.clone(),
             )?;
-            Ok(Built { backend: Arc::new(oa.clone()), mock: None, official_account: Some(oa) })
+            Ok(Built { backend: Arc::new(oa.clone()), mock: None, official_account: Some(oa), ilink: None })
         }
         BackendKind::Ilink => {
             let settings = backend::ilink::settings::IlinkSettings::from_flags(&config.ilink)?;
@@ -110,7 +112,7 @@ pub fn build_backend(
                 store.clone(),
                 print_qr,
             )?;
-            Ok(Built { backend: Arc::new(ilink), mock: None, official_account: None })
+            Ok(Built { backend: Arc::new(ilink.clone()), mock: None, official_account: None, ilink: Some(ilink) })
         }
     }
 }
@@ -240,6 +242,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(account::Routed::new(accounts.clone(), throttle.clone(), |a| Some(a.services.puppet.clone())))
         .add_service(account::Routed::new(accounts.clone(), throttle.clone(), |a| Some(a.services.feed.clone())))
         .add_service(account::Routed::new(accounts.clone(), throttle.clone(), |a| a.services.oa.clone()))
+        .add_service(account::Routed::new(accounts.clone(), throttle.clone(), |a| a.services.ilink.clone()))
         .add_service(account::Routed::new(accounts.clone(), throttle.clone(), |a| a.services.mock.clone()))
         .add_optional_service(admin)
         .serve_with_incoming_shutdown(

@@ -175,6 +175,29 @@ mod server {
         let call = fake.calls().into_iter().find(|c| c.path == "ilink/bot/sendmessage").unwrap();
         assert_eq!(call.headers.get("ilink-app-id").map(String::as_str), Some("bot"));
 
+        // Typing through the extension service: one getconfig (the ticket is cached), two sendtyping.
+        let mut ext = puppet_proto::pb::puppet_rs::v1::ilink_client::IlinkClient::with_interceptor(
+            server.channel().await,
+            puppet_tests::Token(puppet_tests::TOKEN.into()),
+        );
+        use puppet_proto::pb::puppet_rs::v1::TypingRequest;
+        for typing in [true, false] {
+            ext.typing(TypingRequest { conversation_id: ALICE.into(), typing }).await.unwrap();
+        }
+        let typing: Vec<i64> = fake
+            .calls()
+            .iter()
+            .filter(|c| c.path == "ilink/bot/sendtyping")
+            .map(|c| c.body["status"].as_i64().unwrap())
+            .collect();
+        assert_eq!(typing, [1, 2]);
+        assert_eq!(fake.calls().iter().filter(|c| c.path == "ilink/bot/getconfig").count(), 1);
+        let err = ext
+            .typing(TypingRequest { conversation_id: "o9cq80stranger@im.wechat".into(), typing: true })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+
         // An image in: MessageImage answers the original bytes, decrypted from the CDN.
         let picture: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 256) as u8).collect();
         let ctx2 = fake.inject_image(&token, ALICE, &picture);
@@ -313,10 +336,14 @@ mod server {
         assert!(server.terminate().success());
         fake.inject_text(&token, ALICE, "while down");
 
-        // No token given this time: the stored one is used; no QR is fetched.
-        let server = start_in(&dir, &fake, &[]);
+        // No token given this time: the stored one is used; no QR is fetched. (Started by `Start`
+        // once the stream is open: the Event stream replays the login state, not past messages.)
+        let env = env(&fake, &[]);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let server = Server::start_in_with_env(&dir, &["--backend", "ilink", "--autostart", "false"], &env);
         let mut p = server.puppet().await;
         let mut events = Events::open(&mut p).await;
+        p.start(pb::StartRequest {}).await.unwrap();
         events.wait_for(kind::LOGIN).await;
         let id = events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
         assert!(!before.contains(&id), "a message from before the restart came again");
@@ -421,6 +448,43 @@ mod server {
         expect_line("COMPAT OK").await;
         let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
         assert!(status.success());
+    }
+
+    /// The grpcurl line of the README's iLink section, run as written (grpcurl 1.9.4).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_readme_typing_recipe_works() {
+        let grpcurl = puppet_tests::installed("PUPPET_GRPCURL", "grpcurl");
+        let readme = std::fs::read_to_string(puppet_tests::repo_root().join("README.md")).unwrap();
+        let section = readme.split("## A personal account through iLink").nth(1).expect("the README section");
+        let recipe = section
+            .split("```sh")
+            .filter_map(|b| b.split("```").next())
+            .find(|b| b.contains("grpcurl"))
+            .expect("a grpcurl block")
+            .replace("\\\n", " ");
+        let recipe = recipe.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(recipe.contains("puppet_rs.v1.Ilink/Typing") && recipe.contains(ALICE), "{recipe}");
+
+        let fake = FakeIlink::start(3_000).await;
+        let token = fake.mint_token();
+        let server = start(&fake, &[("PUPPET_ILINK_BOT_TOKEN", token.clone())]);
+        let mut p = server.puppet().await;
+        let mut events = Events::open(&mut p).await;
+        events.wait_for(kind::LOGIN).await;
+        fake.inject_text(&token, ALICE, "hello");
+        events.wait_for(kind::MESSAGE).await;
+        let path = format!("{}:{}", grpcurl.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+        let out = tokio::process::Command::new("sh")
+            .args(["-c", &recipe.replace("127.0.0.1:8788", &server.addr.to_string())])
+            .env("PATH", &path)
+            .env("TOKEN", puppet_tests::TOKEN)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(30), out).await.unwrap().unwrap();
+        assert!(out.status.success(), "`{recipe}` failed: {}", String::from_utf8_lossy(&out.stderr));
+        let typing = fake.wait_call("ilink/bot/sendtyping").await;
+        assert_eq!(typing[0].body["ilink_user_id"], ALICE);
+        assert_eq!(typing[0].body["status"], 1);
     }
 }
 

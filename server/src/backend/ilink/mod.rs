@@ -114,6 +114,8 @@ struct Inner {
     state: Mutex<State>,
     /// Sends one at a time, so the quota is counted exactly.
     sending: tokio::sync::Mutex<()>,
+    /// user → (typing ticket, when fetched); bounded by [`send::TICKETS_KEPT`].
+    typing_tickets: Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
 }
 
 /// The backend. Cheap to clone.
@@ -150,6 +152,7 @@ impl Ilink {
                 print_qr,
                 state: Mutex::new(State::default()),
                 sending: tokio::sync::Mutex::new(()),
+                typing_tickets: Mutex::new(std::collections::HashMap::new()),
             }),
         })
     }

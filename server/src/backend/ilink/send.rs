@@ -15,6 +15,11 @@ use super::{Ilink, NO_ROOMS, Stored, User, now_ms};
 use crate::backend::{BackendError, BackendResult, Outgoing};
 use crate::metrics::IlinkSendOutcome;
 
+/// How long a typing ticket is reused (Tencent's client refreshes its config within a day).
+pub const TICKET_TTL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+/// Typing tickets cached at most.
+pub const TICKETS_KEPT: usize = 10_000;
+
 /// The platform's text limit, in UTF-8 bytes.
 pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 
@@ -118,6 +123,59 @@ impl Ilink {
             )));
         }
         Ok(bytes)
+    }
+
+    /// Shows (or stops showing) "typing…" to user `to`: a typing ticket from `getconfig` (cached
+    /// per user for [`TICKET_TTL`]), then `sendtyping`. Inside the session window only; it uses
+    /// none of the quota.
+    pub async fn typing(&self, to: &str, typing: bool) -> BackendResult<()> {
+        let session = self.online("typing")?;
+        let user = self.user(to).await?;
+        let window_ms = self.inner.settings.session_window.as_millis() as u64;
+        check_rules(to, user.as_ref(), now_ms(), window_ms, u32::MAX).map_err(|(_, e)| e)?;
+        let api = self.inner.api.with_base(&session.base);
+        let cached = {
+            let tickets = self.inner.typing_tickets.lock().unwrap_or_else(|p| p.into_inner());
+            tickets.get(to).filter(|(_, at)| at.elapsed() < TICKET_TTL).map(|(t, _)| t.clone())
+        };
+        let ticket = match cached {
+            Some(t) => t,
+            None => {
+                let context = user.and_then(|u| u.context_token);
+                let v = api
+                    .post(
+                        "getconfig",
+                        "getconfig",
+                        Some(&session.token),
+                        json!({"ilink_user_id": to, "context_token": context}),
+                        Some(std::time::Duration::from_secs(10)),
+                    )
+                    .await
+                    .map_err(super::api::ApiError::into_backend)?;
+                let ticket = v
+                    .get("typing_ticket")
+                    .and_then(Value::as_str)
+                    .filter(|t| !t.is_empty() && t.len() <= 4096)
+                    .ok_or_else(|| {
+                        BackendError::Unavailable("iLink getconfig answered without a typing_ticket".into())
+                    })?
+                    .to_owned();
+                let mut tickets = self.inner.typing_tickets.lock().unwrap_or_else(|p| p.into_inner());
+                if tickets.len() >= TICKETS_KEPT {
+                    tickets.retain(|_, (_, at)| at.elapsed() < TICKET_TTL);
+                    if tickets.len() >= TICKETS_KEPT {
+                        tickets.clear();
+                    }
+                }
+                tickets.insert(to.to_owned(), (ticket.clone(), std::time::Instant::now()));
+                ticket
+            }
+        };
+        let body = json!({"ilink_user_id": to, "typing_ticket": ticket, "status": if typing { 1 } else { 2 }});
+        api.post("sendtyping", "sendtyping", Some(&session.token), body, Some(std::time::Duration::from_secs(10)))
+            .await
+            .map_err(super::api::ApiError::into_backend)?;
+        Ok(())
     }
 
     /// Sends `content` to user `to`; `outcome` says how it went, for the metrics.
