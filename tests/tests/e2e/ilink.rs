@@ -124,6 +124,21 @@ mod server {
         .map(|r| r.into_inner().id)
     }
 
+    /// A FileBox's bytes: inline, or downloaded by its uuid.
+    async fn file_bytes(p: &mut PuppetClientT, file_box: &str) -> Vec<u8> {
+        let fb: serde_json::Value = serde_json::from_str(file_box).unwrap();
+        if let Some(b) = fb["base64"].as_str() {
+            return B64.decode(b).unwrap();
+        }
+        let uuid = fb["uuid"].as_str().expect("inline or uuid");
+        let mut s = p.download(pb::DownloadRequest { id: uuid.into() }).await.unwrap().into_inner();
+        let mut all = Vec::new();
+        while let Some(c) = s.message().await.unwrap() {
+            all.extend(c.chunk);
+        }
+        all
+    }
+
     async fn payload(p: &mut PuppetClientT, id: &str) -> pb::MessagePayloadResponse {
         p.message_payload(pb::MessagePayloadRequest { id: id.into() }).await.unwrap().into_inner()
     }
@@ -204,20 +219,18 @@ mod server {
         let id = events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
         assert_eq!(payload(&mut p, &id).await.r#type, MessageType::Image.wire());
         let fb = p.message_image(pb::MessageImageRequest { id: id.clone(), r#type: 2 }).await.unwrap().into_inner();
-        let fb: serde_json::Value = serde_json::from_str(&fb.file_box).unwrap();
-        let bytes = match fb["base64"].as_str() {
-            Some(b) => B64.decode(b).unwrap(),
-            None => {
-                let uuid = fb["uuid"].as_str().expect("inline or uuid");
-                let mut s = p.download(pb::DownloadRequest { id: uuid.into() }).await.unwrap().into_inner();
-                let mut all = Vec::new();
-                while let Some(c) = s.message().await.unwrap() {
-                    all.extend(c.chunk);
-                }
-                all
-            }
-        };
+        let bytes = file_bytes(&mut p, &fb.file_box).await;
         assert!(bytes == picture, "the inbound image decrypts to the original bytes");
+
+        // A file in (its key comes base64-encoded hex, as iLink sends files'): MessageFile answers it.
+        let pdf = [&b"%PDF-1.4\n"[..], &[3u8; 777][..]].concat();
+        let ctx2 = fake.inject_file(&token, ALICE, "report.pdf", &pdf);
+        let id = events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
+        let m = payload(&mut p, &id).await;
+        assert_eq!((m.r#type, m.filename.as_str()), (MessageType::Attachment.wire(), "report.pdf"));
+        let fb = p.message_file(pb::MessageFileRequest { id }).await.unwrap().into_inner();
+        assert!(fb.file_box.contains("report.pdf"), "{}", fb.file_box);
+        assert!(file_bytes(&mut p, &fb.file_box).await == pdf, "the inbound file decrypts to the original bytes");
 
         // An image out: uploaded encrypted, the fake decrypts the same bytes; it carries the newest
         // context token.
