@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "proto/puppet_rs/v1/puppet_rs.proto",
     "proto/puppet_rs/v1/official_account.proto",
     "proto/puppet_rs/v1/admin.proto",
+    "proto/puppet_rs/v1/ilink.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

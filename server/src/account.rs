@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use puppet_proto::pb::puppet_rs::v1::event_feed_server::EventFeedServer;
+use puppet_proto::pb::puppet_rs::v1::ilink_server::IlinkServer;
 use puppet_proto::pb::puppet_rs::v1::mock_world_server::MockWorldServer;
 use puppet_proto::pb::puppet_rs::v1::official_account_server::OfficialAccountServer;
 use puppet_proto::pb::wechaty::puppet_server::PuppetServer;
@@ -26,6 +27,7 @@ use crate::blobs::BlobStore;
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::grpc::durable::{DurableWrites, DurableWritesLayer};
+use crate::grpc::ilink::IlinkService;
 use crate::grpc::mock_world::MockWorldService;
 use crate::grpc::official_account::OfficialAccountService;
 use crate::grpc::{EventFeedService, PuppetService};
@@ -51,6 +53,8 @@ pub struct Services {
     pub mock: Option<DurableWrites<MockWorldServer<MockWorldService>>>,
     /// `puppet_rs.v1.OfficialAccount`, for an Official Account.
     pub oa: Option<DurableWrites<OfficialAccountServer<OfficialAccountService>>>,
+    /// `puppet_rs.v1.Ilink`, for an iLink account.
+    pub ilink: Option<DurableWrites<IlinkServer<IlinkService>>>,
 }
 
 /// What every account of a process shares.
@@ -145,7 +149,7 @@ impl Account {
                 return Err(anyhow::anyhow!(whose(format!("{e:#}"))));
             }
         };
-        let crate::Built { backend, mock, official_account } = built;
+        let crate::Built { backend, mock, official_account, ilink } = built;
         let heartbeat = Duration::from_secs(config.heartbeat_secs);
         let durable = DurableWritesLayer { store: store.clone() };
         let puppet = durable.layer(
@@ -158,6 +162,7 @@ impl Account {
         let oa_service = official_account.clone().map(|oa| {
             durable.layer(OfficialAccountServer::new(OfficialAccountService::new(oa, shared.front_stop.clone())))
         });
+        let ilink_service = ilink.map(|i| durable.layer(IlinkServer::new(IlinkService::new(i))));
         let webhook = official_account.as_ref().map(|oa| {
             (oa.settings().webhook_path.clone(), crate::backend::official_account::webhook::router(oa.clone()))
         });
@@ -225,7 +230,7 @@ impl Account {
             store,
             blobs,
             metrics,
-            services: Services { puppet, feed, mock: mock_service, oa: oa_service },
+            services: Services { puppet, feed, mock: mock_service, oa: oa_service, ilink: ilink_service },
             webhook,
             webhook_mode,
             mqtt,

@@ -307,6 +307,9 @@ pub struct Config {
     /// `--backend upstream` settings.
     #[command(flatten)]
     pub upstream: crate::backend::upstream::settings::UpstreamFlags,
+    /// `--backend ilink` settings.
+    #[command(flatten)]
+    pub ilink: crate::backend::ilink::settings::IlinkFlags,
 
     /// Fetches of URLs from clients and pushes.
     #[command(flatten)]

@@ -50,6 +50,8 @@ pub struct Built {
     pub mock: Option<backend::mock::MockBackend>,
     /// The same backend when it is an Official Account, for its extension service and webhook.
     pub official_account: Option<backend::official_account::OfficialAccount>,
+    /// The same backend when it is iLink, for its extension service.
+    pub ilink: Option<backend::ilink::Ilink>,
 }
 
 /// Builds the configured backend, wired to the event sink and the account's store; its loops belong
@@ -76,7 +78,7 @@ pub fn build_backend(
                 import_file: Some(config.data_dir().join("mock-world.json")),
             };
             let mock = backend::mock::MockBackend::new(options, store.clone(), sink, blobs, tasks)?;
-            Ok(Built { backend: Arc::new(mock.clone()), mock: Some(mock), official_account: None })
+            Ok(Built { backend: Arc::new(mock.clone()), mock: Some(mock), official_account: None, ilink: None })
         }
         BackendKind::OfficialAccount => {
             let settings = backend::official_account::settings::OaSettings::from_flags(&config.oa)?;
@@ -97,12 +99,26 @@ pub fn build_backend(
                 tasks,
                 store.clone(),
             )?;
-            Ok(Built { backend: Arc::new(oa.clone()), mock: None, official_account: Some(oa) })
+            Ok(Built { backend: Arc::new(oa.clone()), mock: None, official_account: Some(oa), ilink: None })
+        }
+        BackendKind::Ilink => {
+            let settings = backend::ilink::settings::IlinkSettings::from_flags(&config.ilink)?;
+            let print_qr = config.accounts.is_none();
+            let ilink = backend::ilink::Ilink::new(
+                settings,
+                sink,
+                blobs,
+                metrics.ilink.clone(),
+                tasks,
+                store.clone(),
+                print_qr,
+            )?;
+            Ok(Built { backend: Arc::new(ilink.clone()), mock: None, official_account: None, ilink: Some(ilink) })
         }
         BackendKind::Upstream => {
             let settings = backend::upstream::settings::UpstreamSettings::from_flags(&config.upstream)?;
             let up = backend::upstream::Upstream::new(settings, sink, blobs, tasks, store.clone())?;
-            Ok(Built { backend: Arc::new(up), mock: None, official_account: None })
+            Ok(Built { backend: Arc::new(up), mock: None, official_account: None, ilink: None })
         }
     }
 }
@@ -232,6 +248,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(account::Routed::new(accounts.clone(), throttle.clone(), |a| Some(a.services.puppet.clone())))
         .add_service(account::Routed::new(accounts.clone(), throttle.clone(), |a| Some(a.services.feed.clone())))
         .add_service(account::Routed::new(accounts.clone(), throttle.clone(), |a| a.services.oa.clone()))
+        .add_service(account::Routed::new(accounts.clone(), throttle.clone(), |a| a.services.ilink.clone()))
         .add_service(account::Routed::new(accounts.clone(), throttle.clone(), |a| a.services.mock.clone()))
         .add_optional_service(admin)
         .serve_with_incoming_shutdown(

@@ -84,6 +84,42 @@ impl OaMetrics {
     }
 }
 
+/// How an iLink send ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum IlinkSendOutcome {
+    /// iLink took it.
+    sent,
+    /// Refused here: the user never wrote to the bot.
+    no_conversation,
+    /// Refused here: the session window after the user's last message closed.
+    window_closed,
+    /// Refused here: the quota of bot messages per user message is used up.
+    quota_used,
+    /// iLink refused it (`ret` ≠ 0).
+    platform_refused,
+    /// It could not be sent (network, CDN, bad input).
+    failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IlinkSendLabel {
+    outcome: IlinkSendOutcome,
+}
+
+/// The iLink backend's counters (zero on other backends).
+#[derive(Clone, Default)]
+pub struct IlinkMetrics {
+    sends: Family<IlinkSendLabel, Counter>,
+}
+
+impl IlinkMetrics {
+    /// Counts a send.
+    pub fn send(&self, outcome: IlinkSendOutcome) {
+        self.sends.get_or_create(&IlinkSendLabel { outcome }).inc();
+    }
+}
+
 /// Which port a connection came in on.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Port {
@@ -196,6 +232,8 @@ pub struct AccountMetrics {
     logged_in: Gauge,
     /// The Official Account backend's counters.
     pub oa: OaMetrics,
+    /// The iLink backend's counters.
+    pub ilink: IlinkMetrics,
     store: StoreGauges,
 }
 
@@ -310,6 +348,12 @@ impl AccountMetrics {
         registry.register("oa_pushes", "Official Account webhook pushes, by outcome", oa.pushes.clone());
         registry.register("oa_replies", "Answers to followers, by path (passive reply or API)", oa.replies.clone());
         registry.register("oa_token_fetches", "Official Account access_tokens fetched", oa.token_fetches.clone());
+        let ilink = IlinkMetrics::default();
+        registry.register(
+            "ilink_sends",
+            "iLink sends, by outcome (refusals by the platform's rules included)",
+            ilink.sends.clone(),
+        );
         let store = StoreGauges::default();
         registry.register("store_bytes", "Bytes the store's pages take", store.used.clone());
         registry.register("store_file_bytes", "The store file's size on disk", store.file.clone());
@@ -325,7 +369,7 @@ impl AccountMetrics {
             store.dropped.clone(),
         );
         registry.register("store_full", "1 while the store refuses writes (size cap, full disk)", store.full.clone());
-        Self { registry, events_emitted, subscribers, subscribers_cut, blob_bytes, logged_in, oa, store }
+        Self { registry, events_emitted, subscribers, subscribers_cut, blob_bytes, logged_in, oa, ilink, store }
     }
 
     /// This account's part of the exposition (no `# EOF`), with the figures read now.

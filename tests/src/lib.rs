@@ -2,6 +2,8 @@
 //! connect typed gRPC clients to it, and find the client toolchains `scripts/test` installed.
 
 pub mod contract;
+#[path = "../fakes/ilink/mod.rs"]
+pub mod fake_ilink;
 pub mod fake_wechat;
 pub mod raw;
 

@@ -5,6 +5,7 @@
 //! [`BackendError::Unsupported`], which the gRPC layer turns into `UNIMPLEMENTED` naming the backend
 //! and the operation, so a backend can grow one operation at a time.
 
+pub mod ilink;
 pub mod mock;
 pub mod official_account;
 pub mod upstream;
@@ -387,4 +388,6 @@ pub enum BackendKind {
     OfficialAccount,
     /// Another Wechaty puppet service, re-served (`--upstream-endpoint`, `--upstream-token`).
     Upstream,
+    /// A personal WeChat account through Tencent's iLink bot API (QR login, long-poll).
+    Ilink,
 }

@@ -7,6 +7,7 @@ mod convert;
 pub mod durable;
 pub mod event;
 pub mod files;
+pub mod ilink;
 pub mod mock_world;
 pub mod official_account;
 pub mod size;

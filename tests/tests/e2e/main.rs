@@ -12,6 +12,7 @@ mod events;
 mod files;
 mod foundation;
 mod hostile;
+mod ilink;
 mod mock;
 mod mqtt;
 mod official_account;
