@@ -2,6 +2,8 @@
 //! connect typed gRPC clients to it, and find the client toolchains `scripts/test` installed.
 
 pub mod contract;
+#[path = "../fakes/web/mod.rs"]
+pub mod fake_web;
 pub mod fake_wechat;
 pub mod raw;
 

@@ -20,3 +20,4 @@ mod outbound;
 mod polyglot;
 mod puppetctl;
 mod python_auth;
+mod web;
