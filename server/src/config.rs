@@ -304,6 +304,10 @@ pub struct Config {
     #[command(flatten)]
     pub oa: crate::backend::official_account::settings::OaFlags,
 
+    /// `--backend web` settings.
+    #[command(flatten)]
+    pub web: crate::backend::web::settings::WebFlags,
+
     /// Fetches of URLs from clients and pushes.
     #[command(flatten)]
     pub fetch: crate::fetch::FetchFlags,

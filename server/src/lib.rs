@@ -98,6 +98,12 @@ pub fn build_backend(
             )?;
             Ok(Built { backend: Arc::new(oa.clone()), mock: None, official_account: Some(oa) })
         }
+        BackendKind::Web => {
+            let settings = backend::web::settings::WebSettings::from_flags(&config.web, config.accounts.is_none())?;
+            let web =
+                backend::web::WebBackend::new(settings, config.fetch.build()?, store.clone(), sink, blobs, tasks)?;
+            Ok(Built { backend: Arc::new(web), mock: None, official_account: None })
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod mock;
 pub mod official_account;
+pub mod web;
 
 use async_trait::async_trait;
 use puppet_proto::filebox::FileBox;
@@ -378,4 +379,6 @@ pub enum BackendKind {
     Mock,
     /// A WeChat Official Account (公众号): webhook on the side port, WeChat's REST API.
     OfficialAccount,
+    /// Personal WeChat through the web-WeChat protocol (itchat's, wechat4u's).
+    Web,
 }

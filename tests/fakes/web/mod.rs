@@ -196,6 +196,7 @@ struct FakeState {
     sessions: Vec<Session>,
     auto_login: bool,
     web_restricted: bool,
+    desktop_refused: bool,
     contact_page: usize,
     calls: Vec<Call>,
     uploads: Vec<Upload>,
@@ -306,6 +307,7 @@ impl FakeWeb {
             sessions: Vec::new(),
             auto_login: false,
             web_restricted: false,
+            desktop_refused: false,
             contact_page: 3,
             calls: Vec::new(),
             uploads: Vec::new(),
@@ -350,6 +352,11 @@ impl FakeWeb {
     /// came in desktop mode with an `extspam` header).
     pub fn set_web_restricted(&self, on: bool) {
         self.with(|s| s.web_restricted = on);
+    }
+
+    /// The account is barred from desktop (UOS) login too: every ticket exchange answers 1203.
+    pub fn set_refused(&self, on: bool) {
+        self.with(|s| s.desktop_refused = on);
     }
 
     /// The uuid of the newest login attempt.
@@ -1346,7 +1353,7 @@ fn ticket_exchange(sh: &Shared, q: &HashMap<String, String>, headers: &HeaderMap
             a.ticket = String::new();
         }
         let status = if attempt.desktop && !v2 { StatusCode::MOVED_PERMANENTLY } else { StatusCode::OK };
-        if s.web_restricted && !(attempt.desktop && extspam) {
+        if s.desktop_refused || (s.web_restricted && !(attempt.desktop && extspam)) {
             let xml = format!("<error><ret>1203</ret><message>{REFUSAL_1203}</message></error>");
             return (status, [(header::CONTENT_TYPE, "text/plain")], xml).into_response();
         }
