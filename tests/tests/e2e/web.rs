@@ -553,3 +553,70 @@ async fn a_restart_resumes_the_session_without_a_scan() {
     server.terminate();
     _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The official Node Wechaty client's ding-dong bot, through puppet-server on the web backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_wechaty_client_plays_ding_dong() {
+    use tokio::io::AsyncBufReadExt;
+    let node_modules = installed("WECHATY_NODE_MODULES", "npm wechaty + wechaty-puppet-service");
+    let fake = FakeWeb::start().await;
+    let (mut server, _puppet, events) = start(&fake, None).await;
+    drop(events);
+    let home = server.data_dir.join("client-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut child = tokio::process::Command::new("node")
+        .arg(repo_root().join("tests/compat/node/web_dingdong.js"))
+        .current_dir(&home)
+        .env("HOME", &home)
+        .env("NODE_PATH", &node_modules)
+        .env("WECHATY_PUPPET_SERVICE_ENDPOINT", server.addr.to_string())
+        .env("WECHATY_PUPPET_SERVICE_TOKEN", puppet_tests::TOKEN)
+        .env("WECHATY_PUPPET_SERVICE_NO_TLS_INSECURE_CLIENT", "true")
+        .env("WECHATY_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run node");
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen: Vec<String> = vec![];
+    // A line seen already counts (Wechaty prints `ready` and `login` in either order).
+    let mut expect_line = async |want: &str| -> String {
+        if let Some(line) = seen.iter().find(|l| l.starts_with(want)) {
+            return line.clone();
+        }
+        let found = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = out.next_line().await.unwrap() {
+                seen.push(line.clone());
+                if line.starts_with(want) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            _ => panic!("no `{want}` from the Node bot; it printed {seen:?}"),
+        }
+    };
+    let scan = expect_line("scan 2 ").await;
+    assert!(scan.ends_with(&fake.latest_uuid().unwrap()), "{scan}");
+    fake.wait("the login poll", |s| s.calls.contains_key("login")).await;
+    fake.scan().await;
+    fake.confirm().await;
+    let login = expect_line("login ").await;
+    assert!(login.ends_with(" PuppetBot"), "{login}");
+    expect_line("READY").await;
+
+    fake.inject(Inject::Text { from: "wxid_alice".into(), to: SELF_WXID.into(), text: "ding".into() }).await;
+    expect_line("message Alice \"ding\"").await;
+    expect_line("dong sent").await;
+    let dong = fake.calls("webwxsendmsg").into_iter().find(|c| c.body["Msg"]["Content"] == "dong").expect("dong sent");
+    assert_eq!(dong.body["Msg"]["ToUserName"], fake.at_id("wxid_alice").as_str());
+
+    fake.inject(Inject::Text { from: "wxid_alice".into(), to: SELF_WXID.into(), text: "bye".into() }).await;
+    expect_line("COMPAT OK").await;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    server.terminate();
+}
