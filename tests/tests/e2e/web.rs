@@ -72,6 +72,7 @@ use serde_json::Value;
 
 mod kind {
     pub const MESSAGE: i32 = 2;
+    pub const ERROR: i32 = 16;
     pub const FRIENDSHIP: i32 = 17;
     pub const ROOM_JOIN: i32 = 19;
     pub const ROOM_LEAVE: i32 = 20;
@@ -619,4 +620,42 @@ async fn the_node_wechaty_client_plays_ding_dong() {
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
     assert!(status.success());
     server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_qr_code_is_renewed_a_bounded_number_of_times() {
+    let fake = FakeWeb::start().await;
+    let mut env = env_of(&fake);
+    env.push(("PUPPET_WEB_QR_CODES", "2".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut server = Server::start_with_env(&["--backend", "web"], &env);
+    let mut p = server.puppet().await;
+    let mut events = Events::open(&mut p).await;
+    let first = events.wait_until(kind::SCAN, |s| s["status"] == 2).await;
+    fake.wait("the first poll", |s| s.calls.contains_key("login")).await;
+    fake.expire().await;
+    events.wait_until(kind::SCAN, |s| s["status"] == 5).await;
+    let second = events.wait_until(kind::SCAN, |s| s["status"] == 2).await;
+    assert_ne!(first["qrcode"], second["qrcode"], "a new QR code");
+    fake.wait("the second attempt", |s| s.attempts == 2 && s.login == Some(LoginState::Waiting)).await;
+    fake.expire().await;
+    // Two codes were the limit: an ERROR naming the setting, no third code.
+    let err = events.wait_for(kind::ERROR).await;
+    assert!(err["data"].as_str().unwrap().contains("PUPPET_WEB_QR_CODES"), "{err}");
+    assert_eq!(fake.attempts(), 2);
+    // Start begins again.
+    p.start(pb::StartRequest {}).await.unwrap();
+    events.wait_until(kind::SCAN, |s| s["status"] == 2).await;
+    assert!(!scan_in_after_shown(&fake, &mut events).await.is_empty());
+    drop(events);
+    server.terminate();
+}
+
+/// As [`scan_in`], once the SCAN (waiting) event was seen already.
+async fn scan_in_after_shown(fake: &FakeWeb, events: &mut Events) -> String {
+    fake.wait("a login poll", |s| s.login == Some(LoginState::Waiting) && s.attempts == 3).await;
+    fake.scan().await;
+    fake.confirm().await;
+    let login = events.wait_for(kind::LOGIN).await;
+    login["contactId"].as_str().unwrap().to_owned()
 }
