@@ -466,6 +466,22 @@ async fn room_join_leave_and_topic_are_events() {
     assert_eq!(fake.calls("webwxupdatechatroom").pop().unwrap().query["fun"], "modtopic");
     let t = w.events.wait_until(kind::ROOM_TOPIC, |t| t["newTopic"] == "Work 3").await;
     assert_eq!(t["changerId"], w.me.as_str());
+    let bob = contact_named(&mut p, "Bob").await;
+    p.room_add(pb::RoomAddRequest { id: work.clone(), contact_id: bob.clone(), ..Default::default() }).await.unwrap();
+    assert_eq!(fake.calls("webwxupdatechatroom").pop().unwrap().query["fun"], "addmember");
+    let join = w.events.wait_for(kind::ROOM_JOIN).await;
+    assert_eq!(join["inviteeIdList"][0], bob.as_str());
+    p.room_del(pb::RoomDelRequest { id: work.clone(), contact_id: bob.clone(), ..Default::default() }).await.unwrap();
+    let leave = w.events.wait_for(kind::ROOM_LEAVE).await;
+    assert_eq!(leave["removeeIdList"][0], bob.as_str());
+    assert!(!fake.room_members("1002@chatroom").contains(&"wxid_bob".to_owned()));
+    // The remark (alias) goes through webwxoplog.
+    p.contact_alias(pb::ContactAliasRequest { id: bob.clone(), alias: Some("bobby".into()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(fake.calls("webwxoplog").pop().unwrap().body["RemarkName"], "bobby");
+    let c = p.contact_payload(pb::ContactPayloadRequest { id: bob.clone() }).await.unwrap().into_inner();
+    assert_eq!(c.alias, "bobby");
     let err = p.room_quit(pb::RoomQuitRequest { id: work.clone() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     drop(w.events);
@@ -628,10 +644,16 @@ async fn an_expired_qr_code_is_renewed_a_bounded_number_of_times() {
     let mut env = env_of(&fake);
     env.push(("PUPPET_WEB_QR_CODES", "2".into()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut server = Server::start_with_env(&["--backend", "web"], &env);
+    let mut server = Server::start_with_env(&["--backend", "web", "--http-listen", "127.0.0.1:0"], &env);
     let mut p = server.puppet().await;
     let mut events = Events::open(&mut p).await;
     let first = events.wait_until(kind::SCAN, |s| s["status"] == 2).await;
+    // The side port's QR page shows the same code.
+    let http = server.http_addr.unwrap();
+    let (status, page) = puppet_tests::http_get(http, &format!("/qrcode?token={}", puppet_tests::TOKEN)).await;
+    assert_eq!(status, 200);
+    let uuid = fake.latest_uuid().unwrap();
+    assert!(page.contains(&uuid), "{page}");
     fake.wait("the first poll", |s| s.calls.contains_key("login")).await;
     fake.expire().await;
     events.wait_until(kind::SCAN, |s| s["status"] == 5).await;
