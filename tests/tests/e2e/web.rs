@@ -331,6 +331,19 @@ async fn messages_of_every_kind_arrive_and_go_out() {
     let v = fake.calls("webwxverifyuser");
     assert_eq!(v[0].body["Opcode"], 3);
     assert!(v[0].body["VerifyUserList"][0]["VerifyUserTicket"].as_str().unwrap().starts_with("v2_"));
+    // WeChat confirms with "你已添加了Frank…": a FRIENDSHIP (confirm) with the same contact.
+    let ev = w.events.wait_for(kind::FRIENDSHIP).await;
+    let c = p
+        .friendship_payload(pb::FriendshipPayloadRequest {
+            id: ev["friendshipId"].as_str().unwrap().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((c.r#type, c.contact_id.as_str()), (1, f.contact_id.as_str()));
+    let frank = p.contact_payload(pb::ContactPayloadRequest { id: f.contact_id.clone() }).await.unwrap().into_inner();
+    assert_eq!((frank.name.as_str(), frank.friend), ("Frank", true));
 
     // Out: text, text with a mention, image (2 chunks), file, recall.
     let sent = p

@@ -66,6 +66,18 @@ impl WebBackend {
                 self.logged_out(format!("web WeChat ended the session at init (Ret {ret}{msg})"));
                 return;
             }
+            Err(e @ WireError::Transport { .. }) => {
+                // Unreachable, not refused: the session (if stored) stays for the next Start.
+                let reason = format!("web WeChat login could not finish: {e}");
+                tracing::warn!("{reason}");
+                self.emit(PuppetEvent::Error(ErrorEvent { data: reason.clone(), gerror: reason }));
+                let mut st = self.state();
+                if st.generation == generation {
+                    st.phase = Phase::Offline;
+                    st.cancel = None;
+                }
+                return;
+            }
             Err(e) => {
                 self.logged_out(format!("web WeChat login could not finish: {e}"));
                 return;
@@ -112,8 +124,8 @@ impl WebBackend {
                 None
             }
             Err(e) => {
-                tracing::warn!("the stored web session could not be checked ({e}); a scan is needed");
-                self.forget_session();
+                // Kept: WeChat may just be unreachable now; the next Start checks it again.
+                tracing::warn!("the stored web session could not be checked ({e}); showing a QR code");
                 None
             }
         }

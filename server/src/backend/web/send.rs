@@ -128,9 +128,12 @@ impl WebBackend {
     /// A client's FileBox as bytes.
     async fn file_bytes(&self, fb: &FileBox) -> BackendResult<Vec<u8>> {
         match &fb.source {
-            FileBoxSource::Base64(b) => BASE64
-                .decode(b.trim())
-                .map_err(|_| BackendError::InvalidArgument(format!("FileBox `{}`: `base64` is not base64", fb.name))),
+            FileBoxSource::Base64(b) => BASE64.decode(b.trim()).map_err(|_| {
+                BackendError::InvalidArgument(format!(
+                    "FileBox `{}`: `base64` is not base64",
+                    puppet_proto::ids::Shown(&fb.name)
+                ))
+            }),
             FileBoxSource::Uuid(id) => self.inner.blobs.read_all(id).await.map_err(BackendError::from),
             FileBoxSource::Url { url, .. } => Ok(self.inner.outbound.get(url).await?.bytes),
             FileBoxSource::QrCode(_) => Err(BackendError::InvalidArgument(
@@ -192,13 +195,13 @@ impl WebBackend {
     pub(super) async fn send_file(&self, to_un: &str, to: &ConversationId, fb: FileBox) -> BackendResult<MessageId> {
         let bytes = self.file_bytes(&fb).await?;
         if bytes.is_empty() {
-            return Err(BackendError::InvalidArgument(format!("`{}` is empty", fb.name)));
+            return Err(BackendError::InvalidArgument(format!("`{}` is empty", puppet_proto::ids::Shown(&fb.name))));
         }
         let limit = self.inner.wire.settings.max_media;
         if bytes.len() > limit {
             return Err(BackendError::ResourceExhausted(format!(
                 "`{}` is {} bytes, more than the {limit}-byte limit (PUPPET_WEB_MAX_MEDIA_MIB)",
-                fb.name,
+                puppet_proto::ids::Shown(&fb.name),
                 bytes.len()
             )));
         }

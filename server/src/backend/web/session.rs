@@ -235,11 +235,25 @@ impl Wire {
         let resp = req.send().await.map_err(|e| Self::transport(what, e))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let text = resp.text().await.map_err(|e| Self::transport(what, e))?;
-        Ok(Answer { status, headers, text })
+        let bytes = self.body(what, resp).await?;
+        Ok(Answer { status, headers, text: String::from_utf8_lossy(&bytes).into_owned() })
     }
 
-    /// `GET` bytes (media), at most `max` of them.
+    /// A response's body, at most `PUPPET_WEB_MAX_MEDIA_MIB` of it (contact lists of big accounts
+    /// are several MiB of JSON; nothing WeChat answers is read without a bound).
+    async fn body(&self, what: &'static str, mut resp: reqwest::Response) -> Result<Vec<u8>, WireError> {
+        let limit = self.settings.max_media;
+        let mut out = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| Self::transport(what, e))? {
+            if out.len() + chunk.len() > limit {
+                return Err(WireError::TooLarge { what, size: out.len() + chunk.len(), limit });
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// `GET` bytes (media), at most `PUPPET_WEB_MAX_MEDIA_MIB` of them.
     pub async fn get_bytes(
         &self,
         what: &'static str,
@@ -257,7 +271,7 @@ impl Wire {
         if range {
             req = req.header(reqwest::header::RANGE, "bytes=0-");
         }
-        let mut resp = req.send().await.map_err(|e| Self::transport(what, e))?;
+        let resp = req.send().await.map_err(|e| Self::transport(what, e))?;
         let headers = resp.headers().clone();
         let limit = self.settings.max_media;
         if let Some(len) = resp.content_length()
@@ -265,14 +279,7 @@ impl Wire {
         {
             return Err(WireError::TooLarge { what, size: len as usize, limit });
         }
-        let mut out = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| Self::transport(what, e))? {
-            if out.len() + chunk.len() > limit {
-                return Err(WireError::TooLarge { what, size: out.len() + chunk.len(), limit });
-            }
-            out.extend_from_slice(&chunk);
-        }
-        Ok((headers, out))
+        Ok((headers, self.body(what, resp).await?))
     }
 
     /// `POST` JSON to `<base>/<endpoint>?query` with the session's cookies; the answer's JSON, its
@@ -297,7 +304,7 @@ impl Wire {
             .await
             .map_err(|e| Self::transport(what, e))?;
         let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.map_err(|e| Self::transport(what, e))?;
+        let bytes = self.body(what, resp).await?;
         let v: Value = serde_json::from_slice(&bytes)
             .map_err(|e| WireError::Malformed { what, detail: format!("not JSON ({e})") })?;
         check_ret(what, &v)?;
@@ -322,7 +329,7 @@ impl Wire {
             .send()
             .await
             .map_err(|e| Self::transport(what, e))?;
-        let bytes = resp.bytes().await.map_err(|e| Self::transport(what, e))?;
+        let bytes = self.body(what, resp).await?;
         let v: Value = serde_json::from_slice(&bytes)
             .map_err(|e| WireError::Malformed { what, detail: format!("not JSON ({e})") })?;
         check_ret(what, &v)?;

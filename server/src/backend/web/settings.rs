@@ -54,8 +54,9 @@ pub struct WebFlags {
     )]
     pub poll_timeout_secs: u64,
 
-    /// Web WeChat: the largest media file fetched from WeChat or sent to it, in MiB (the platform
-    /// itself takes files up to 25 MiB without the check-upload step this backend does not do).
+    /// Web WeChat: the largest media file fetched from WeChat or sent to it, and the largest answer
+    /// read from it, in MiB (the platform itself takes files up to 25 MiB without the check-upload
+    /// step this backend does not do).
     #[arg(
         id = "web_max_media_mib",
         long = "web-max-media-mib",

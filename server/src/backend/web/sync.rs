@@ -75,11 +75,27 @@ impl WebBackend {
     /// Keeps the session until it ends.
     pub(super) async fn sync_loop(&self) {
         let mut failures = 0u32;
+        let mut idle_syncs = 0u32;
         loop {
             let Ok(s) = self.session() else { return };
             let step = match self.synccheck(&s).await {
                 Ok((0, 0)) => Ok(()),
-                Ok((0, _)) => self.sync_once().await,
+                Ok((0, _)) => match self.sync_once().await {
+                    // synccheck keeps saying "new" while webwxsync brings nothing: a stale key or a
+                    // selector no client understands (spec §2.1). Slow down instead of spinning.
+                    Ok(false) => {
+                        idle_syncs += 1;
+                        if idle_syncs >= 3 {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        Ok(())
+                    }
+                    Ok(true) => {
+                        idle_syncs = 0;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
                 Ok((retcode @ 1100..=1102, _)) => {
                     self.logged_out(retcode_reason(retcode));
                     return;
@@ -110,9 +126,9 @@ impl WebBackend {
         }
     }
 
-    /// One `webwxsync` and what it brought.
-    async fn sync_once(&self) -> Result<(), WireError> {
-        let Ok(mut s) = self.session() else { return Ok(()) };
+    /// One `webwxsync` and what it brought; whether it brought anything.
+    async fn sync_once(&self) -> Result<bool, WireError> {
+        let Ok(mut s) = self.session() else { return Ok(true) };
         let url = format!("{}/webwxsync", s.endpoints.base);
         let q = [
             ("sid", s.sid.clone()),
@@ -137,13 +153,16 @@ impl WebBackend {
         {
             let mut st = self.state();
             if st.session.is_none() {
-                return Ok(());
+                return Ok(true);
             }
             st.session = Some(s.clone());
         }
         self.persist(&s);
+        let brought = ["AddMsgList", "ModContactList", "DelContactList"]
+            .iter()
+            .any(|k| v[*k].as_array().is_some_and(|l| !l.is_empty()));
         self.absorb_sync(&s, &v).await;
-        Ok(())
+        Ok(brought)
     }
 
     async fn absorb_sync(&self, s: &Session, v: &Value) {
@@ -318,15 +337,15 @@ impl WebBackend {
             51 | 40 | 50 | 52 | 53 | 9999 => return,
             _ => {}
         }
+        if msg_type == 37 {
+            self.friend_request(&msg_id, &m).await;
+            return;
+        }
         // Echoes of the bot's own sends and repeated syncs: the store has them already.
         match self.inner.store.messages().get_async(&msg_id).await {
             Ok(Some(_)) => return,
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "message lookup failed; handling it as new"),
-        }
-        if msg_type == 37 {
-            self.friend_request(&msg_id, &m).await;
-            return;
         }
         let from = m["FromUserName"].as_str().unwrap_or_default().to_owned();
         let to = m["ToUserName"].as_str().unwrap_or_default().to_owned();
@@ -349,7 +368,8 @@ impl WebBackend {
                     return; // told by the room events
                 }
             } else if plain_text(&content).starts_with("你已添加了") {
-                return; // the friendship's DIRTY/ModContact tells it
+                self.friend_confirmed(&msg_id, &from, &m).await;
+                return;
             }
         }
         // A sender the room does not list yet: refresh the room first.
@@ -496,8 +516,45 @@ impl WebBackend {
         out
     }
 
+    /// Whether a friendship record exists already (a repeated sync).
+    async fn friendship_known(&self, id: &str) -> bool {
+        let store = self.inner.store.clone();
+        let key = id.to_owned();
+        matches!(store.read(move |s| s.kv().get::<StoredFriendship>(NS_FRIENDSHIP, &key)).await, Ok(Some(_)))
+    }
+
+    fn keep_friendship(&self, rec: &StoredFriendship) {
+        let id = rec.friendship.id.clone();
+        if let Err(e) = self.inner.store.kv().put(NS_FRIENDSHIP, id.as_str(), rec) {
+            tracing::warn!(error = %e, "a friendship could not be stored");
+        }
+        self.emit(PuppetEvent::Friendship(FriendshipEvent { friendship_id: id }));
+    }
+
+    /// "你已添加了X，现在可以开始聊天了。": a FRIENDSHIP (confirm) with the new friend.
+    async fn friend_confirmed(&self, msg_id: &str, from: &str, m: &Value) {
+        if self.friendship_known(msg_id).await {
+            return;
+        }
+        let contact_id = {
+            let mut st = self.state();
+            Self::id_for(&mut st, from)
+        };
+        let friendship = Friendship {
+            id: FriendshipId(msg_id.to_owned()),
+            contact_id: ContactId(contact_id),
+            kind: FriendshipType::Confirm,
+            timestamp_ms: m["CreateTime"].as_u64().map(|t| t * 1000).unwrap_or_else(now_ms),
+            ..Default::default()
+        };
+        self.keep_friendship(&StoredFriendship { friendship, user_name: from.to_owned() });
+    }
+
     /// MsgType 37: a FRIENDSHIP (receive), kept in the store.
     async fn friend_request(&self, msg_id: &str, m: &Value) {
+        if self.friendship_known(msg_id).await {
+            return;
+        }
         let info = &m["RecommendInfo"];
         let Some(un) = info["UserName"].as_str().filter(|u| !u.is_empty()).map(str::to_owned) else { return };
         let contact_id = {
@@ -518,20 +575,7 @@ impl WebBackend {
             timestamp_ms: m["CreateTime"].as_u64().map(|t| t * 1000).unwrap_or_else(now_ms),
             ..Default::default()
         };
-        let rec = StoredFriendship { friendship, user_name: un };
-        if let Err(e) = self.inner.store.kv().put(NS_FRIENDSHIP, msg_id, &rec) {
-            tracing::warn!(error = %e, "a friend request could not be stored");
-        }
-        // Mark the message id seen, so a repeated sync does not repeat the event.
-        self.keep(
-            &Stored {
-                message: Message { id: MessageId(msg_id.to_owned()), ..Default::default() },
-                msg_type: 37,
-                ..Default::default()
-            },
-            "fmessage",
-        );
-        self.emit(PuppetEvent::Friendship(FriendshipEvent { friendship_id: FriendshipId(msg_id.to_owned()) }));
+        self.keep_friendship(&StoredFriendship { friendship, user_name: un });
     }
 }
 
