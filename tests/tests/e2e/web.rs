@@ -230,6 +230,15 @@ async fn messages_of_every_kind_arrive_and_go_out() {
     assert_eq!((m.r#type, m.talker_id.as_str(), m.text.as_str()), (7, alice.as_str(), "hi <bot> & co\nline 2"));
     assert_eq!(m.listener_id, w.me);
 
+    // Sent from the bot's phone: the bot is the talker.
+    fake.inject(Inject::Text { from: SELF_WXID.into(), to: "wxid_bob".into(), text: "from my phone".into() }).await;
+    let m = next_message(&mut w).await;
+    let bob = contact_named(&mut p, "Bob").await;
+    assert_eq!((m.talker_id.as_str(), m.listener_id.as_str()), (w.me.as_str(), bob.as_str()));
+    // Avatars come through the session (cookies), into the blob store.
+    let a = p.contact_avatar(pb::ContactAvatarRequest { id: alice.clone(), ..Default::default() }).await.unwrap();
+    assert_eq!(download(&mut p, &a.into_inner().file_box).await, puppet_tests::fake_web::TINY_PNG);
+
     // A room text from a member, mentioning the bot with U+2005.
     fake.inject(Inject::RoomText {
         room: "1001@chatroom".into(),
@@ -693,4 +702,37 @@ async fn scan_in_after_shown(fake: &FakeWeb, events: &mut Events) -> String {
     fake.confirm().await;
     let login = events.wait_for(kind::LOGIN).await;
     login["contactId"].as_str().unwrap().to_owned()
+}
+
+/// The README's start command, as far as a test may run it: its environment (the backend from it;
+/// the side port on a free port instead of 8789, and the login host pointed at the fake, as the
+/// tests never contact WeChat), then the QR page it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_start_command_shows_a_qr_code() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = readme.split("## Web WeChat (itchat's protocol)").nth(1).expect("the README section");
+    let block = section.split("```sh").nth(1).and_then(|b| b.split("```").next()).expect("a sh block");
+    let words: Vec<&str> = block.split_whitespace().collect();
+    assert!(block.contains("cargo run --release -p puppet-server"), "{block}");
+    let env: Vec<(&str, &str)> = words.iter().filter_map(|w| w.split_once('=')).collect();
+    assert_eq!(env.iter().find(|(k, _)| *k == "PUPPET_BACKEND"), Some(&("PUPPET_BACKEND", "web")));
+    assert!(env.iter().any(|(k, _)| *k == "PUPPET_HTTP_LISTEN"), "{block}");
+    let path = section.split("`http://127.0.0.1:8789").nth(1).and_then(|r| r.split('`').next()).expect("the QR page");
+    assert_eq!(path, "/qrcode?token=<token>");
+
+    let fake = FakeWeb::start().await;
+    let mut run_env: Vec<(&str, String)> =
+        env.iter().filter(|(k, _)| *k != "PUPPET_HTTP_LISTEN").map(|(k, v)| (*k, v.to_string())).collect();
+    run_env.extend(env_of(&fake));
+    let run_env: Vec<(&str, &str)> = run_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut server = Server::start_with_env(&["--http-listen", "127.0.0.1:0"], &run_env);
+    let mut p = server.puppet().await;
+    let mut events = Events::open(&mut p).await;
+    events.wait_until(kind::SCAN, |s| s["status"] == 2).await;
+    let page = path.replace("<token>", puppet_tests::TOKEN);
+    let (status, html) = puppet_tests::http_get(server.http_addr.unwrap(), &page).await;
+    assert_eq!(status, 200);
+    assert!(html.contains(&fake.latest_uuid().unwrap()), "{html}");
+    drop(events);
+    server.terminate();
 }
