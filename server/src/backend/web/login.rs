@@ -351,11 +351,24 @@ impl WebBackend {
                 st.contacts.insert(u.to_owned(), c.clone());
             }
         }
-        // Ids of everyone known now, contacts first (so room members map to them).
-        let mut names: Vec<String> = st.contacts.keys().cloned().collect();
-        names.sort_by_key(|u| super::ids::is_room(u));
-        for u in names {
-            Self::id_for(&mut st, &u);
+        // Ids of everyone known now, contacts first (so room members map to them). A key two
+        // contacts share gives neither of them a stable id (which one would get it is arbitrary).
+        let me_un = s.self_user_name.clone();
+        Self::id_for(&mut st, &me_un);
+        let mut keyed: Vec<(String, Option<String>)> = st
+            .contacts
+            .iter()
+            .filter(|(u, _)| **u != me_un)
+            .map(|(u, c)| (u.clone(), super::ids::stable_key(c, None)))
+            .collect();
+        keyed.sort_by(|a, b| (super::ids::is_room(&a.0), &a.0).cmp(&(super::ids::is_room(&b.0), &b.0)));
+        let mut uses: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for k in keyed.iter().filter_map(|(_, k)| k.clone()) {
+            *uses.entry(k).or_default() += 1;
+        }
+        for (u, k) in keyed {
+            let k = k.filter(|k| uses.get(k) == Some(&1));
+            st.ids.assign(&u, k);
         }
         Ok(s)
     }
