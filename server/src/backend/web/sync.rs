@@ -629,6 +629,33 @@ mod tests {
     }
 
     #[test]
+    fn mentions_end_at_u2005_a_space_or_the_end() {
+        let room = json!({"UserName": "@@room", "NickName": "R", "MemberList": [
+            {"UserName": "@me", "NickName": "PuppetBot", "DisplayName": ""},
+            {"UserName": "@al", "NickName": "Alice", "DisplayName": "Ali"},
+            {"UserName": "@bo", "NickName": "Bob", "DisplayName": ""},
+        ]});
+        let mut st = super::super::State {
+            phase: super::super::Phase::Online,
+            session: None,
+            me: json!({"UserName": "@me", "NickName": "PuppetBot", "Uin": 1}),
+            contacts: [("@@room".to_owned(), room)].into_iter().collect(),
+            ids: Default::default(),
+            cancel: None,
+            generation: 0,
+        };
+        let me = WebBackend::id_for(&mut st, "@me");
+        let al = WebBackend::member_id(&mut st, "@@room", "@al");
+        let bo = WebBackend::member_id(&mut st, "@@room", "@bo");
+        assert_eq!(WebBackend::mentions(&mut st, "@@room", "@PuppetBot\u{2005}hi"), vec![ContactId(me.clone())]);
+        assert_eq!(WebBackend::mentions(&mut st, "@@room", "hi @Ali how"), vec![ContactId(al.clone())]);
+        assert_eq!(WebBackend::mentions(&mut st, "@@room", "ping @Bob"), vec![ContactId(bo)]);
+        assert!(WebBackend::mentions(&mut st, "@@room", "@Bobby hi and a@Alicex").is_empty());
+        let both = WebBackend::mentions(&mut st, "@@room", "@Alice @PuppetBot");
+        assert!(both.contains(&ContactId(me)) && both.contains(&ContactId(al)));
+    }
+
+    #[test]
     fn retcodes_are_explained() {
         assert!(retcode_reason(1101).contains("1101"));
         assert!(retcode_reason(1100).contains("phone"));
