@@ -173,6 +173,8 @@ pub enum Inject {
     Url { from: String, title: String, description: String, url: String },
     /// A mini program (49/33).
     MiniProgram { from: String, title: String, appid: String, pagepath: String },
+    /// A shared location (MsgType 1 with SubMsgType 48, as web WeChat delivers it).
+    Location { from: String, label: String, poiname: String, x: f64, y: f64 },
     /// A recall (10002) of message `msg_id` sent by `from`.
     Recall { from: String, msg_id: String },
     /// A friend request (37) from a stranger.
@@ -760,6 +762,18 @@ fn inject_into(s: &mut FakeState, sess: &mut Session, what: Inject) -> Option<St
                 "<msg><appmsg appid=\"\" sdkver=\"0\"><title>{title}</title><des></des><type>33</type><url></url><sourcedisplayname>{title}</sourcedisplayname><weappinfo><username>gh_mini@app</username><appid>{appid}</appid><pagepath>{pagepath}</pagepath></weappinfo></appmsg></msg>"
             ));
             msg_json(s, sess, &from, me, 49, c, json!({"AppMsgType": 33, "FileName": title}))
+        }
+        Inject::Location { from, label, poiname, x, y } => {
+            let ori = escape_html(&format!(
+                "<?xml version=\"1.0\"?>\n<msg>\n\t<location x=\"{x}\" y=\"{y}\" scale=\"16\" label=\"{label}\" maptype=\"0\" poiname=\"{poiname}\" poiid=\"\" />\n</msg>\n"
+            ));
+            let content = format!(
+                "{}:<br/>/cgi-bin/mmwebwx-bin/webwxgetpubliclinkimg?url=xxx&msgid={}&pictype=location",
+                escape_html(&label),
+                s.next_id + 1
+            );
+            let url = format!("https://apis.map.qq.com/uri/v1/geocoder?coord={x},{y}");
+            msg_json(s, sess, &from, me, 1, content, json!({"SubMsgType": 48, "Url": url, "OriContent": ori}))
         }
         Inject::Recall { from, msg_id } => {
             let c = escape_html(&format!(

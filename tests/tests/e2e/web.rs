@@ -314,6 +314,24 @@ async fn messages_of_every_kind_arrive_and_go_out() {
     let mp = mp.mini_program.unwrap();
     assert_eq!((mp.appid.as_str(), mp.page_path.as_str()), ("wx1234", "pages/index"));
 
+    // A shared location.
+    fake.inject(Inject::Location {
+        from: from("wxid_carol"),
+        label: "Shenzhen Bay".into(),
+        poiname: "Bay Park".into(),
+        x: 22.5,
+        y: 113.9,
+    })
+    .await;
+    let loc = next_message(&mut w).await;
+    assert_eq!((loc.r#type, loc.text.as_str()), (8, "Shenzhen Bay"));
+    let l = p.message_location(pb::MessageLocationRequest { id: loc.id.clone() }).await.unwrap().into_inner();
+    let l = l.location.unwrap();
+    assert_eq!(
+        (l.latitude, l.longitude, l.name.as_str(), l.address.as_str()),
+        (22.5, 113.9, "Bay Park", "Shenzhen Bay")
+    );
+
     // A recall of an earlier message.
     fake.inject(Inject::Recall { from: from("wxid_alice"), msg_id: m.id.clone() }).await;
     let r = next_message(&mut w).await;

@@ -29,8 +29,8 @@ use puppet_proto::event::{DataPayload, LogoutEvent, PuppetEvent};
 use puppet_proto::filebox::FileBox;
 use puppet_proto::ids::{ContactId, ConversationId, FriendshipId, MessageId, RoomId};
 use puppet_proto::model::{
-    Contact, ContactGender, ContactType, Friendship, ImageType, Message, MiniProgram, PayloadType, Room, RoomMember,
-    UrlLink,
+    Contact, ContactGender, ContactType, Friendship, ImageType, Location, Message, MiniProgram, PayloadType, Room,
+    RoomMember, UrlLink,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -562,6 +562,21 @@ impl Backend for WebBackend {
             username: t("username"),
             description: t("des"),
             ..Default::default()
+        })
+    }
+
+    async fn message_location(&self, id: &MessageId) -> BackendResult<Location> {
+        let s = self.stored(id).await?;
+        let a = |name: &str| session::xml_attr(&s.xml, name).unwrap_or_default().to_owned();
+        if s.message.kind != puppet_proto::model::MessageType::Location || a("x").is_empty() {
+            return Err(BackendError::FailedPrecondition(format!("message `{id}` is not a location")));
+        }
+        Ok(Location {
+            latitude: a("x").parse().unwrap_or_default(),
+            longitude: a("y").parse().unwrap_or_default(),
+            address: a("label"),
+            name: a("poiname"),
+            accuracy: 0.0,
         })
     }
 

@@ -417,6 +417,10 @@ impl WebBackend {
         let text = match kind {
             MessageType::Text if msg_type == 49 => xml_tag(&plain, "title").unwrap_or_default().to_owned(),
             MessageType::Recalled => xml_tag(&plain, "msgid").unwrap_or_default().to_owned(),
+            // "<label>:\n/cgi-bin/…webwxgetpubliclinkimg…": the label is the text.
+            MessageType::Location if msg_type == 1 => {
+                plain.split_once(":\n").map_or(plain.clone(), |(l, _)| l.to_owned())
+            }
             MessageType::Text | MessageType::Unknown | MessageType::Location => plain.clone(),
             _ => plain.clone(),
         };
@@ -472,7 +476,11 @@ impl WebBackend {
             media_id: m["MediaId"].as_str().unwrap_or_default().to_owned(),
             encry_file_name: m["EncryFileName"].as_str().unwrap_or_default().to_owned(),
             client_msg_id: String::new(),
-            xml: if msg_type == 49 { plain } else { String::new() },
+            xml: match kind {
+                MessageType::Location => plain_text(m["OriContent"].as_str().unwrap_or_default()),
+                _ if msg_type == 49 => plain,
+                _ => String::new(),
+            },
         };
         self.keep(&stored, &conversation);
         self.emit(PuppetEvent::Message(MessageEvent { message_id: MessageId(msg_id) }));
