@@ -175,6 +175,8 @@ pub enum Inject {
     MiniProgram { from: String, title: String, appid: String, pagepath: String },
     /// A shared location (MsgType 1 with SubMsgType 48, as web WeChat delivers it).
     Location { from: String, label: String, poiname: String, x: f64, y: f64 },
+    /// A contact card (42) of `card` sent by `from`.
+    Card { from: String, card: String },
     /// A recall (10002) of message `msg_id` sent by `from`.
     Recall { from: String, msg_id: String },
     /// A friend request (37) from a stranger.
@@ -432,6 +434,19 @@ impl FakeWeb {
     pub fn sessions(&self) -> usize {
         self.with(|s| s.sessions.len())
     }
+    /// `wxid` (a new stranger called `nick`) joins `room` without any sync telling the client: the
+    /// client learns it only by fetching the room again.
+    pub fn add_member_silently(&self, room: &str, wxid: &str, nick: &str) {
+        self.with(|s| {
+            if !s.people.iter().any(|p| p.wxid == wxid) {
+                s.people.push(person(wxid, nick, "", 2, 0, false));
+            }
+            if let Some(r) = s.rooms.iter_mut().find(|r| r.wxid == room) {
+                r.members.push((wxid.to_owned(), String::new()));
+            }
+        });
+    }
+
     /// The members of room `wxid`.
     pub fn room_members(&self, wxid: &str) -> Vec<String> {
         self.with(|s| s.rooms.iter().find(|r| r.wxid == wxid).map(|r| r.members.iter().map(|m| m.0.clone()).collect()))
@@ -774,6 +789,14 @@ fn inject_into(s: &mut FakeState, sess: &mut Session, what: Inject) -> Option<St
             );
             let url = format!("https://apis.map.qq.com/uri/v1/geocoder?coord={x},{y}");
             msg_json(s, sess, &from, me, 1, content, json!({"SubMsgType": 48, "Url": url, "OriContent": ori}))
+        }
+        Inject::Card { from, card } => {
+            let nick = nick_of(s, &card);
+            let c = escape_html(&format!("<msg username=\"{card}\" nickname=\"{nick}\" alias=\"\" />"));
+            let info = json!({"UserName": at_id(sess, &card), "NickName": nick, "QQNum": 0, "Province": "", "City": "",
+                "Content": "", "Signature": "", "Alias": "", "Scene": 17, "VerifyFlag": 0, "AttrStatus": 0,
+                "Sex": 1, "Ticket": "", "OpCode": 0});
+            msg_json(s, sess, &from, me, 42, c, json!({"RecommendInfo": info}))
         }
         Inject::Recall { from, msg_id } => {
             let c = escape_html(&format!(

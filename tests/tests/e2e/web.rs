@@ -230,6 +230,21 @@ async fn messages_of_every_kind_arrive_and_go_out() {
     assert_eq!((m.r#type, m.talker_id.as_str(), m.text.as_str()), (7, alice.as_str(), "hi <bot> & co\nline 2"));
     assert_eq!(m.listener_id, w.me);
 
+    // A member the room did not list yet: the room is fetched again, the talker is known.
+    fake.add_member_silently("1001@chatroom", "wxid_hana", "Hana");
+    fake.inject(Inject::RoomText { room: "1001@chatroom".into(), member: "wxid_hana".into(), text: "new here".into() })
+        .await;
+    let m = next_message(&mut w).await;
+    let hana = p.contact_payload(pb::ContactPayloadRequest { id: m.talker_id.clone() }).await.unwrap().into_inner();
+    assert_eq!((hana.name.as_str(), m.room_id.as_str()), ("Hana", friends.as_str()));
+
+    // A contact card.
+    fake.inject(Inject::Card { from: from("wxid_alice"), card: "wxid_dave".into() }).await;
+    let m = next_message(&mut w).await;
+    assert_eq!(m.r#type, 3);
+    let shared = p.message_contact(pb::MessageContactRequest { id: m.id.clone() }).await.unwrap().into_inner().id;
+    assert_eq!(shared, contact_named(&mut p, "Dave").await);
+
     // Sent from the bot's phone: the bot is the talker.
     fake.inject(Inject::Text { from: SELF_WXID.into(), to: "wxid_bob".into(), text: "from my phone".into() }).await;
     let m = next_message(&mut w).await;

@@ -565,6 +565,16 @@ impl Backend for WebBackend {
         })
     }
 
+    async fn message_contact(&self, id: &MessageId) -> BackendResult<ContactId> {
+        let s = self.stored(id).await?;
+        if s.msg_type != 42 || s.media_id.is_empty() {
+            return Err(BackendError::FailedPrecondition(format!("message `{id}` is not a contact card")));
+        }
+        // The card's UserName (kept in `media_id`) is of the session the card came in.
+        let mut st = self.state();
+        Ok(ContactId(Self::id_for(&mut st, &s.media_id)))
+    }
+
     async fn message_location(&self, id: &MessageId) -> BackendResult<Location> {
         let s = self.stored(id).await?;
         let a = |name: &str| session::xml_attr(&s.xml, name).unwrap_or_default().to_owned();

@@ -388,6 +388,16 @@ impl WebBackend {
                 }
             }
         }
+        if msg_type == 42
+            && let Some(u) = m["RecommendInfo"]["UserName"].as_str().filter(|u| u.starts_with('@'))
+        {
+            let mut st = self.state();
+            if !st.contacts.contains_key(u) {
+                let mut card = m["RecommendInfo"].clone();
+                card["ContactFlag"] = json!(0);
+                st.contacts.insert(u.to_owned(), card);
+            }
+        }
         let app = m["AppMsgType"].as_u64().unwrap_or(0) as u32;
         let kind = match msg_type {
             1 if m["SubMsgType"].as_u64() == Some(48) => MessageType::Location,
@@ -473,7 +483,12 @@ impl WebBackend {
             app_msg_type: app,
             from: from.clone(),
             to,
-            media_id: m["MediaId"].as_str().unwrap_or_default().to_owned(),
+            // A card's shared contact rides where a media id would.
+            media_id: if msg_type == 42 {
+                m["RecommendInfo"]["UserName"].as_str().unwrap_or_default().to_owned()
+            } else {
+                m["MediaId"].as_str().unwrap_or_default().to_owned()
+            },
             encry_file_name: m["EncryFileName"].as_str().unwrap_or_default().to_owned(),
             client_msg_id: String::new(),
             xml: match kind {
