@@ -310,6 +310,9 @@ pub struct Config {
     /// `--backend ilink` settings.
     #[command(flatten)]
     pub ilink: crate::backend::ilink::settings::IlinkFlags,
+    /// `--backend web` settings.
+    #[command(flatten)]
+    pub web: crate::backend::web::settings::WebFlags,
 
     /// Fetches of URLs from clients and pushes.
     #[command(flatten)]

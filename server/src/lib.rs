@@ -120,6 +120,12 @@ pub fn build_backend(
             let up = backend::upstream::Upstream::new(settings, sink, blobs, tasks, store.clone())?;
             Ok(Built { backend: Arc::new(up), mock: None, official_account: None, ilink: None })
         }
+        BackendKind::Web => {
+            let settings = backend::web::settings::WebSettings::from_flags(&config.web, config.accounts.is_none())?;
+            let web =
+                backend::web::WebBackend::new(settings, config.fetch.build()?, store.clone(), sink, blobs, tasks)?;
+            Ok(Built { backend: Arc::new(web), mock: None, official_account: None, ilink: None })
+        }
     }
 }
 

@@ -4,6 +4,8 @@
 pub mod contract;
 #[path = "../fakes/ilink/mod.rs"]
 pub mod fake_ilink;
+#[path = "../fakes/web/mod.rs"]
+pub mod fake_web;
 pub mod fake_wechat;
 pub mod raw;
 

@@ -9,6 +9,7 @@ pub mod ilink;
 pub mod mock;
 pub mod official_account;
 pub mod upstream;
+pub mod web;
 
 use async_trait::async_trait;
 use puppet_proto::filebox::FileBox;
@@ -390,4 +391,6 @@ pub enum BackendKind {
     Upstream,
     /// A personal WeChat account through Tencent's iLink bot API (QR login, long-poll).
     Ilink,
+    /// Personal WeChat through the web-WeChat protocol (itchat's, wechat4u's).
+    Web,
 }

@@ -23,3 +23,4 @@ mod polyglot;
 mod puppetctl;
 mod python_auth;
 mod upstream;
+mod web;
