@@ -215,7 +215,7 @@ mod server {
 
         // An image in: MessageImage answers the original bytes, decrypted from the CDN.
         let picture: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 256) as u8).collect();
-        let ctx2 = fake.inject_image(&token, ALICE, &picture);
+        fake.inject_image(&token, ALICE, &picture);
         let id = events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
         assert_eq!(payload(&mut p, &id).await.r#type, MessageType::Image.wire());
         let fb = p.message_image(pb::MessageImageRequest { id: id.clone(), r#type: 2 }).await.unwrap().into_inner();
