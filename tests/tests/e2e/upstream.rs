@@ -488,6 +488,25 @@ async fn a_logout_and_scan_while_we_were_cut_off_reach_our_clients_in_order() {
     readiness(&front, ServingStatus::Serving).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_endpoint_is_discovered_from_the_authority_by_token() {
+    // The upstream's side port answers `/v0/hosties/<token>` (Wechaty discovery).
+    let upstream = Server::start(&["--http-listen", "127.0.0.1:0"]);
+    let authority = format!("http://{}", upstream.http_addr.unwrap());
+    let front = Server::start(&[
+        "--backend",
+        "upstream",
+        "--upstream-authority",
+        &authority,
+        "--upstream-token",
+        TOKEN,
+        "--upstream-tls",
+        "off",
+    ]);
+    readiness(&front, ServingStatus::Serving).await;
+    assert_eq!(contacts(&mut front.puppet().await).await, contacts(&mut upstream.puppet().await).await);
+}
+
 // ---- the official Node puppet service as the upstream ------------------------------------------
 
 /// `node tests/compat/node/upstream_service.js`: the official `PuppetServer` around
