@@ -454,6 +454,59 @@ async fn the_payload_cache_answers_until_the_upstream_says_dirty_and_can_be_turn
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_and_scan_while_we_were_cut_off_reach_our_clients_in_order() {
+    let upstream = Server::start(&[]);
+    let mut up = upstream.puppet().await;
+    let relay = Relay::start(upstream.addr).await;
+    let front = start_front(&relay.addr.to_string(), &[]);
+    let mut ours = front.puppet().await;
+    let mut events = Events::open(&mut ours).await;
+    events.wait_for(kind::LOGIN).await;
+    readiness(&front, ServingStatus::Serving).await;
+
+    relay.retarget("127.0.0.1:9".parse().unwrap());
+    readiness(&front, ServingStatus::NotServing).await;
+    // While we are cut off, the platform logs the bot out and it logs in again through a QR code.
+    let mut up_events = Events::open(&mut up).await;
+    world(&upstream).await.force_logout(ext::ForceLogoutRequest { reason: "test".into() }).await.unwrap();
+    up.start(pb::StartRequest {}).await.unwrap();
+    up_events.wait_for(kind::LOGIN).await;
+    relay.retarget(upstream.addr);
+    // Our clients get it in order: the logout, the SCAN as a SCAN, the new login.
+    let mut seen = Vec::new();
+    loop {
+        let (k, _) = events.next().await;
+        if [kind::LOGOUT, kind::SCAN, kind::LOGIN].contains(&k) && seen.last() != Some(&k) {
+            seen.push(k);
+        }
+        if k == kind::LOGIN {
+            break;
+        }
+    }
+    assert_eq!(seen, vec![kind::LOGOUT, kind::SCAN, kind::LOGIN]);
+    readiness(&front, ServingStatus::Serving).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_endpoint_is_discovered_from_the_authority_by_token() {
+    // The upstream's side port answers `/v0/hosties/<token>` (Wechaty discovery).
+    let upstream = Server::start(&["--http-listen", "127.0.0.1:0"]);
+    let authority = format!("http://{}", upstream.http_addr.unwrap());
+    let front = Server::start(&[
+        "--backend",
+        "upstream",
+        "--upstream-authority",
+        &authority,
+        "--upstream-token",
+        TOKEN,
+        "--upstream-tls",
+        "off",
+    ]);
+    readiness(&front, ServingStatus::Serving).await;
+    assert_eq!(contacts(&mut front.puppet().await).await, contacts(&mut upstream.puppet().await).await);
+}
+
 // ---- the official Node puppet service as the upstream ------------------------------------------
 
 /// `node tests/compat/node/upstream_service.js`: the official `PuppetServer` around

@@ -44,10 +44,7 @@ impl Backend for Upstream {
     async fn start(&self) -> BackendResult<()> {
         self.inner.started.store(true, Ordering::Release);
         match self.client() {
-            Ok(mut c) => {
-                self.start_upstream(&mut c).await;
-                Ok(())
-            }
+            Ok(c) => self.start_upstream(&c).await,
             // The stream calls Start as soon as it connects.
             Err(_) => {
                 self.inner.wake.notify_one();

@@ -154,8 +154,10 @@ async fn session(up: &Upstream, reconnect: bool, connected: &mut bool) -> Ended 
         // or SCAN comes among the replayed events.
         up.inner.serving.send_replace(true);
     }
-    if up.inner.started.load(Ordering::Acquire) {
-        up.start_upstream(&mut client).await;
+    if up.inner.started.load(Ordering::Acquire)
+        && let Err(e) = up.start_upstream(&client).await
+    {
+        tracing::error!(error = %e, "the upstream's Start failed after connecting");
     }
     if reconnect {
         // Whatever our clients fetched may have changed while we were away.
@@ -186,15 +188,17 @@ impl Upstream {
         self.inner.serving.send_replace(false);
     }
 
-    /// Calls the upstream's `Start` (idempotent there), logging a failure.
-    pub(super) async fn start_upstream(&self, client: &mut super::UpstreamClient) {
+    /// Calls the upstream's `Start` (idempotent there) on `client`, under the call deadline.
+    pub(super) async fn start_upstream(&self, client: &super::UpstreamClient) -> crate::backend::BackendResult<()> {
+        let mut client = client.clone();
         let timeout = self.inner.settings.call_timeout;
         match tokio::time::timeout(timeout, client.start(pb::StartRequest {})).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(s)) => {
-                tracing::error!(code = ?s.code(), reason = %super::first_line(s.message()), "the upstream's Start failed")
-            }
-            Err(_) => tracing::error!(timeout_secs = timeout.as_secs(), "the upstream's Start did not answer in time"),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(s)) => Err(super::map_status("start", None, &s, &self.inner.settings)),
+            Err(_) => Err(crate::backend::BackendError::Unavailable(format!(
+                "the upstream did not answer `start` within {} s",
+                timeout.as_secs()
+            ))),
         }
     }
 
