@@ -452,6 +452,18 @@ async fn messages_of_every_kind_arrive_and_go_out() {
     })
     .await
     .unwrap();
+    // Still too frequent after two pauses: RESOURCE_EXHAUSTED saying so.
+    fake.fail_sends(&[1205, 1205, 1205]);
+    let err = p
+        .message_send_text(pb::MessageSendTextRequest {
+            conversation_id: alice.clone(),
+            text: "and again".into(),
+            mentional_ids: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert!(err.message().contains("1205") && err.message().contains("too frequent"), "{}", err.message());
     // What the protocol cannot do names the limit.
     let err = p
         .message_send_url(pb::MessageSendUrlRequest {
