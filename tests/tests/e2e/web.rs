@@ -627,9 +627,13 @@ async fn a_restart_resumes_the_session_without_a_scan() {
     // The session dies while the server is down: the next start shows a QR again, and after the
     // scan the new session's new @ids map to the same puppet ids.
     fake.kick(1101).await;
+    let jslogins = fake.calls("jslogin").len();
     let (mut server, mut p, mut events) = start(&fake, Some(&dir)).await;
     assert_eq!(scan_in(&fake, &mut events).await, me);
     assert_eq!(fake.sessions(), 2);
+    // The phone was asked to confirm (push login with the old session's cookies), no new jslogin.
+    assert_eq!(fake.calls("webwxpushloginurl").len(), 1);
+    assert_eq!(fake.calls("jslogin").len(), jslogins);
     assert_eq!(contact_named(&mut p, "Alice").await, alice);
     assert_eq!(contact_named(&mut p, "Dave").await.len(), alice.len());
     assert_eq!(room_named(&mut p, "Friends").await, friends);
