@@ -229,6 +229,7 @@ async fn messages_of_every_kind_arrive_and_go_out() {
     let m = next_message(&mut w).await;
     assert_eq!((m.r#type, m.talker_id.as_str(), m.text.as_str()), (7, alice.as_str(), "hi <bot> & co\nline 2"));
     assert_eq!(m.listener_id, w.me);
+    let first_text = m.id.clone();
 
     // A member the room did not list yet: the room is fetched again, the talker is known.
     fake.add_member_silently("1001@chatroom", "wxid_hana", "Hana");
@@ -452,6 +453,19 @@ async fn messages_of_every_kind_arrive_and_go_out() {
     })
     .await
     .unwrap();
+    // Forwarding a text resends it.
+    let bob = contact_named(&mut p, "Bob").await;
+    p.message_forward(pb::MessageForwardRequest {
+        message_id: first_text,
+        conversation_id: bob.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let fwd = fake.calls("webwxsendmsg").pop().unwrap();
+    assert_eq!(fwd.body["Msg"]["Content"], "hi <bot> & co\nline 2");
+    assert_eq!(fwd.body["Msg"]["ToUserName"], fake.at_id("wxid_bob").as_str());
+
     // Still too frequent after two pauses: RESOURCE_EXHAUSTED saying so.
     fake.fail_sends(&[1205, 1205, 1205]);
     let err = p
