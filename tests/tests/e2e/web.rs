@@ -455,13 +455,9 @@ async fn messages_of_every_kind_arrive_and_go_out() {
     .unwrap();
     // Forwarding a text resends it.
     let bob = contact_named(&mut p, "Bob").await;
-    p.message_forward(pb::MessageForwardRequest {
-        message_id: first_text,
-        conversation_id: bob.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    p.message_forward(pb::MessageForwardRequest { message_id: first_text, conversation_id: bob.clone() })
+        .await
+        .unwrap();
     let fwd = fake.calls("webwxsendmsg").pop().unwrap();
     assert_eq!(fwd.body["Msg"]["Content"], "hi <bot> & co\nline 2");
     assert_eq!(fwd.body["Msg"]["ToUserName"], fake.at_id("wxid_bob").as_str());
