@@ -229,6 +229,7 @@ async fn messages_of_every_kind_arrive_and_go_out() {
     let m = next_message(&mut w).await;
     assert_eq!((m.r#type, m.talker_id.as_str(), m.text.as_str()), (7, alice.as_str(), "hi <bot> & co\nline 2"));
     assert_eq!(m.listener_id, w.me);
+    let first_text = m.id.clone();
 
     // A member the room did not list yet: the room is fetched again, the talker is known.
     fake.add_member_silently("1001@chatroom", "wxid_hana", "Hana");
@@ -452,6 +453,27 @@ async fn messages_of_every_kind_arrive_and_go_out() {
     })
     .await
     .unwrap();
+    // Forwarding a text resends it.
+    let bob = contact_named(&mut p, "Bob").await;
+    p.message_forward(pb::MessageForwardRequest { message_id: first_text, conversation_id: bob.clone() })
+        .await
+        .unwrap();
+    let fwd = fake.calls("webwxsendmsg").pop().unwrap();
+    assert_eq!(fwd.body["Msg"]["Content"], "hi <bot> & co\nline 2");
+    assert_eq!(fwd.body["Msg"]["ToUserName"], fake.at_id("wxid_bob").as_str());
+
+    // Still too frequent after two pauses: RESOURCE_EXHAUSTED saying so.
+    fake.fail_sends(&[1205, 1205, 1205]);
+    let err = p
+        .message_send_text(pb::MessageSendTextRequest {
+            conversation_id: alice.clone(),
+            text: "and again".into(),
+            mentional_ids: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert!(err.message().contains("1205") && err.message().contains("too frequent"), "{}", err.message());
     // What the protocol cannot do names the limit.
     let err = p
         .message_send_url(pb::MessageSendUrlRequest {
@@ -615,9 +637,13 @@ async fn a_restart_resumes_the_session_without_a_scan() {
     // The session dies while the server is down: the next start shows a QR again, and after the
     // scan the new session's new @ids map to the same puppet ids.
     fake.kick(1101).await;
+    let jslogins = fake.calls("jslogin").len();
     let (mut server, mut p, mut events) = start(&fake, Some(&dir)).await;
     assert_eq!(scan_in(&fake, &mut events).await, me);
     assert_eq!(fake.sessions(), 2);
+    // The phone was asked to confirm (push login with the old session's cookies), no new jslogin.
+    assert_eq!(fake.calls("webwxpushloginurl").len(), 1);
+    assert_eq!(fake.calls("jslogin").len(), jslogins);
     assert_eq!(contact_named(&mut p, "Alice").await, alice);
     assert_eq!(contact_named(&mut p, "Dave").await.len(), alice.len());
     assert_eq!(room_named(&mut p, "Friends").await, friends);

@@ -1,4 +1,5 @@
-//! Login (spec §1): a stored session re-validated with `synccheck`, else the QR flow — `jslogin`,
+//! Login (spec §1): a stored session re-validated with `synccheck`, else a push login (the phone
+//! confirms; `webwxpushloginurl` with the old session's cookies), else the QR flow — `jslogin`,
 //! the long-polled `login` (408 wait, 201 scanned, 200 redirect, 400 expired → a new QR, bounded),
 //! the ticket exchange (XML; `ret` ≠ 0 such as 1203 ends in LOGOUT with the platform's words), then
 //! `webwxinit`, `webwxstatusnotify` and the contacts (`webwxgetcontact` pages, rooms through
@@ -36,13 +37,14 @@ impl WebBackend {
     /// The account's whole life for one Start: log in (or resume), then keep the session until it
     /// ends. Dropped at shutdown or when Logout cancels it.
     pub(super) async fn run(self, generation: u64) {
-        let resumed = match self.stored_session().await {
+        let stored = self.stored_session().await;
+        let resumed = match stored.clone() {
             Some(s) => self.resume(s).await,
             None => None,
         };
         let session = match resumed {
             Some(s) => s,
-            None => match self.qr_login().await {
+            None => match self.qr_login(self.push_uuid(stored.as_ref()).await).await {
                 Ok(s) => s,
                 Err(Failed::Refused(reason)) => {
                     self.logged_out(reason);
@@ -131,12 +133,41 @@ impl WebBackend {
         }
     }
 
-    /// The QR flow up to a session (before `webwxinit`).
-    async fn qr_login(&self) -> Result<Session, Failed> {
+    /// Push login (spec §1.2): with the long-lived cookies of an expired session, WeChat asks the
+    /// phone to confirm instead of showing a QR code. The uuid to poll, if WeChat agreed.
+    async fn push_uuid(&self, old: Option<&Session>) -> Option<String> {
+        let old = old?;
+        if !old.cookies.contains_key("webwx_auth_ticket") {
+            return None;
+        }
+        let settings = &self.inner.wire.settings;
+        let url = format!("{}/cgi-bin/mmwebwx-bin/webwxpushloginurl", settings.login_base);
+        let mut q = vec![("uin", old.uin.clone())];
+        if settings.uos {
+            q.push(("mod", "desktop".into()));
+        }
+        let a = self
+            .inner
+            .wire
+            .get("webwxpushloginurl", &url, &q, Some(&old.cookie_header()), &[], Duration::from_secs(30))
+            .await
+            .ok()?;
+        let v: Value = serde_json::from_str(&a.text).ok()?;
+        let ok = v["ret"].as_str() == Some("0") || v["ret"].as_i64() == Some(0);
+        let uuid = v["uuid"].as_str().filter(|u| ok && !u.is_empty() && u.len() <= 64)?;
+        tracing::info!("web WeChat asked the phone to confirm the login (push login)");
+        Some(uuid.to_owned())
+    }
+
+    /// The QR flow up to a session (before `webwxinit`), starting with a push login's uuid if any.
+    async fn qr_login(&self, mut push: Option<String>) -> Result<Session, Failed> {
         let settings = self.inner.wire.settings.clone();
         let mut jar = BTreeMap::new();
         for _ in 0..settings.qr_codes {
-            let uuid = self.new_uuid().await?;
+            let (uuid, tip) = match push.take() {
+                Some(u) => (u, "1"),
+                None => (self.new_uuid().await?, "0"),
+            };
             let qrcode = format!("https://login.weixin.qq.com/l/{uuid}");
             if settings.print_qr {
                 print_qr(&qrcode);
@@ -149,7 +180,7 @@ impl WebBackend {
                 let q = [
                     ("loginicon", "true".to_owned()),
                     ("uuid", uuid.clone()),
-                    ("tip", "0".into()),
+                    ("tip", tip.into()),
                     ("r", format!("{}", -((ms / 1579) as i64))),
                     ("_", ms.to_string()),
                 ];

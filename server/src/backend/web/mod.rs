@@ -616,10 +616,9 @@ impl Backend for WebBackend {
                 let target = self.target(to)?;
                 self.send_text(&target, to, s.message.text.clone(), Vec::new()).await.map(Some)
             }
-            _ => Err(BackendError::PlatformLimit {
-                op: "message_forward",
-                reason: "web WeChat forwards text here; for media fetch the file and send it",
-            }),
+            // The protocol can resend media by MediaId (Scene 2); this backend does not yet: fetch the
+            // file (MessageFile/MessageImage) and send it.
+            _ => Err(BackendError::Unsupported("message_forward of a non-text message")),
         }
     }
 
