@@ -188,7 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             discovery,
         };
         let limits = config.http_limits();
-        let app = http::router(state, limits);
+        let app = http::router(state, limits)?;
         let (gate, connections, tls) = (gate.clone(), front.tracker(), tls.side_port.clone());
         front.spawn("http-side-port", |stop| http::serve(listener, app, gate, limits, tls, stop, connections));
     }

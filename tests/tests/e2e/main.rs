@@ -12,6 +12,7 @@ mod events;
 mod files;
 mod foundation;
 mod hostile;
+mod http;
 mod mock;
 mod mqtt;
 mod official_account;

@@ -1,0 +1,476 @@
+//! `wechaty.Puppet` over plain HTTP on the side port: every REST route upstream `wechaty-grpc@1.5.2`
+//! annotates, proto3 JSON in and out, errors as `google.rpc.Status`; events over SSE with resume;
+//! files up and down, streamed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use prost_reflect::{DescriptorPool, Value};
+use puppet_proto::pb::puppet_rs::v1 as ext;
+use puppet_tests::{Server, TOKEN, installed, world};
+use serde_json::{Value as Json, json};
+
+/// Bounds every wait on the server.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A logged-in mock server with the side port, and its base URL.
+async fn online(extra: &[&str]) -> (Server, String) {
+    let mut args = vec!["--http-listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args);
+    let base = format!("http://{}", server.http_addr.expect("side port"));
+    let client = client();
+    // Ready once logged in (the mock logs in by itself).
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let r = client.get(format!("{base}/readyz")).send().await.unwrap();
+            if r.status() == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the mock account logs in");
+    (server, base)
+}
+
+/// A plain-HTTP client (reqwest's rustls, unified with the server's, wants a crypto provider).
+fn client() -> reqwest::Client {
+    _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+fn authed(rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    rb.header("authorization", format!("Bearer {TOKEN}"))
+}
+
+async fn json_of(r: reqwest::Response) -> (u16, Json) {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+}
+
+/// The `google.api.http` rules of upstream's `wechaty.Puppet`: (method, verb, path template).
+fn upstream_routes() -> Vec<(String, String, String)> {
+    let package = installed("WECHATY_GRPC_DIR", "the npm package wechaty-grpc@1.5.2");
+    let version: Json = serde_json::from_slice(&std::fs::read(package.join("package.json")).unwrap()).unwrap();
+    assert_eq!(version["version"], "1.5.2", "WECHATY_GRPC_DIR must hold wechaty-grpc 1.5.2");
+    let work = std::env::temp_dir().join(format!("puppet-http-routes-{}", std::process::id()));
+    _ = std::fs::remove_dir_all(&work);
+    copy_without_openapi(&package.join("dist/cjs/proto"), &work);
+    // google/api/{http,annotations}.proto are not in the npm package: googleapis' own, as vendored.
+    std::fs::create_dir_all(work.join("google/api")).unwrap();
+    for f in ["http.proto", "annotations.proto"] {
+        std::fs::copy(puppet_tests::repo_root().join("proto/google/api").join(f), work.join("google/api").join(f))
+            .unwrap();
+    }
+    let out = work.join("upstream.bin");
+    let status = std::process::Command::new(protoc_bin_vendored::protoc_bin_path().unwrap())
+        .arg(format!("-I{}", work.display()))
+        .arg(format!("-I{}", protoc_bin_vendored::include_path().unwrap().display()))
+        .arg("--include_imports")
+        .arg(format!("--descriptor_set_out={}", out.display()))
+        .arg("wechaty/puppet.proto")
+        .status()
+        .unwrap();
+    assert!(status.success(), "protoc failed on the upstream protos");
+    let pool = DescriptorPool::decode(std::fs::read(&out).unwrap().as_slice()).unwrap();
+    std::fs::remove_dir_all(&work).unwrap();
+    let http = pool.get_extension_by_name("google.api.http").expect("google.api.http");
+    let service = pool.get_service_by_name("wechaty.Puppet").unwrap();
+    let mut routes = Vec::new();
+    for method in service.methods() {
+        let options = method.options();
+        if !options.has_extension(&http) {
+            continue;
+        }
+        let Value::Message(rule) = options.get_extension(&http).into_owned() else { panic!() };
+        let mut rules = vec![rule.clone()];
+        if let Some(Value::List(more)) = rule.get_field_by_name("additional_bindings").map(|v| v.into_owned()) {
+            rules.extend(more.into_iter().map(|v| v.as_message().unwrap().clone()));
+        }
+        for rule in rules {
+            for verb in ["get", "put", "post", "delete", "patch"] {
+                if rule.has_field_by_name(verb) {
+                    let path = rule.get_field_by_name(verb).unwrap().as_str().unwrap().to_owned();
+                    routes.push((method.name().to_owned(), verb.to_uppercase(), path));
+                }
+            }
+        }
+    }
+    routes
+}
+
+/// Copies the upstream protos without their protoc-gen-openapiv2 options and import (the npm
+/// package ships neither the files they import nor a use for them here).
+fn copy_without_openapi(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let dest = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_without_openapi(&path, &dest);
+        } else if path.extension().is_some_and(|e| e == "proto") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(dest, strip_openapi(&text)).unwrap();
+        }
+    }
+}
+
+fn strip_openapi(text: &str) -> String {
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("import \"protoc-gen-openapiv2/"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut out = String::new();
+    let mut rest = kept.as_str();
+    while let Some(at) = rest.find("option (grpc.gateway.protoc_gen_openapiv2") {
+        out.push_str(&rest[..at]);
+        // The option's value is one brace-balanced block, then `;`.
+        let tail = &rest[at..];
+        let open = tail.find('{').unwrap();
+        let mut depth = 0;
+        let mut end = open;
+        for (i, c) in tail[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = open + i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let semi = tail[end..].find(';').unwrap();
+        rest = &tail[end + semi + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A concrete path for a template: variables get sample values, `{type=X}` its literal.
+fn concrete(template: &str) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..].find('}').unwrap() + open;
+        let var = &rest[open + 1..close];
+        match var.split_once('=') {
+            Some((_, literal)) => out.push_str(literal),
+            None => out.push_str(&format!("sample-{var}")),
+        }
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[tokio::test]
+async fn every_route_upstream_annotates_is_served_at_its_verb_and_path() {
+    let routes = upstream_routes();
+    assert!(routes.len() >= 58, "only {} annotated routes upstream: did the reading lose some?", routes.len());
+    let (_server, base) = online(&[]).await;
+    let client = client();
+    // Logout and Stop last: the other calls want the account online.
+    let mut ordered = routes.clone();
+    ordered.sort_by_key(|(m, _, _)| matches!(m.as_str(), "Logout" | "Stop"));
+    let mut unserved = Vec::new();
+    for (method, verb, template) in &ordered {
+        let url = format!("{base}{}", concrete(template));
+        let mut rb = authed(client.request(verb.parse().unwrap(), &url));
+        if method == "Upload" {
+            rb = rb.body("some bytes");
+        } else if ["POST", "PUT"].contains(&verb.as_str()) {
+            rb = rb.header("content-type", "application/json").body("{}");
+        }
+        let r = tokio::time::timeout(PATIENCE, rb.send()).await.expect("an answer").unwrap();
+        let status = r.status().as_u16();
+        let content_type = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let served = match method.as_str() {
+            "Event" => status == 200 && content_type.starts_with("text/event-stream"),
+            // A blob that does not exist: NOT_FOUND from the blob store, as JSON.
+            "Download" => status == 404 && content_type == "application/json",
+            // Answered by the method (a JSON answer or a google.rpc.Status), not by the router.
+            _ => {
+                let body = r.text().await.unwrap();
+                let json: Option<Json> = serde_json::from_str(&body).ok();
+                content_type == "application/json"
+                    && status != 405
+                    && json.as_ref().is_some_and(|j| status == 200 || j["code"].as_i64().is_some_and(|c| c != 12))
+            }
+        };
+        if !served {
+            unserved.push(format!("{method}: {verb} {template} -> {status} {content_type}"));
+        }
+    }
+    assert!(unserved.is_empty(), "routes not served:\n  {}", unserved.join("\n  "));
+}
+
+#[tokio::test]
+async fn rest_calls_reach_the_account_and_errors_are_google_rpc_statuses() {
+    let (server, base) = online(&[]).await;
+    let client = client();
+
+    let (status, version) = json_of(authed(client.get(format!("{base}/version"))).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{version}");
+    assert!(version["version"].as_str().unwrap().starts_with("puppet-rs/"), "{version}");
+
+    let (_, contacts) = json_of(authed(client.get(format!("{base}/contacts"))).send().await.unwrap()).await;
+    let ids = contacts["ids"].as_array().expect("ids");
+    assert!(ids.iter().any(|i| i == "wxid_alice"), "{contacts}");
+    let (status, alice) =
+        json_of(authed(client.get(format!("{base}/contacts/wxid_alice"))).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{alice}");
+    assert_eq!(alice["id"], "wxid_alice");
+    assert!(alice["name"].as_str().is_some_and(|n| !n.is_empty()), "{alice}");
+
+    // A text to Alice, with the Wechaty scheme this time; the world sees it.
+    let (status, sent) = json_of(
+        client
+            .post(format!("{base}/conversations/wxid_alice/text"))
+            .header("authorization", format!("Wechaty {TOKEN}"))
+            .body(r#"{"text": "hello over REST"}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{sent}");
+    assert!(sent["id"].as_str().is_some_and(|i| !i.is_empty()), "{sent}");
+    let seen = world(&server)
+        .await
+        .list_messages(ext::ListMessagesRequest { conversation_id: "wxid_alice".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(format!("{seen:?}").contains("hello over REST"), "{seen:?}");
+
+    // Errors: the standard HTTP status, a google.rpc.Status body that names what is wrong.
+    let (status, e) = json_of(client.get(format!("{base}/contacts")).send().await.unwrap()).await;
+    assert_eq!((status, &e["code"]), (401, &json!(16)), "{e}");
+    let (status, e) = json_of(client.get(format!("{base}/contacts")).bearer_auth("wrong").send().await.unwrap()).await;
+    assert_eq!((status, &e["code"]), (401, &json!(16)), "{e}");
+    let (status, e) = json_of(authed(client.get(format!("{base}/contacts/nobody"))).send().await.unwrap()).await;
+    assert_eq!((status, &e["code"]), (404, &json!(5)), "{e}");
+    assert!(e["message"].as_str().unwrap().contains("nobody"), "{e}");
+    let text = format!("{base}/conversations/wxid_alice/text");
+    for (body, names) in [
+        (r#"{"text": "hi""#, "JSON"),
+        (r#"{"text": "hi", "colour": "red"}"#, "colour"),
+        (r#"{"text": 42}"#, "text"),
+        (r#"{"text": "hi", "mentionalIds": "wxid_bob"}"#, "mentionalIds"),
+    ] {
+        let (status, e) = json_of(authed(client.post(&text)).body(body).send().await.unwrap()).await;
+        assert_eq!((status, &e["code"]), (400, &json!(3)), "{body}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(names), "{body}: {e}");
+    }
+    let (status, e) =
+        json_of(authed(client.put(format!("{base}/contacts//alias"))).body("{}").send().await.unwrap()).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("`id`"), "{e}");
+    let (status, e) = json_of(authed(client.get(format!("{base}/contacts?colour=red"))).send().await.unwrap()).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("colour"), "{e}");
+    let r = authed(client.delete(format!("{base}/version"))).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET");
+    // The side port's own pages still answer.
+    assert_eq!(client.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+}
+
+/// Reads SSE frames from a response: (id, event, data) of every event (comments skipped).
+struct Sse {
+    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl Sse {
+    fn new(r: reqwest::Response) -> Self {
+        assert_eq!(r.status(), 200);
+        Self { stream: Box::pin(r.bytes_stream()), buffer: String::new() }
+    }
+
+    async fn next(&mut self) -> (Option<String>, Option<String>, String) {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, None, Vec::new());
+                for line in frame.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.trim_start().to_owned());
+                    }
+                }
+                if id.is_none() && event.is_none() && data.is_empty() {
+                    continue; // a heartbeat comment
+                }
+                return (id, event, data.join("\n"));
+            }
+            let chunk = tokio::time::timeout(PATIENCE, self.stream.next()).await.expect("an SSE frame");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk.expect("the stream goes on").unwrap()));
+        }
+    }
+
+    /// The next MESSAGE event's text (as the payload's `messageId` is looked up by the caller).
+    async fn next_message(&mut self) -> (String, Json) {
+        loop {
+            let (id, event, data) = self.next().await;
+            assert_eq!(event, None, "{data}");
+            let json: Json = serde_json::from_str(&data).unwrap();
+            if json["type"] == "EVENT_TYPE_MESSAGE" {
+                let payload: Json = serde_json::from_str(json["payload"].as_str().unwrap()).unwrap();
+                assert_eq!(id.as_deref(), json["seq"].as_str(), "id: is the sequence number");
+                return (id.unwrap(), payload);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn sse_delivers_world_messages_and_resumes_after_last_event_id_with_exactly_what_was_missed() {
+    let (server, base) = online(&[]).await;
+    let client = client();
+    let mut w = world(&server).await;
+    let say = |text: String| ext::SayRequest { from_id: "wxid_alice".into(), text, ..Default::default() };
+
+    let mut sse = Sse::new(authed(client.get(format!("{base}/events"))).send().await.unwrap());
+    let first = w.say(say("first".into())).await.unwrap().into_inner().message_id;
+    let (last_id, payload) = sse.next_message().await;
+    assert_eq!(payload["messageId"], first.as_str());
+    drop(sse);
+
+    let mut missed = Vec::new();
+    for i in 0..100 {
+        missed.push(w.say(say(format!("missed {i}"))).await.unwrap().into_inner().message_id);
+    }
+    let end = w.say(say("end".into())).await.unwrap().into_inner().message_id;
+
+    let r = authed(client.get(format!("{base}/events"))).header("last-event-id", &last_id).send().await.unwrap();
+    let mut sse = Sse::new(r);
+    let mut got = Vec::new();
+    let mut previous: u64 = last_id.parse().unwrap();
+    loop {
+        let (id, payload) = sse.next_message().await;
+        let seq: u64 = id.parse().unwrap();
+        assert!(seq > previous, "sequence numbers only grow: {seq} after {previous}");
+        previous = seq;
+        let message_id = payload["messageId"].as_str().unwrap().to_owned();
+        if message_id == end {
+            break;
+        }
+        got.push(message_id);
+    }
+    assert_eq!(got, missed, "exactly the 100 messages sent while disconnected, in order");
+
+    // ?after_seq= resumes the same way; a resume point past the log is refused.
+    let url = format!("{base}/events?after_seq={last_id}&token={TOKEN}");
+    let mut sse = Sse::new(client.get(url).send().await.unwrap());
+    assert_eq!(sse.next_message().await.1["messageId"], missed[0].as_str());
+    let (status, e) =
+        json_of(authed(client.get(format!("{base}/events?after_seq=99999999"))).send().await.unwrap()).await;
+    assert_eq!((status, &e["code"]), (400, &json!(11)), "{e}");
+    let (status, e) = json_of(authed(client.get(format!("{base}/events?after_seq=soon"))).send().await.unwrap()).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("after_seq"), "{e}");
+}
+
+#[tokio::test]
+async fn a_lagging_sse_reader_is_ended_with_an_error_event_naming_where_to_resume() {
+    let (server, base) = online(&["--subscriber-max-lag", "64"]).await;
+    let client = client();
+    let r = authed(client.get(format!("{base}/events"))).send().await.unwrap();
+    // Not read while the world floods far more than the socket buffers and the lag limit hold.
+    world(&server).await.flood(ext::FloodRequest { count: 100_000, per_second: 0 }).await.unwrap();
+    let mut sse = Sse::new(r);
+    let mut last_seq = 0u64;
+    let error = loop {
+        let (id, event, data) = sse.next().await;
+        match event.as_deref() {
+            Some("error") => break serde_json::from_str::<Json>(&data).unwrap(),
+            _ => last_seq = id.unwrap().parse().unwrap(),
+        }
+    };
+    assert_eq!(error["code"], 8, "{error}");
+    assert_eq!(error["resumeAfterSeq"], last_seq.to_string(), "{error}");
+}
+
+#[tokio::test]
+async fn a_100_mib_file_goes_up_and_down_streamed_with_equal_checksums_and_bounded_memory() {
+    const SIZE: usize = 100 << 20;
+    let (server, base) =
+        online(&["--blob-max-file-mib", "128", "--blob-max-total-mib", "512", "--http-request-timeout-secs", "300"])
+            .await;
+    let client = client();
+    let pid = server.pid();
+    let rss_before = puppet_tests::rss_kib(pid);
+
+    let chunks = puppet_tests::pattern_chunks(7, SIZE, 256 << 10);
+    let mut expected = <sha2::Sha256 as sha2::Digest>::new();
+    for c in puppet_tests::pattern_chunks(7, SIZE, 256 << 10) {
+        sha2::Digest::update(&mut expected, &c);
+    }
+    let expected: String = sha2::Digest::finalize(expected).iter().map(|b| format!("{b:02x}")).collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(
+        chunks.map(|c| Ok::<_, std::io::Error>(bytes::Bytes::from(c))),
+    ));
+    let (status, uploaded) =
+        json_of(authed(client.post(format!("{base}/upload"))).body(body).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{uploaded}");
+    let id = uploaded["id"].as_str().unwrap().to_owned();
+
+    let r = authed(client.get(format!("{base}/download/{id}"))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], SIZE.to_string().as_str());
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    let mut got = 0usize;
+    let mut stream = r.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        got += chunk.len();
+        sha2::Digest::update(&mut hasher, &chunk);
+    }
+    assert_eq!(got, SIZE);
+    let actual: String = sha2::Digest::finalize(hasher).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(actual, expected, "the file came back as it went up");
+    let peak = hwm_kib(pid);
+    assert!(
+        peak.saturating_sub(rss_before) < 32 << 10,
+        "the server's memory grew by {} KiB (RSS {rss_before} KiB before, peak {peak} KiB)",
+        peak.saturating_sub(rss_before)
+    );
+
+    // A range of it.
+    let r =
+        authed(client.get(format!("{base}/download/{id}"))).header("range", "bytes=1000-1999").send().await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], format!("bytes 1000-1999/{SIZE}").as_str());
+    let part = r.bytes().await.unwrap();
+    let whole: Vec<u8> = puppet_tests::pattern_chunks(7, 2000, 2000).next().unwrap();
+    assert_eq!(&part[..], &whole[1000..2000]);
+    let r = authed(client.get(format!("{base}/download/{id}")))
+        .header("range", format!("bytes={SIZE}-"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+}
+
+/// The server's peak resident memory, in KiB.
+fn hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
