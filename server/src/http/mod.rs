@@ -6,6 +6,7 @@
 
 pub mod events;
 pub mod files;
+pub mod openapi;
 pub mod rest;
 
 use std::net::SocketAddr;
@@ -63,13 +64,21 @@ struct Side {
     http: HttpState,
     rest: Arc<rest::Rest>,
     limits: HttpLimits,
+    /// `/openapi.json`, made once.
+    openapi: Arc<str>,
 }
 
 /// The side port's routes; the accounts' webhooks (each with its own body limit) are found by path,
 /// then the REST routes (which read their bodies within the limit themselves, `/upload` streaming).
 pub fn router(state: HttpState, limits: HttpLimits) -> anyhow::Result<Router> {
-    let side = Side { http: state.clone(), rest: Arc::new(rest::Rest::builtin()?), limits };
-    let dynamic = Router::new().route("/events/ws", get(events_ws)).fallback(dispatch).with_state(side);
+    let rest = Arc::new(rest::Rest::builtin()?);
+    let openapi = openapi::document(&rest).to_string().into();
+    let side = Side { http: state.clone(), rest, limits, openapi };
+    let dynamic = Router::new()
+        .route("/events/ws", get(events_ws))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(dispatch)
+        .with_state(side);
     Ok(Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -233,6 +242,12 @@ async fn serve_rest(
                 .into_response())
         }
     }
+}
+
+/// `GET /openapi.json`: the REST routes' OpenAPI 3.1 document (no token: it describes, it does
+/// not serve).
+async fn openapi_json(State(s): State<Side>) -> Response {
+    ([(http::header::CONTENT_TYPE, "application/json")], s.openapi.to_string()).into_response()
 }
 
 /// `GET /events/ws`.

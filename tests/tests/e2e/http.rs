@@ -474,3 +474,84 @@ fn hwm_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap()
 }
+
+#[tokio::test]
+async fn the_openapi_document_is_valid_and_describes_every_annotated_route() {
+    let validator = installed("PUPPET_OPENAPI_VALIDATOR", "openapi-spec-validator (scripts/install-test-deps)");
+    let (server, base) = online(&[]).await;
+    let r = client().get(format!("{base}/openapi.json")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let doc: Json = serde_json::from_str(&text).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let file = server.data_dir.join("openapi.json");
+    std::fs::write(&file, &text).unwrap();
+    let out = std::process::Command::new(validator).arg(&file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator refused the document:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (method, verb, template) in upstream_routes() {
+        let path = template
+            .split('/')
+            .map(|s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')).and_then(|v| v.split_once('=')) {
+                Some((_, literal)) => literal.to_owned(),
+                None => s.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let op = &doc["paths"][&path][verb.to_lowercase()];
+        assert!(op.is_object(), "{method}: {verb} {path} is not in the document");
+    }
+    // The proto comments are the descriptions.
+    let seq = &doc["components"]["schemas"]["puppet_rs.v1.SequencedEvent"]["properties"]["seq"];
+    assert!(seq["description"].as_str().is_some_and(|d| d.contains("heartbeats")), "{seq}");
+    let text_op = &doc["paths"]["/conversations/{conversation_id}/text"]["post"];
+    assert_eq!(
+        text_op["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/wechaty.puppet.MessageSendTextRequest"
+    );
+}
+
+#[tokio::test]
+async fn the_websocket_carries_the_same_events_and_resumes_with_after_seq() {
+    use tokio_tungstenite::tungstenite::Message;
+    let (server, base) = online(&[]).await;
+    let ws_base = base.replace("http://", "ws://");
+    let mut w = world(&server).await;
+    let say = |text: &str| ext::SayRequest { from_id: "wxid_alice".into(), text: text.into(), ..Default::default() };
+
+    let (status, e) = json_of(client().get(format!("{base}/events/ws")).send().await.unwrap()).await;
+    assert_eq!((status, &e["code"]), (401, &json!(16)), "{e}");
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{ws_base}/events/ws?token={TOKEN}")).await.unwrap();
+    let sent = w.say(say("over the socket")).await.unwrap().into_inner().message_id;
+    let first = loop {
+        let msg = tokio::time::timeout(PATIENCE, ws.next()).await.expect("a message").unwrap().unwrap();
+        let Message::Text(text) = msg else { continue };
+        let json: Json = serde_json::from_str(&text).unwrap();
+        if json["type"] == "EVENT_TYPE_MESSAGE" {
+            break json;
+        }
+    };
+    let payload: Json = serde_json::from_str(first["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(payload["messageId"], sent.as_str());
+    drop(ws);
+
+    let later = w.say(say("while away")).await.unwrap().into_inner().message_id;
+    let seq = first["seq"].as_str().unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("{ws_base}/events/ws?token={TOKEN}&after_seq={seq}")).await.unwrap();
+    let resumed = loop {
+        let msg = tokio::time::timeout(PATIENCE, ws.next()).await.expect("a message").unwrap().unwrap();
+        let Message::Text(text) = msg else { continue };
+        let json: Json = serde_json::from_str(&text).unwrap();
+        if json["type"] == "EVENT_TYPE_MESSAGE" {
+            break json;
+        }
+    };
+    let payload: Json = serde_json::from_str(resumed["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(payload["messageId"], later.as_str());
+}
