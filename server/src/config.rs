@@ -307,6 +307,10 @@ pub struct Config {
     /// Fetches of URLs from clients and pushes.
     #[command(flatten)]
     pub fetch: crate::fetch::FetchFlags,
+
+    /// Browsers: gRPC-Web's CORS.
+    #[command(flatten)]
+    pub web: crate::http::settings::WebFlags,
 }
 
 /// The default gRPC port (the official puppet service examples use 8788).

@@ -8,6 +8,7 @@ pub mod events;
 pub mod files;
 pub mod openapi;
 pub mod rest;
+pub mod settings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,6 +78,7 @@ pub fn router(state: HttpState, limits: HttpLimits) -> anyhow::Result<Router> {
     let dynamic = Router::new()
         .route("/events/ws", get(events_ws))
         .route("/openapi.json", get(openapi_json))
+        .route("/console", get(console))
         .fallback(dispatch)
         .with_state(side);
     Ok(Router::new()
@@ -248,6 +250,24 @@ async fn serve_rest(
 /// not serve).
 async fn openapi_json(State(s): State<Side>) -> Response {
     ([(http::header::CONTENT_TYPE, "application/json")], s.openapi.to_string()).into_response()
+}
+
+/// `GET /console`: the web console, one self-contained page (no CDN) over the REST routes and
+/// SSE. The page itself holds nothing: it asks for the token.
+async fn console() -> Response {
+    let page = include_str!("console.html");
+    (
+        [
+            (http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Everything the page loads comes from here; no framing by other sites.
+            (
+                http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+            ),
+        ],
+        page,
+    )
+        .into_response()
 }
 
 /// `GET /events/ws`.

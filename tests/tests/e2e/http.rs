@@ -555,3 +555,291 @@ async fn the_websocket_carries_the_same_events_and_resumes_with_after_seq() {
     let payload: Json = serde_json::from_str(resumed["payload"].as_str().unwrap()).unwrap();
     assert_eq!(payload["messageId"], later.as_str());
 }
+
+/// One uncompressed gRPC(-Web) data frame.
+fn grpc_frame(msg: &impl prost::Message) -> Vec<u8> {
+    let body = msg.encode_to_vec();
+    let mut out = vec![0];
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The data message and the trailer text of a gRPC-Web answer body.
+fn grpc_web_parts(mut body: &[u8]) -> (Vec<u8>, String) {
+    let (mut data, mut trailers) = (Vec::new(), String::new());
+    while body.len() >= 5 {
+        let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+        let payload = &body[5..5 + len];
+        if body[0] & 0x80 != 0 {
+            trailers.push_str(&String::from_utf8_lossy(payload));
+        } else {
+            data.extend_from_slice(payload);
+        }
+        body = &body[5 + len..];
+    }
+    (data, trailers)
+}
+
+#[tokio::test]
+async fn grpc_web_answers_text_over_http1_and_binary_over_h2_with_cors_only_when_asked() {
+    use base64::Engine;
+    use prost::Message;
+    use puppet_proto::pb::wechaty::puppet as pb;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (server, _) = online(&["--cors-origin", "http://console.example"]).await;
+    let url = format!("http://{}/wechaty.Puppet/Version", server.addr);
+    let frame = grpc_frame(&pb::VersionRequest {});
+
+    // grpc-web-text over HTTP/1.1.
+    let r = client()
+        .post(&url)
+        .header("content-type", "application/grpc-web-text")
+        .header("accept", "application/grpc-web-text")
+        .header("x-grpc-web", "1")
+        .header("authorization", format!("Wechaty {TOKEN}"))
+        .body(b64.encode(&frame))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/grpc-web-text"));
+    let text = r.text().await.unwrap();
+    // Each frame is base64 on its own: padding can end one before the next begins.
+    let (mut raw, mut segment) = (Vec::new(), String::new());
+    for quad in text.trim().as_bytes().chunks(4) {
+        segment.push_str(std::str::from_utf8(quad).unwrap());
+        if quad.contains(&b'=') {
+            raw.extend(b64.decode(&segment).unwrap());
+            segment.clear();
+        }
+    }
+    raw.extend(b64.decode(&segment).unwrap());
+    let (data, trailers) = grpc_web_parts(&raw);
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
+    let version = pb::VersionResponse::decode(data.as_slice()).unwrap().version;
+    assert!(version.starts_with("puppet-rs/"), "{version}");
+
+    // Binary gRPC-Web over HTTP/2 (prior knowledge), and a wrong token refused in the trailers.
+    _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    for (token, want) in [(TOKEN, "grpc-status:0"), ("wrong", "grpc-status:16")] {
+        let r = h2
+            .post(&url)
+            .header("content-type", "application/grpc-web+proto")
+            .header("authorization", format!("Wechaty {token}"))
+            .body(frame.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        let headers = format!("{:?}", r.headers());
+        let body = r.bytes().await.unwrap();
+        let (data, trailers) = grpc_web_parts(&body);
+        assert!(trailers.contains(want) || headers.contains(&want.replace(':', "\": \"")), "{headers} {trailers}");
+        if token == TOKEN {
+            assert!(pb::VersionResponse::decode(data.as_slice()).unwrap().version.starts_with("puppet-rs/"));
+        }
+    }
+
+    // CORS: the configured origin is allowed, another is not; a server without --cors-origin
+    // allows none.
+    let preflight = |base: String, origin: &'static str| {
+        client()
+            .request(reqwest::Method::OPTIONS, format!("{base}/wechaty.Puppet/Version"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type,x-grpc-web,authorization")
+            .send()
+    };
+    let r = preflight(format!("http://{}", server.addr), "http://console.example").await.unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "http://console.example");
+    let r = preflight(format!("http://{}", server.addr), "http://elsewhere.example").await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    let (plain, _) = online(&[]).await;
+    let r = preflight(format!("http://{}", plain.addr), "http://console.example").await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn connect_web_grpc_web_transport_calls_version_and_receives_events() {
+    use tokio::io::AsyncBufReadExt;
+    let modules = installed("PUPPET_GRPC_WEB_NODE_MODULES", "the gRPC-Web test client (scripts/install-test-deps)");
+    let (server, _) = online(&[]).await;
+    // The client is ESM: it finds its packages next to itself.
+    let dir = server.data_dir.join("grpc-web");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(&modules, dir.join("node_modules")).unwrap();
+    std::fs::copy(puppet_tests::repo_root().join("tests/grpc-web/client.mjs"), dir.join("client.mjs")).unwrap();
+    std::fs::write(dir.join("descriptors.bin"), puppet_proto::pb::FILE_DESCRIPTOR_SET).unwrap();
+    let mut child = tokio::process::Command::new("node")
+        .arg(dir.join("client.mjs"))
+        .arg(format!("http://{}", server.addr))
+        .arg(TOKEN)
+        .arg(dir.join("descriptors.bin"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || -> Json {
+        let line = tokio::time::timeout(PATIENCE, lines.next_line()).await.expect("a line from node").unwrap();
+        serde_json::from_str(&line.expect("node printed a line before exiting")).unwrap()
+    };
+    let version = next().await;
+    assert!(version["version"].as_str().unwrap().starts_with("puppet-rs/"), "{version}");
+    // The stream replays the login state first: once READY is there, the stream is open.
+    while next().await["type"] != 23 {}
+    let mut w = world(&server).await;
+    let say = ext::SayRequest { from_id: "wxid_alice".into(), text: "to the browser".into(), ..Default::default() };
+    let sent = w.say(say).await.unwrap().into_inner().message_id;
+    let message = loop {
+        let event = next().await;
+        if event["type"] == 2 {
+            break event;
+        }
+    };
+    let payload: Json = serde_json::from_str(message["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(payload["messageId"], sent.as_str());
+    let status = tokio::time::timeout(PATIENCE, child.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+}
+
+/// Headless Chromium driven over the DevTools protocol: one page, JavaScript evaluated in it.
+struct Browser {
+    child: tokio::process::Child,
+    page: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    profile: std::path::PathBuf,
+    next_id: u64,
+}
+
+impl Browser {
+    async fn open(url: &str) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let chromium = installed("PUPPET_CHROMIUM", "Debian's chromium");
+        let profile = std::env::temp_dir().join(format!("puppet-console-{}", std::process::id()));
+        let mut child = tokio::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--no-first-run",
+                "--disable-sync",
+                "--disable-component-update",
+                "--remote-debugging-port=0",
+                "--remote-debugging-address=127.0.0.1",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(url)
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromium");
+        let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let port = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = stderr.next_line().await.unwrap() {
+                if let Some(rest) = line.split("DevTools listening on ws://127.0.0.1:").nth(1) {
+                    return rest.split('/').next().unwrap().to_owned();
+                }
+            }
+            panic!("chromium ended without a DevTools address")
+        })
+        .await
+        .expect("chromium's DevTools address");
+        // Chromium keeps writing to stderr: drain it so it never blocks.
+        tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+        let targets: Json =
+            client().get(format!("http://127.0.0.1:{port}/json/list")).send().await.unwrap().json().await.unwrap();
+        let page = targets.as_array().unwrap().iter().find(|t| t["type"] == "page").expect("a page");
+        let (page, _) = tokio_tungstenite::connect_async(page["webSocketDebuggerUrl"].as_str().unwrap()).await.unwrap();
+        Self { child, page, profile, next_id: 0 }
+    }
+
+    /// Evaluates `expression` in the page (promises awaited) and returns its value.
+    async fn eval(&mut self, expression: &str) -> Json {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        self.next_id += 1;
+        let id = self.next_id;
+        let call = json!({ "id": id, "method": "Runtime.evaluate",
+            "params": { "expression": expression, "returnByValue": true, "awaitPromise": true } });
+        self.page.send(Message::Text(call.to_string().into())).await.unwrap();
+        loop {
+            let msg =
+                tokio::time::timeout(PATIENCE, self.page.next()).await.expect("DevTools answers").unwrap().unwrap();
+            let Message::Text(text) = msg else { continue };
+            let answer: Json = serde_json::from_str(&text).unwrap();
+            if answer["id"] == id {
+                assert!(answer["result"]["exceptionDetails"].is_null(), "{expression}: {answer}");
+                return answer["result"]["result"]["value"].clone();
+            }
+        }
+    }
+
+    /// Waits until `condition` (a JavaScript expression) is true in the page.
+    async fn wait_for(&mut self, condition: &str) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.eval(&format!("!!({condition})")).await != json!(true) {
+            assert!(tokio::time::Instant::now() < deadline, "the page never got to: {condition}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        _ = self.child.start_kill();
+        _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+#[tokio::test]
+async fn the_console_logs_in_shows_a_world_message_and_sends_a_reply_the_world_sees() {
+    let (server, base) = online(&[]).await;
+    let page = client().get(format!("{base}/console")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(!html.contains("http://") && !html.contains("https://"), "the page loads nothing from elsewhere");
+
+    let mut browser = Browser::open(&format!("{base}/console")).await;
+    browser.wait_for("document.getElementById('token')").await;
+    // A wrong token is refused on the page.
+    browser.eval("document.getElementById('token').value = 'wrong'; document.getElementById('connect').click()").await;
+    browser.wait_for("document.getElementById('login-error').textContent.includes('token')").await;
+    browser
+        .eval(&format!(
+            "document.getElementById('token').value = '{TOKEN}'; document.getElementById('connect').click()"
+        ))
+        .await;
+    browser.wait_for("document.getElementById('state').textContent === 'logged in'").await;
+    browser.wait_for("document.getElementById('who').textContent.includes('Puppet Bot')").await;
+
+    // A message from the world shows up live.
+    let mut w = world(&server).await;
+    let say = ext::SayRequest { from_id: "wxid_alice".into(), text: "hello console".into(), ..Default::default() };
+    w.say(say).await.unwrap();
+    browser
+        .wait_for("[...document.querySelectorAll('#events li')].some(li => li.textContent.includes('hello console'))")
+        .await;
+
+    // Contacts are listed and searchable; pick Alice and reply.
+    browser.wait_for("document.querySelector('#directory li[data-id=\"wxid_alice\"]')").await;
+    browser
+        .eval("const s = document.getElementById('search'); s.value = 'alice'; s.dispatchEvent(new Event('input'))")
+        .await;
+    let shown = browser.eval("document.querySelectorAll('#directory li').length").await;
+    assert!(shown.as_u64().unwrap() >= 1);
+    assert_eq!(browser.eval("[...document.querySelectorAll('#directory li')].every(li => li.textContent.toLowerCase().includes('alice'))").await, json!(true));
+    browser.eval("document.querySelector('#directory li[data-id=\"wxid_alice\"]').click()").await;
+    browser
+        .eval(
+            "document.getElementById('text').value = 'reply from the console'; document.getElementById('send').click()",
+        )
+        .await;
+    browser.wait_for("document.getElementById('send-result').textContent.startsWith('sent ')").await;
+    let seen =
+        w.list_messages(ext::ListMessagesRequest { conversation_id: "wxid_alice".into() }).await.unwrap().into_inner();
+    assert!(format!("{seen:?}").contains("reply from the console"), "{seen:?}");
+}
