@@ -843,3 +843,88 @@ async fn the_console_logs_in_shows_a_world_message_and_sends_a_reply_the_world_s
         w.list_messages(ext::ListMessagesRequest { conversation_id: "wxid_alice".into() }).await.unwrap().into_inner();
     assert!(format!("{seen:?}").contains("reply from the console"), "{seen:?}");
 }
+
+/// The `curl …` commands of the README's section "HTTP, SSE and the browser", block by block, as
+/// written there (continuation lines joined).
+fn readme_curl_blocks() -> Vec<Vec<String>> {
+    let readme = std::fs::read_to_string(puppet_tests::repo_root().join("README.md")).unwrap();
+    let section = readme.split("## HTTP, SSE and the browser").nth(1).expect("the README section");
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .split("```sh")
+        .skip(1)
+        .map(|b| {
+            let block = b.split("```").next().unwrap();
+            let mut commands = Vec::new();
+            let mut current = String::new();
+            for line in block.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                current.push_str(line.trim_end_matches('\\'));
+                current.push(' ');
+                if !line.ends_with('\\') {
+                    commands.push(current.trim().to_owned());
+                    current.clear();
+                }
+            }
+            commands
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_readme_curl_recipes_work_as_written() {
+    use tokio::io::AsyncBufReadExt;
+    let blocks = readme_curl_blocks();
+    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    assert_eq!(blocks[0].len(), 10, "ten recipes: {:?}", blocks[0]);
+    let (server, base) = online(&[]).await;
+    let here = base.trim_start_matches("http://");
+    for recipe in &blocks[0] {
+        assert!(recipe.starts_with("curl "), "{recipe}");
+        let out = tokio::time::timeout(
+            PATIENCE,
+            tokio::process::Command::new("sh")
+                .args(["-c", &recipe.replace("127.0.0.1:8080", here)])
+                .env("TOKEN", TOKEN)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("curl ends")
+        .unwrap();
+        assert!(out.status.success(), "{recipe}: {}", String::from_utf8_lossy(&out.stderr));
+        let answer: Json = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{recipe}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+        assert!(answer.get("code").is_none() || answer.get("message").is_none(), "{recipe}: {answer}");
+    }
+    let seen = world(&server)
+        .await
+        .list_messages(ext::ListMessagesRequest { conversation_id: "wxid_alice".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(format!("{seen:?}").contains("hello from curl"), "{seen:?}");
+
+    // The SSE example: the stream opens with the login state.
+    let [sse] = blocks[1].as_slice() else { panic!("one SSE example: {:?}", blocks[1]) };
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", &sse.replace("127.0.0.1:8080", here)])
+        .env("TOKEN", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let data = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(data) = line.strip_prefix("data: ") {
+                return data.to_owned();
+            }
+        }
+        panic!("the stream ended")
+    })
+    .await
+    .expect("an event");
+    let event: Json = serde_json::from_str(&data).unwrap();
+    assert!(event["seq"].as_str().is_some() && event["type"].as_str().unwrap().starts_with("EVENT_TYPE_"), "{event}");
+    child.kill().await.unwrap();
+}
