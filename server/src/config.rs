@@ -321,6 +321,9 @@ pub struct Config {
     /// The OneBot v11 front door (`PUPPET_ONEBOT_*`).
     #[command(flatten)]
     pub onebot: crate::onebot::settings::OneBotFlags,
+    /// Browsers: gRPC-Web's CORS.
+    #[command(flatten)]
+    pub cors: crate::http::settings::CorsFlags,
 }
 
 /// The default gRPC port (the official puppet service examples use 8788).

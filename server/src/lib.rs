@@ -216,7 +216,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             discovery,
         };
         let limits = config.http_limits();
-        let app = http::router(state, limits);
+        let app = http::router(state, limits)?;
         let (gate, connections, tls) = (gate.clone(), front.tracker(), tls.side_port.clone());
         front.spawn("http-side-port", |stop| http::serve(listener, app, gate, limits, tls, stop, connections));
     }
@@ -229,7 +229,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         RequireToken::new(AdminServer::new(grpc::admin::AdminService::new(accounts.clone())), t, throttle.clone())
     });
     let stop_grpc = front.stop_signal();
+    let cors = config.cors.cors()?;
     let server = tonic::transport::Server::builder()
+        // gRPC-Web: browsers speak HTTP/1.1 (and h2 through fetch); CORS only with --cors-origin.
+        .accept_http1(true)
+        .layer(tower::util::option_layer(cors))
+        .layer(tonic_web::GrpcWebLayer::new())
         // HTTP/2's default 64 KiB windows cap uploads at ~100 MB/s on loopback; files want more in flight.
         .initial_stream_window_size(Some(FLOW_WINDOW))
         .initial_connection_window_size(Some(2 * FLOW_WINDOW))

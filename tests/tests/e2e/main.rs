@@ -13,6 +13,7 @@ mod files;
 mod foundation;
 mod hostile;
 mod ilink;
+mod http;
 mod mock;
 mod mqtt;
 mod official_account;

@@ -1,6 +1,14 @@
 //! The side HTTP port: liveness, readiness and metrics for orchestrators, and `/qrcode`, the login
 //! QR for people (a pod's terminal is not where anyone scans from), and the backend's webhook when
-//! it has one (the Official Account callback URL).
+//! it has one (the Official Account callback URL); and `wechaty.Puppet` for HTTP clients: the REST
+//! routes its annotations declare ([`rest`]), live events over SSE and WebSocket ([`events`]) and
+//! files ([`files`]).
+
+pub mod events;
+pub mod files;
+pub mod openapi;
+pub mod rest;
+pub mod settings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,10 +59,29 @@ pub struct HttpLimits {
     pub max_body: usize,
 }
 
-/// The side port's routes; the accounts' webhooks (each with its own body limit) are found by path.
-pub fn router(state: HttpState, limits: HttpLimits) -> Router {
-    let webhooks = Router::new().fallback(webhook).with_state(state.clone());
-    Router::new()
+/// What the REST, event and file handlers read.
+#[derive(Clone)]
+struct Side {
+    http: HttpState,
+    rest: Arc<rest::Rest>,
+    limits: HttpLimits,
+    /// `/openapi.json`, made once.
+    openapi: Arc<str>,
+}
+
+/// The side port's routes; the accounts' webhooks (each with its own body limit) are found by path,
+/// then the REST routes (which read their bodies within the limit themselves, `/upload` streaming).
+pub fn router(state: HttpState, limits: HttpLimits) -> anyhow::Result<Router> {
+    let rest = Arc::new(rest::Rest::builtin()?);
+    let openapi = openapi::document(&rest).to_string().into();
+    let side = Side { http: state.clone(), rest, limits, openapi };
+    let dynamic = Router::new()
+        .route("/events/ws", get(events_ws))
+        .route("/openapi.json", get(openapi_json))
+        .route("/console", get(console))
+        .fallback(dispatch)
+        .with_state(side);
+    Ok(Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -62,15 +89,210 @@ pub fn router(state: HttpState, limits: HttpLimits) -> Router {
         .route("/v0/hosties/{token}", get(hosties))
         .with_state(state)
         .layer(RequestBodyLimitLayer::new(limits.max_body))
-        .merge(webhooks)
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
+        .merge(dynamic)
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout)))
 }
 
-/// An Official Account's callback, handed to the account whose webhook path it is.
-async fn webhook(State(s): State<HttpState>, req: axum::extract::Request) -> Response {
-    match s.accounts.webhook(req.uri().path()) {
-        Some(routes) => routes.oneshot(req).await.into_response(),
-        None => (StatusCode::NOT_FOUND, "no such page\n").into_response(),
+/// An Official Account's callback, handed to the account whose webhook path it is; else a REST
+/// route.
+async fn dispatch(
+    State(s): State<Side>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+) -> Response {
+    if let Some(routes) = s.http.accounts.webhook(req.uri().path()) {
+        return routes.oneshot(req).await.into_response();
+    }
+    let found = match s.rest.find(req.method(), req.uri().path()) {
+        Ok(found) => found,
+        Err(e) => return e.into_response(),
+    };
+    match found {
+        rest::Found::None => (StatusCode::NOT_FOUND, "no such page\n").into_response(),
+        rest::Found::OtherVerbs(verbs) => {
+            let allow = verbs.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", ");
+            let message =
+                format!("{} answers {allow}, not {}", puppet_proto::ids::Shown(req.uri().path()), req.method());
+            let mut r = rest::status_response(StatusCode::METHOD_NOT_ALLOWED, tonic::Code::Unimplemented, &message);
+            if let Ok(v) = http::HeaderValue::from_str(&allow) {
+                r.headers_mut().insert(http::header::ALLOW, v);
+            }
+            r
+        }
+        rest::Found::Route(route, vars) => {
+            let route = route.clone();
+            match serve_rest(&s, peer, &route, vars, req).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
+            }
+        }
+    }
+}
+
+/// The account of a REST request: `Authorization: Wechaty <token>` or `Bearer <token>`, or where
+/// a browser cannot set headers (EventSource, WebSocket, a download link) `?token=`. Wrong tokens
+/// count toward the per-address throttle.
+fn rest_account(
+    s: &HttpState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    token_in_query: bool,
+) -> Result<Arc<crate::account::Account>, Box<Response>> {
+    if let Err(wait) = s.throttle.check(peer.ip()) {
+        let message = format!("too many wrong tokens from this address; retry in {} s", wait.as_secs());
+        let mut r = rest::status_response(StatusCode::TOO_MANY_REQUESTS, tonic::Code::ResourceExhausted, &message);
+        if let Ok(v) = http::HeaderValue::from_str(&wait.as_secs().to_string()) {
+            r.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
+        return Err(Box::new(r));
+    }
+    let refuse = |message: &str| {
+        let mut r = rest::status_response(StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated, message);
+        r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        r
+    };
+    let given = match headers.get(axum::http::header::AUTHORIZATION) {
+        Some(value) => {
+            let scheme_and_token = value.to_str().ok().and_then(|v| v.trim().split_once(' '));
+            match scheme_and_token {
+                Some((scheme, token))
+                    if scheme.eq_ignore_ascii_case("wechaty") || scheme.eq_ignore_ascii_case("bearer") =>
+                {
+                    Some(token.trim().to_owned())
+                }
+                _ => {
+                    return Err(Box::new(refuse(
+                        "the Authorization header is not `Bearer <token>` or `Wechaty <token>`",
+                    )));
+                }
+            }
+        }
+        None if token_in_query => query.and_then(|q| {
+            form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
+        }),
+        None => None,
+    };
+    let Some(given) = given else {
+        return Err(Box::new(refuse("no token: send `Authorization: Bearer <token>` with the account's token")));
+    };
+    match s.accounts.by_token(&given) {
+        Some(account) => Ok(account),
+        None => {
+            s.throttle.failed(peer.ip());
+            Err(Box::new(refuse("the token is wrong: no account here has it")))
+        }
+    }
+}
+
+/// One REST call.
+async fn serve_rest(
+    s: &Side,
+    peer: SocketAddr,
+    route: &rest::Route,
+    vars: Vec<(String, String)>,
+    req: axum::extract::Request,
+) -> Result<Response, rest::RestError> {
+    let name = route.method.name();
+    let browser = matches!(name, "Event" | "Download");
+    let query = req.uri().query().map(str::to_owned);
+    let account = match rest_account(&s.http, peer, req.headers(), query.as_deref(), browser) {
+        Ok(a) => a,
+        Err(refused) => return Ok(*refused),
+    };
+    match name {
+        "Event" => {
+            let last_event_id = req.headers().get("last-event-id").and_then(|v| v.to_str().ok());
+            let start = events::start_at(last_event_id, query.as_deref(), &["token"])?;
+            Ok(events::sse(&account, s.rest.pool().clone(), start))
+        }
+        "Download" => {
+            let id = vars.iter().find(|(f, _)| f == "id").map(|(_, v)| v.as_str()).unwrap_or_default();
+            if id.is_empty() {
+                return Err(rest::RestError::bad("missing path parameter `id`"));
+            }
+            files::download(&account, id, req.headers()).await
+        }
+        "Upload" => files::upload(&account, &route.method, req.into_body()).await,
+        _ if route.method.is_client_streaming() || route.method.is_server_streaming() => {
+            Err(tonic::Status::unimplemented(format!(
+                "the streaming method {name} has no REST form here; call it over gRPC"
+            ))
+            .into())
+        }
+        _ => {
+            let limited = http_body_util::Limited::new(req.into_body(), s.limits.max_body);
+            let body = match http_body_util::BodyExt::collect(limited).await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return Err(rest::RestError {
+                        status: StatusCode::PAYLOAD_TOO_LARGE,
+                        code: tonic::Code::InvalidArgument,
+                        message: format!(
+                            "the request body is larger than {} KiB (--http-max-body-kib), or was cut short",
+                            s.limits.max_body / 1024
+                        ),
+                    });
+                }
+            };
+            let input = rest::Input { vars, query: query.as_deref(), body, ignored: &[] };
+            let msg = rest::bind(route, input)?;
+            let max_answer = (account.config.max_message_mib as usize).saturating_mul(1 << 20);
+            let answer = rest::call_unary(&account, &route.method, &msg, max_answer).await?;
+            let json = rest::to_json(&answer)?;
+            Ok(([(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"))], json)
+                .into_response())
+        }
+    }
+}
+
+/// `GET /openapi.json`: the REST routes' OpenAPI 3.1 document (no token: it describes, it does
+/// not serve).
+async fn openapi_json(State(s): State<Side>) -> Response {
+    ([(http::header::CONTENT_TYPE, "application/json")], s.openapi.to_string()).into_response()
+}
+
+/// `GET /console`: the web console, one self-contained page (no CDN) over the REST routes and
+/// SSE. The page itself holds nothing: it asks for the token.
+async fn console() -> Response {
+    let page = include_str!("console.html");
+    (
+        [
+            (http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Everything the page loads comes from here; no framing by other sites.
+            (
+                http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+            ),
+        ],
+        page,
+    )
+        .into_response()
+}
+
+/// `GET /events/ws`.
+async fn events_ws(
+    State(s): State<Side>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: http::Uri,
+    upgrade: Result<axum::extract::ws::WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let account = match rest_account(&s.http, peer, &headers, uri.query(), true) {
+        Ok(a) => a,
+        Err(refused) => return *refused,
+    };
+    let start = match events::start_at(None, uri.query(), &["token"]) {
+        Ok(start) => start,
+        Err(e) => return e.into_response(),
+    };
+    match upgrade {
+        Ok(upgrade) => events::websocket(&account, s.rest.pool().clone(), start, upgrade),
+        Err(rejection) => rest::status_response(
+            StatusCode::BAD_REQUEST,
+            tonic::Code::InvalidArgument,
+            &format!("/events/ws is a WebSocket: {rejection}"),
+        ),
     }
 }
 
@@ -140,7 +362,7 @@ pub async fn serve(
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-            let conn = builder.serve_connection(TokioIo::new(io), service);
+            let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
             tokio::pin!(conn);
             let done = tokio::select! {
                 done = conn.as_mut() => done,
@@ -374,7 +596,7 @@ mod tests {
             request_timeout: Duration::from_secs(10),
             max_body: 16 << 10,
         };
-        (router(state, limits), dir)
+        (router(state, limits).unwrap(), dir)
     }
 
     /// A GET as the accept loop hands it over (with the peer's address), answered in-process.
