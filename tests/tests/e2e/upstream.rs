@@ -283,6 +283,146 @@ async fn the_deprecated_file_streams_work_through_the_chain_and_the_upstream_hol
     }
 }
 
+/// An upstream without `Upload`/`Download`, as older `wechaty-puppet-service` versions and some
+/// hosted token providers are: a gRPC proxy in front of `target` that answers those two
+/// `UNIMPLEMENTED` (counting how often they were asked) and forwards every other call.
+struct NoUploadDownload {
+    addr: SocketAddr,
+    asked: Arc<Mutex<Vec<String>>>,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct NoUploadDownloadSvc {
+    to: tonic::transport::Channel,
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+impl tonic::server::NamedService for NoUploadDownloadSvc {
+    const NAME: &'static str = "wechaty.Puppet";
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for NoUploadDownloadSvc {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let path = req.uri().path().to_owned();
+        let mut to = self.to.clone();
+        let asked = self.asked.clone();
+        Box::pin(async move {
+            asked.lock().unwrap().push(path.clone());
+            if path == "/wechaty.Puppet/Upload" || path == "/wechaty.Puppet/Download" {
+                return Ok(tonic::Status::unimplemented("").into_http());
+            }
+            let forwarded = match std::future::poll_fn(|cx| to.poll_ready(cx)).await {
+                Ok(()) => to.call(req).await,
+                Err(e) => Err(e),
+            };
+            Ok(forwarded.unwrap_or_else(|e| tonic::Status::unavailable(e.to_string()).into_http()))
+        })
+    }
+}
+
+impl NoUploadDownload {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let to = tonic::transport::Channel::from_shared(format!("http://{target}")).unwrap().connect_lazy();
+        let asked: Arc<Mutex<Vec<String>>> = Default::default();
+        let svc = NoUploadDownloadSvc { to, asked: asked.clone() };
+        let serving = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        Self { addr, asked, serving }
+    }
+
+    /// How often `method` was asked for.
+    fn asked(&self, method: &str) -> usize {
+        let path = format!("/wechaty.Puppet/{method}");
+        self.asked.lock().unwrap().iter().filter(|p| **p == path).count()
+    }
+}
+
+impl Drop for NoUploadDownload {
+    fn drop(&mut self) {
+        self.serving.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_mib_both_ways_through_the_deprecated_streams_when_the_upstream_lacks_upload_and_download() {
+    const SIZE: usize = 10 << 20;
+    let upstream = Server::start(&[]);
+    let old = NoUploadDownload::start(upstream.addr).await;
+    let front = start_front(&old.addr.to_string(), &[]);
+    let mut up = upstream.puppet().await;
+    let mut ours = front.puppet().await;
+    Events::open(&mut ours).await.wait_for(kind::LOGIN).await;
+
+    // Down: the upstream answers MessageFile with its own Uuid; Download is refused, so we fetch
+    // the bytes with MessageFileStream, and the next time (MessageImage) go to the stream at once.
+    let (theirs, digest) = upload(&mut up, 5, SIZE).await;
+    let file_box = serde_json::json!({"type": 7, "boxType": 7, "uuid": theirs, "name": "down.png"}).to_string();
+    let said = up
+        .message_send_file(pb::MessageSendFileRequest { conversation_id: "wxid_alice".into(), file_box })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let fb = ours.message_file(pb::MessageFileRequest { id: said.clone() }).await.unwrap().into_inner().file_box;
+    let v: serde_json::Value = serde_json::from_str(&fb).unwrap();
+    assert_eq!(v["name"], "down.png", "{v}");
+    let (got, size, largest) = download(&mut ours, &uuid_of(&fb)).await;
+    assert_eq!((got, size), (digest.clone(), SIZE));
+    assert!(largest <= 4 << 20, "a chunk of {largest} bytes");
+    assert_eq!((old.asked("Download"), old.asked("MessageFileStream")), (1, 1));
+    let image = pb::MessageImageRequest { id: said.clone(), r#type: pb::ImageType::Hd as i32 };
+    let fb = ours.message_image(image).await.unwrap().into_inner().file_box;
+    let (got, size, _) = download(&mut ours, &uuid_of(&fb)).await;
+    assert_eq!((got, size), (digest, SIZE));
+    assert_eq!(
+        (old.asked("Download"), old.asked("MessageImage"), old.asked("MessageImageStream")),
+        (1, 0, 1),
+        "the second fetch goes to the stream at once"
+    );
+
+    // Up: our client uploads 10 MiB to us and sends it; Upload is refused, so the bytes go with
+    // MessageSendFileStream, and the next send goes there at once. The upstream holds them.
+    let (id, digest) = upload(&mut ours, 11, SIZE).await;
+    for round in 1..=2 {
+        let file_box =
+            serde_json::json!({"type": 7, "boxType": 7, "uuid": id, "name": "up.bin", "size": SIZE}).to_string();
+        let sent = ours
+            .message_send_file(pb::MessageSendFileRequest { conversation_id: "wxid_alice".into(), file_box })
+            .await
+            .unwrap()
+            .into_inner()
+            .id;
+        assert!(!sent.is_empty(), "the upstream's message id comes back");
+        assert_eq!((old.asked("Upload"), old.asked("MessageSendFileStream")), (1, round));
+        let fb = up.message_file(pb::MessageFileRequest { id: sent }).await.unwrap().into_inner().file_box;
+        let v: serde_json::Value = serde_json::from_str(&fb).unwrap();
+        assert_eq!(v["name"], "up.bin", "{v}");
+        let (got, size, _) = download(&mut up, &uuid_of(&fb)).await;
+        assert_eq!((got, size), (digest.clone(), SIZE), "round {round}");
+    }
+
+    // A message the upstream does not have: NOT_FOUND naming it, through the stream too.
+    let e = ours.message_file(pb::MessageFileRequest { id: "no-such-message".into() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("no-such-message"), "{e:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_tls_with_the_upstreams_ca_and_server_name() {
     let upstream = Server::start(&["--tls-self-signed", "puppet-upstream"]);

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 
 use super::Upstream;
 use super::cache::{MEMBERS_KEPT, RoomMembers};
+use super::files::FileOf;
 use crate::backend::{Backend, BackendError, BackendResult, Outgoing, Referrer};
 
 /// The id a "sent" answer carries, in whichever field the upstream filled.
@@ -150,7 +151,7 @@ impl Backend for Upstream {
     }
 
     async fn set_contact_avatar(&self, id: &ContactId, file: FileBox) -> BackendResult<()> {
-        let json = self.export(file).await?.to_json();
+        let json = self.export(&file).await?.to_json();
         let req = pb::ContactAvatarRequest {
             id: id.to_string(),
             file_box: Some(json.clone()),
@@ -285,19 +286,11 @@ impl Backend for Upstream {
     }
 
     async fn message_file(&self, id: &MessageId) -> BackendResult<FileBox> {
-        let req = pb::MessageFileRequest { id: id.to_string() };
-        let r = self
-            .call("message_file", Some(("message", id.as_str())), |mut c| async move { c.message_file(req).await })
-            .await?;
-        self.adopt(file_box("message_file", &r.file_box)?).await
+        self.message_file_box(FileOf::File(id.as_str())).await
     }
 
     async fn message_image(&self, id: &MessageId, kind: ImageType) -> BackendResult<FileBox> {
-        let req = pb::MessageImageRequest { id: id.to_string(), r#type: kind.wire() };
-        let r = self
-            .call("message_image", Some(("message", id.as_str())), |mut c| async move { c.message_image(req).await })
-            .await?;
-        self.adopt(file_box("message_image", &r.file_box)?).await
+        self.message_file_box(FileOf::Image(id.as_str(), kind.wire())).await
     }
 
     async fn message_mini_program(&self, id: &MessageId) -> BackendResult<MiniProgram> {
@@ -380,7 +373,17 @@ impl Backend for Upstream {
                     .map(|r| sent(r.id, r.id_string_value_deprecated))
             }
             Outgoing::File(file) => {
-                let file_box = self.export(file).await?.to_json();
+                let file_box = match self.export(&file).await {
+                    Ok(fb) => fb.to_json(),
+                    // The upstream lacks `Upload`: the deprecated stream carries the bytes instead.
+                    Err(BackendError::Unsupported("upload")) => {
+                        return self
+                            .send_by_stream(to.as_str(), &file)
+                            .await
+                            .map(|r| sent(r.id, r.id_string_value_deprecated));
+                    }
+                    Err(e) => return Err(e),
+                };
                 let req = pb::MessageSendFileRequest { conversation_id, file_box };
                 self.call("send", subject, |mut c| async move { c.message_send_file(req).await })
                     .await

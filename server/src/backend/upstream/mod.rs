@@ -13,7 +13,9 @@
 //!   upstream says DIRTY ([`cache`]; `--upstream-cache false` turns it off).
 //! * Files ([`files`]): FileBoxes the upstream returns with its own Uuid are downloaded into our
 //!   blob store and re-served under ours; ours are uploaded before a send. Every message to the
-//!   upstream stays below 4 MiB (uploads go in 256 KiB chunks).
+//!   upstream stays below 4 MiB (uploads go in 256 KiB chunks). An upstream without
+//!   `Upload`/`Download` gets the deprecated `MessageSendFileStream`/`MessageFileStream`/
+//!   `MessageImageStream` instead, remembered per connection.
 //! * `Stop` from our clients does not stop the upstream (that would end the WeChat session there);
 //!   `Logout` is forwarded only while logged in (clients echo a LOGOUT back as a Logout call).
 
@@ -53,6 +55,8 @@ struct Inner {
     store: Store,
     /// The stub over the current connection; `None` while disconnected.
     client: Mutex<Option<UpstreamClient>>,
+    /// What the current connection's upstream answered `UNIMPLEMENTED` to (see [`files`]).
+    lacks: Mutex<files::Lacks>,
     /// True while the upstream's event stream is open and has shown a login (see [`stream`]).
     serving: watch::Sender<bool>,
     /// Set once a client (or autostart) called `Start`: the stream calls it again after a reconnect.
@@ -111,6 +115,7 @@ impl Upstream {
                 blobs,
                 store,
                 client: Mutex::new(None),
+                lacks: Mutex::new(files::Lacks::default()),
                 serving: watch::Sender::new(false),
                 started: AtomicBool::new(false),
                 wake: Notify::new(),

@@ -144,6 +144,8 @@ async fn session(up: &Upstream, reconnect: bool, connected: &mut bool) -> Ended 
         Ok(Ok(r)) => r.into_inner(),
     };
     *super::Upstream::lock(&up.inner.client) = Some(client.clone());
+    // A new connection may reach another service: ask it again for `Upload`/`Download`.
+    *super::Upstream::lock(&up.inner.lacks) = super::files::Lacks::default();
     *connected = true;
     if reconnect {
         up.bump_generation();
