@@ -293,6 +293,24 @@ impl FakeIlink {
         inject(&self.shared, token, from, vec![json!({"type": 1, "text_item": {"text": text}})])
     }
 
+    /// Queues an inbound text that quotes another message (`ref_msg` with `svr_id`, `title` and,
+    /// when given, the quoted text as its item); its context token.
+    pub fn inject_quote(
+        &self,
+        token: &str,
+        from: &str,
+        text: &str,
+        svr_id: &str,
+        title: &str,
+        quoted: Option<&str>,
+    ) -> String {
+        let mut r = json!({"svr_id": svr_id, "title": title});
+        if let Some(q) = quoted {
+            r["message_item"] = json!({"type": 1, "text_item": {"text": q}});
+        }
+        inject(&self.shared, token, from, vec![json!({"type": 1, "text_item": {"text": text}, "ref_msg": r})])
+    }
+
     /// Queues an inbound image (encrypted into the CDN with a fresh key); its context token.
     pub fn inject_image(&self, token: &str, from: &str, plain: &[u8]) -> String {
         let item = self.shared.with(|s| {

@@ -371,6 +371,36 @@ mod server {
         _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A message quoting another carries the quote the way Wechaty's puppets show it in text
+    /// (`「who: quoted」` and a dashed line): with the quoted text iLink sent, and, for a quote that
+    /// names only an earlier message kept here, that message's sender and text.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quoted_messages_keep_their_reference_in_the_text() {
+        let fake = FakeIlink::start(3_000).await;
+        let token = fake.mint_token();
+        let server = start(&fake, &[("PUPPET_ILINK_BOT_TOKEN", token.clone())]);
+        let mut p = server.puppet().await;
+        let mut events = Events::open(&mut p).await;
+        events.wait_for(kind::LOGIN).await;
+        fake.inject_text(&token, ALICE, "the original");
+        let first = events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
+        let svr_id = first.strip_prefix("ilink-").unwrap().to_owned();
+
+        fake.inject_quote(&token, ALICE, "my answer", "999", "", Some("what was said"));
+        let id = events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
+        let m = payload(&mut p, &id).await;
+        assert_eq!(m.text, "「what was said」\n- - - - - - - - - - - - - - -\nmy answer");
+        assert_eq!(m.r#type, MessageType::Text.wire());
+
+        fake.inject_quote(&token, ALICE, "and again", &svr_id, "", None);
+        let id = events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
+        let who = ALICE.split('@').next().unwrap();
+        assert_eq!(
+            payload(&mut p, &id).await.text,
+            format!("「{who}: the original」\n- - - - - - - - - - - - - - -\nand again")
+        );
+    }
+
     /// A stale token (-14) is a LOGOUT with the reason, then a fresh login QR.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stale_token_logs_out_and_shows_a_new_qr() {
