@@ -328,6 +328,42 @@ mod server {
         assert!(scan["qrcode"].as_str().unwrap().contains(&fake.qr(2).await));
     }
 
+    /// The QR states that need the phone: `need_verifycode` is a SCAN Scanned naming what the phone
+    /// asks; `verify_code_blocked` a SCAN Timeout and a new QR; `binded_redirect` a SCAN Cancel and an
+    /// ERROR telling to give the earlier token, with no new QR fetched.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verify_code_and_bound_bot_qr_states() {
+        let fake = FakeIlink::start(3_000).await;
+        let server = start(&fake, &[]);
+        let mut p = server.puppet().await;
+        let mut events = Events::open(&mut p).await;
+        assert_eq!(events.wait_for(kind::SCAN).await["status"], 2);
+        let qr0 = fake.qr(0).await;
+
+        fake.set_qr(&qr0, "need_verifycode");
+        let scan = events.wait_for(kind::SCAN).await;
+        assert_eq!(scan["status"], 3, "{scan}");
+        let data = scan["data"].as_str().unwrap();
+        assert!(data.starts_with("need_verifycode") && data.contains("new one follows"), "{scan}");
+
+        fake.set_qr(&qr0, "verify_code_blocked");
+        let scan = events.wait_for(kind::SCAN).await;
+        assert_eq!((scan["status"].as_i64(), scan["data"].as_str()), (Some(5), Some("verify_code_blocked")), "{scan}");
+        let scan = events.wait_for(kind::SCAN).await;
+        assert_eq!(scan["status"], 2, "{scan}");
+        let qr1 = fake.qr(1).await;
+        assert!(scan["qrcode"].as_str().unwrap().contains(&qr1), "{scan}");
+
+        fake.set_qr(&qr1, "binded_redirect");
+        let scan = events.wait_for(kind::SCAN).await;
+        assert_eq!((scan["status"].as_i64(), scan["data"].as_str()), (Some(1), Some("binded_redirect")), "{scan}");
+        let error = events.wait_for(kind::ERROR).await;
+        let data = error["data"].as_str().unwrap();
+        assert!(data.contains("binded_redirect") && data.contains("PUPPET_ILINK_BOT_TOKEN"), "{error}");
+        // The login ended: no third QR was fetched.
+        assert_eq!(fake.qr_count(), 2);
+    }
+
     /// A token given at start skips the QR; a restart resumes from the stored token and cursor:
     /// a message that arrived while down comes once, nothing before it again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
