@@ -364,6 +364,72 @@ mod server {
         assert_eq!(fake.qr_count(), 2);
     }
 
+    /// Failed `getupdates` polls are retried after a pause (2 s, the reference client's), and the
+    /// poller recovers: a message queued after the failures arrives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_polls_back_off_and_recover() {
+        let fake = FakeIlink::start(3_000).await;
+        let token = fake.mint_token();
+        let server = start(&fake, &[("PUPPET_ILINK_BOT_TOKEN", token.clone())]);
+        let mut p = server.puppet().await;
+        let mut events = Events::open(&mut p).await;
+        events.wait_for(kind::LOGIN).await;
+        fake.wait_polling(&token).await;
+        // The held poll answers with this message; the next two fail.
+        fake.fail_polls(2);
+        fake.inject_text(&token, ALICE, "before");
+        let id = events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
+        assert_eq!(payload(&mut p, &id).await.text, "before");
+        fake.inject_text(&token, ALICE, "after");
+        let id = events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
+        assert_eq!(payload(&mut p, &id).await.text, "after");
+
+        let polls: Vec<_> = fake.calls().into_iter().filter(|c| c.path == "ilink/bot/getupdates").collect();
+        let first_failed = polls.iter().position(|c| c.failed).expect("a failed poll");
+        let tail = &polls[first_failed..];
+        assert!(tail.len() >= 3 && tail[0].failed && tail[1].failed && !tail[2].failed, "{tail:?}");
+        for pair in tail[..3].windows(2) {
+            let gap = pair[1].at - pair[0].at;
+            assert!(gap >= std::time::Duration::from_millis(1_900), "retried after {gap:?}, before the pause");
+        }
+    }
+
+    /// With a tiny session window (PUPPET_ILINK_SESSION_WINDOW_SECS=1), a send once the window has
+    /// closed is refused with FAILED_PRECONDITION naming when it reopens; the user writing reopens it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_session_window_closes_and_reopens() {
+        let fake = FakeIlink::start(3_000).await;
+        let token = fake.mint_token();
+        let server = start(
+            &fake,
+            &[("PUPPET_ILINK_BOT_TOKEN", token.clone()), ("PUPPET_ILINK_SESSION_WINDOW_SECS", "1".into())],
+        );
+        let mut p = server.puppet().await;
+        let mut events = Events::open(&mut p).await;
+        events.wait_for(kind::LOGIN).await;
+        fake.inject_text(&token, ALICE, "hi");
+        events.wait_for(kind::MESSAGE).await;
+        // Sends until the first refusal (bounded: the window is 1 s, the quota 10 per message).
+        let refused = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match say(&mut p, ALICE, "still there?").await {
+                    Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(300)).await,
+                    Err(e) => break e,
+                }
+            }
+        })
+        .await
+        .expect("the window closes within 10 s");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        let m = refused.message();
+        assert!(m.contains("session window") && m.contains("reopens when they write again"), "{m}");
+        assert!(fake.sent(&token).len() < REPLIES_PER_MESSAGE as usize, "refused by the window, not the quota");
+
+        fake.inject_text(&token, ALICE, "back");
+        events.wait_for(kind::MESSAGE).await;
+        say(&mut p, ALICE, "welcome back").await.unwrap();
+    }
+
     /// A token given at start skips the QR; a restart resumes from the stored token and cursor:
     /// a message that arrived while down comes once, nothing before it again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
