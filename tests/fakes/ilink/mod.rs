@@ -83,6 +83,10 @@ pub struct Call {
     pub headers: BTreeMap<String, String>,
     /// The JSON body (`null` for GETs and the CDN).
     pub body: Value,
+    /// When it arrived.
+    pub at: std::time::Instant,
+    /// Whether the fake answered this `getupdates` with HTTP 500 on purpose (`fail_polls`).
+    pub failed: bool,
 }
 
 /// A file that arrived through the CDN, decrypted.
@@ -141,6 +145,8 @@ struct FakeState {
     poll_timeout_ms: u64,
     /// Held `getupdates` requests right now, per token.
     polling: HashMap<String, u32>,
+    /// `getupdates` calls still to be answered with HTTP 500.
+    fail_polls: u32,
 }
 
 impl FakeState {
@@ -293,6 +299,24 @@ impl FakeIlink {
         inject(&self.shared, token, from, vec![json!({"type": 1, "text_item": {"text": text}})])
     }
 
+    /// Queues an inbound text that quotes another message (`ref_msg` with `svr_id`, `title` and,
+    /// when given, the quoted text as its item); its context token.
+    pub fn inject_quote(
+        &self,
+        token: &str,
+        from: &str,
+        text: &str,
+        svr_id: &str,
+        title: &str,
+        quoted: Option<&str>,
+    ) -> String {
+        let mut r = json!({"svr_id": svr_id, "title": title});
+        if let Some(q) = quoted {
+            r["message_item"] = json!({"type": 1, "text_item": {"text": q}});
+        }
+        inject(&self.shared, token, from, vec![json!({"type": 1, "text_item": {"text": text}, "ref_msg": r})])
+    }
+
     /// Queues an inbound image (encrypted into the CDN with a fresh key); its context token.
     pub fn inject_image(&self, token: &str, from: &str, plain: &[u8]) -> String {
         let item = self.shared.with(|s| {
@@ -356,6 +380,11 @@ impl FakeIlink {
     /// Waits until a `getupdates` with `token` is being held (the poller is caught up).
     pub async fn wait_polling(&self, token: &str) {
         self.wait("a held getupdates", |s| s.polling.get(token).is_some_and(|n| *n > 0).then_some(())).await
+    }
+
+    /// Answers the next `n` `getupdates` calls with HTTP 500.
+    pub fn fail_polls(&self, n: u32) {
+        self.shared.with(|s| s.fail_polls = n);
     }
 
     /// Every file that arrived through the CDN, decrypted.
@@ -423,7 +452,16 @@ fn record(shared: &Shared, path: &str, headers: &HeaderMap, body: &Value) -> Opt
             hs.insert(name.to_string(), v.to_string());
         }
     }
-    shared.with(|s| s.calls.push(Call { path: path.into(), token: token.clone(), headers: hs, body: body.clone() }));
+    shared.with(|s| {
+        s.calls.push(Call {
+            path: path.into(),
+            token: token.clone(),
+            headers: hs,
+            body: body.clone(),
+            at: std::time::Instant::now(),
+            failed: false,
+        })
+    });
     token
 }
 
@@ -537,6 +575,19 @@ async fn getupdates(State(shared): State<Shared>, headers: HeaderMap, body: Byte
         Ok(v) => v,
         Err(r) => return *r,
     };
+    let fail = shared.with(|s| {
+        let fail = s.fail_polls > 0;
+        if fail {
+            s.fail_polls -= 1;
+            if let Some(c) = s.calls.iter_mut().rev().find(|c| c.path == "ilink/bot/getupdates") {
+                c.failed = true;
+            }
+        }
+        fail
+    });
+    if fail {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "failing on purpose").into_response();
+    }
     let from = cursor_of(req.get("get_updates_buf").and_then(Value::as_str).unwrap_or(""));
     let mut rx = shared.changed.subscribe();
     let timeout = shared.state.lock().unwrap().poll_timeout_ms;

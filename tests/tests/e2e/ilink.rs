@@ -328,6 +328,108 @@ mod server {
         assert!(scan["qrcode"].as_str().unwrap().contains(&fake.qr(2).await));
     }
 
+    /// The QR states that need the phone: `need_verifycode` is a SCAN Scanned naming what the phone
+    /// asks; `verify_code_blocked` a SCAN Timeout and a new QR; `binded_redirect` a SCAN Cancel and an
+    /// ERROR telling to give the earlier token, with no new QR fetched.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verify_code_and_bound_bot_qr_states() {
+        let fake = FakeIlink::start(3_000).await;
+        let server = start(&fake, &[]);
+        let mut p = server.puppet().await;
+        let mut events = Events::open(&mut p).await;
+        assert_eq!(events.wait_for(kind::SCAN).await["status"], 2);
+        let qr0 = fake.qr(0).await;
+
+        fake.set_qr(&qr0, "need_verifycode");
+        let scan = events.wait_for(kind::SCAN).await;
+        assert_eq!(scan["status"], 3, "{scan}");
+        let data = scan["data"].as_str().unwrap();
+        assert!(data.starts_with("need_verifycode") && data.contains("new one follows"), "{scan}");
+
+        fake.set_qr(&qr0, "verify_code_blocked");
+        let scan = events.wait_for(kind::SCAN).await;
+        assert_eq!((scan["status"].as_i64(), scan["data"].as_str()), (Some(5), Some("verify_code_blocked")), "{scan}");
+        let scan = events.wait_for(kind::SCAN).await;
+        assert_eq!(scan["status"], 2, "{scan}");
+        let qr1 = fake.qr(1).await;
+        assert!(scan["qrcode"].as_str().unwrap().contains(&qr1), "{scan}");
+
+        fake.set_qr(&qr1, "binded_redirect");
+        let scan = events.wait_for(kind::SCAN).await;
+        assert_eq!((scan["status"].as_i64(), scan["data"].as_str()), (Some(1), Some("binded_redirect")), "{scan}");
+        let error = events.wait_for(kind::ERROR).await;
+        let data = error["data"].as_str().unwrap();
+        assert!(data.contains("binded_redirect") && data.contains("PUPPET_ILINK_BOT_TOKEN"), "{error}");
+        // The login ended: no third QR was fetched.
+        assert_eq!(fake.qr_count(), 2);
+    }
+
+    /// Failed `getupdates` polls are retried after a pause (2 s, the reference client's), and the
+    /// poller recovers: a message queued after the failures arrives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_polls_back_off_and_recover() {
+        let fake = FakeIlink::start(3_000).await;
+        let token = fake.mint_token();
+        let server = start(&fake, &[("PUPPET_ILINK_BOT_TOKEN", token.clone())]);
+        let mut p = server.puppet().await;
+        let mut events = Events::open(&mut p).await;
+        events.wait_for(kind::LOGIN).await;
+        fake.wait_polling(&token).await;
+        // The held poll answers with this message; the next two fail.
+        fake.fail_polls(2);
+        fake.inject_text(&token, ALICE, "before");
+        let id = events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
+        assert_eq!(payload(&mut p, &id).await.text, "before");
+        fake.inject_text(&token, ALICE, "after");
+        let id = events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
+        assert_eq!(payload(&mut p, &id).await.text, "after");
+
+        let polls: Vec<_> = fake.calls().into_iter().filter(|c| c.path == "ilink/bot/getupdates").collect();
+        let first_failed = polls.iter().position(|c| c.failed).expect("a failed poll");
+        let tail = &polls[first_failed..];
+        assert!(tail.len() >= 3 && tail[0].failed && tail[1].failed && !tail[2].failed, "{tail:?}");
+        for pair in tail[..3].windows(2) {
+            let gap = pair[1].at - pair[0].at;
+            assert!(gap >= std::time::Duration::from_millis(1_900), "retried after {gap:?}, before the pause");
+        }
+    }
+
+    /// With a tiny session window (PUPPET_ILINK_SESSION_WINDOW_SECS=1), a send once the window has
+    /// closed is refused with FAILED_PRECONDITION naming when it reopens; the user writing reopens it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_session_window_closes_and_reopens() {
+        let fake = FakeIlink::start(3_000).await;
+        let token = fake.mint_token();
+        let server = start(
+            &fake,
+            &[("PUPPET_ILINK_BOT_TOKEN", token.clone()), ("PUPPET_ILINK_SESSION_WINDOW_SECS", "1".into())],
+        );
+        let mut p = server.puppet().await;
+        let mut events = Events::open(&mut p).await;
+        events.wait_for(kind::LOGIN).await;
+        fake.inject_text(&token, ALICE, "hi");
+        events.wait_for(kind::MESSAGE).await;
+        // Sends until the first refusal (bounded: the window is 1 s, the quota 10 per message).
+        let refused = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match say(&mut p, ALICE, "still there?").await {
+                    Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(300)).await,
+                    Err(e) => break e,
+                }
+            }
+        })
+        .await
+        .expect("the window closes within 10 s");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        let m = refused.message();
+        assert!(m.contains("session window") && m.contains("reopens when they write again"), "{m}");
+        assert!(fake.sent(&token).len() < REPLIES_PER_MESSAGE as usize, "refused by the window, not the quota");
+
+        fake.inject_text(&token, ALICE, "back");
+        events.wait_for(kind::MESSAGE).await;
+        say(&mut p, ALICE, "welcome back").await.unwrap();
+    }
+
     /// A token given at start skips the QR; a restart resumes from the stored token and cursor:
     /// a message that arrived while down comes once, nothing before it again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,6 +471,36 @@ mod server {
         assert_eq!(fake.qr_count(), 0);
         drop(server);
         _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A message quoting another carries the quote the way Wechaty's puppets show it in text
+    /// (`「who: quoted」` and a dashed line): with the quoted text iLink sent, and, for a quote that
+    /// names only an earlier message kept here, that message's sender and text.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quoted_messages_keep_their_reference_in_the_text() {
+        let fake = FakeIlink::start(3_000).await;
+        let token = fake.mint_token();
+        let server = start(&fake, &[("PUPPET_ILINK_BOT_TOKEN", token.clone())]);
+        let mut p = server.puppet().await;
+        let mut events = Events::open(&mut p).await;
+        events.wait_for(kind::LOGIN).await;
+        fake.inject_text(&token, ALICE, "the original");
+        let first = events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
+        let svr_id = first.strip_prefix("ilink-").unwrap().to_owned();
+
+        fake.inject_quote(&token, ALICE, "my answer", "999", "", Some("what was said"));
+        let id = events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
+        let m = payload(&mut p, &id).await;
+        assert_eq!(m.text, "「what was said」\n- - - - - - - - - - - - - - -\nmy answer");
+        assert_eq!(m.r#type, MessageType::Text.wire());
+
+        fake.inject_quote(&token, ALICE, "and again", &svr_id, "", None);
+        let id = events.wait_for(kind::MESSAGE).await["messageId"].as_str().unwrap().to_owned();
+        let who = ALICE.split('@').next().unwrap();
+        assert_eq!(
+            payload(&mut p, &id).await.text,
+            format!("「{who}: the original」\n- - - - - - - - - - - - - - -\nand again")
+        );
     }
 
     /// A stale token (-14) is a LOGOUT with the reason, then a fresh login QR.

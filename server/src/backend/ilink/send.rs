@@ -325,5 +325,8 @@ mod tests {
         assert_eq!(media_type_of("a.PNG"), MediaType::Image);
         assert_eq!(media_type_of("clip.mp4"), MediaType::Video);
         assert_eq!(media_type_of("doc"), MediaType::File);
+        // Voice goes out as a file, as the reference client sends audio (README).
+        assert_eq!(media_type_of("voice.silk"), MediaType::File);
+        assert_eq!(media_type_of("note.mp3"), MediaType::File);
     }
 }

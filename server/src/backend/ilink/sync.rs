@@ -130,6 +130,14 @@ impl Ilink {
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "could not check an iLink message against the store"),
             }
+            if let Some(q) = stored.quote.as_ref().filter(|_| stored.message.kind == MessageType::Text) {
+                let quoted = match quote_ref(q) {
+                    Some(r) => self.stored(&MessageId(format!("ilink-{r}"))).await.ok(),
+                    None => None,
+                };
+                let prefix = quote_prefix(q, quoted.as_ref().map(|s| &s.message));
+                stored.message.text.insert_str(0, &prefix);
+            }
             stored.message.id = mid.clone();
             stored.message.talker_id = ContactId(from.to_owned());
             stored.message.listener_id = ContactId(session.bot_id.clone());
@@ -165,6 +173,50 @@ impl Ilink {
         for id in emitted {
             self.emit(PuppetEvent::Message(MessageEvent { message_id: id }));
         }
+    }
+}
+
+/// The quoted message's id as iLink names it (`svr_id`, else the quoted item's `msg_id`).
+fn quote_ref(q: &Value) -> Option<String> {
+    let r = q.get("svr_id").or_else(|| q.get("message_item").and_then(|i| i.get("msg_id")));
+    id_text(r).map(|r| r.trim().to_owned()).filter(|r| !r.is_empty() && r.len() <= 64)
+}
+
+/// The longest quoted text kept in a quote's prefix, in characters.
+const MAX_QUOTE: usize = 512;
+
+/// The text WeChat shows above a reply that quotes another message, as Wechaty's puppets put it in a
+/// text message (`「who: quoted」` and a dashed line): Wechaty's MessagePayload has no quote field.
+/// The quoted text is what iLink sent (`title`, and the quoted item's text or kind, joined as the
+/// reference client joins them), else the text of the quoted message kept here; `who` is its sender's
+/// name when that message is kept here.
+fn quote_prefix(q: &Value, kept: Option<&Message>) -> String {
+    let mut parts = Vec::new();
+    if let Some(t) = q.get("title").and_then(Value::as_str).map(str::trim).filter(|t| !t.is_empty()) {
+        parts.push(t.to_owned());
+    }
+    if let Some(item) = q.get("message_item").filter(|i| i.is_object()) {
+        let body = match item.get("type").and_then(Value::as_i64) {
+            Some(1) => item.pointer("/text_item/text").and_then(Value::as_str).unwrap_or("").to_owned(),
+            Some(3) => item.pointer("/voice_item/text").and_then(Value::as_str).map_or("[voice]", |t| t).to_owned(),
+            Some(2) => "[image]".to_owned(),
+            Some(4) => "[file]".to_owned(),
+            Some(5) => "[video]".to_owned(),
+            _ => String::new(),
+        };
+        if !body.is_empty() && !parts.contains(&body) {
+            parts.push(body);
+        }
+    }
+    if parts.is_empty() {
+        parts.push(kept.map(|m| m.text.clone()).filter(|t| !t.is_empty()).unwrap_or_else(|| "[message]".to_owned()));
+    }
+    let body: String = parts.join(" | ").chars().take(MAX_QUOTE).collect();
+    let who = kept.map(|m| m.talker_id.as_str().split('@').next().unwrap_or("").to_owned()).unwrap_or_default();
+    if who.is_empty() {
+        format!("「{body}」\n- - - - - - - - - - - - - - -\n")
+    } else {
+        format!("「{who}: {body}」\n- - - - - - - - - - - - - - -\n")
     }
 }
 
@@ -238,5 +290,17 @@ mod tests {
         let file = map_item(&json!({"type": 4, "file_item": {"file_name": "../a\u{1}.pdf"}})).unwrap();
         assert_eq!(file.message.filename, "..a.pdf");
         assert!(map_item(&json!({"type": 11})).is_none());
+    }
+
+    #[test]
+    fn quotes_become_the_prefix_wechat_shows() {
+        let q = json!({"title": "t", "message_item": {"type": 1, "text_item": {"text": "quoted"}}});
+        assert_eq!(quote_prefix(&q, None), "「t | quoted」\n- - - - - - - - - - - - - - -\n");
+        let kept =
+            Message { talker_id: ContactId("o9alice@im.wechat".into()), text: "earlier".into(), ..Default::default() };
+        let q = json!({"svr_id": "42"});
+        assert_eq!(quote_ref(&q).as_deref(), Some("42"));
+        assert_eq!(quote_prefix(&q, Some(&kept)), "「o9alice: earlier」\n- - - - - - - - - - - - - - -\n");
+        assert_eq!(quote_ref(&json!({"message_item": {"msg_id": 7}})).as_deref(), Some("7"));
     }
 }
