@@ -117,7 +117,11 @@ async fn scan_in(fake: &FakeWeb, events: &mut Events) -> String {
     assert_eq!(qr, format!("https://login.weixin.qq.com/l/{uuid}"));
     fake.wait("the login poll", |s| s.login == Some(LoginState::Waiting) && s.calls.contains_key("login")).await;
     fake.scan().await;
-    events.wait_until(kind::SCAN, |p| p["status"] == 3).await;
+    let scanned = events.wait_until(kind::SCAN, |p| p["status"] == 3).await;
+    // The 201's `window.userAvatar` (the phone's avatar) rides in the scan payload's `data`.
+    use base64::Engine;
+    let avatar = base64::engine::general_purpose::STANDARD.encode(puppet_tests::fake_web::TINY_PNG);
+    assert_eq!(scanned["data"], format!("data:img/jpg;base64,{avatar}"), "{scanned}");
     fake.confirm().await;
     events.wait_until(kind::SCAN, |p| p["status"] == 4).await;
     let login = events.wait_for(kind::LOGIN).await;
