@@ -117,7 +117,11 @@ async fn scan_in(fake: &FakeWeb, events: &mut Events) -> String {
     assert_eq!(qr, format!("https://login.weixin.qq.com/l/{uuid}"));
     fake.wait("the login poll", |s| s.login == Some(LoginState::Waiting) && s.calls.contains_key("login")).await;
     fake.scan().await;
-    events.wait_until(kind::SCAN, |p| p["status"] == 3).await;
+    let scanned = events.wait_until(kind::SCAN, |p| p["status"] == 3).await;
+    // The 201's `window.userAvatar` (the phone's avatar) rides in the scan payload's `data`.
+    use base64::Engine;
+    let avatar = base64::engine::general_purpose::STANDARD.encode(puppet_tests::fake_web::TINY_PNG);
+    assert_eq!(scanned["data"], format!("data:img/jpg;base64,{avatar}"), "{scanned}");
     fake.confirm().await;
     events.wait_until(kind::SCAN, |p| p["status"] == 4).await;
     let login = events.wait_for(kind::LOGIN).await;
@@ -301,6 +305,19 @@ async fn messages_of_every_kind_arrive_and_go_out() {
     assert_eq!((m.r#type, m.filename.as_str()), (1, "report.pdf"));
     let fb = p.message_file(pb::MessageFileRequest { id: m.id.clone() }).await.unwrap().into_inner();
     assert_eq!(download(&mut p, &fb.file_box).await, doc);
+    // Forwarding the file resends it by the original's MediaId with Scene 2, no upload.
+    let media_id = fake.calls("webwxgetmedia").pop().unwrap().query["mediaid"].clone();
+    let uploads = fake.uploads().len();
+    let bob = contact_named(&mut p, "Bob").await;
+    p.message_forward(pb::MessageForwardRequest { message_id: m.id.clone(), conversation_id: bob }).await.unwrap();
+    let fwd = fake.calls("webwxsendappmsg").pop().unwrap();
+    let content = fwd.body["Msg"]["Content"].as_str().unwrap();
+    assert!(content.contains(&format!("<attachid>{media_id}</attachid>")), "{content}");
+    assert!(content.contains("<title>report.pdf</title>"), "{content}");
+    assert!(content.contains(&format!("<totallen>{}</totallen>", doc.len())), "{content}");
+    assert_eq!(fwd.body["Scene"], 2);
+    assert_eq!(fwd.body["Msg"]["ToUserName"], fake.at_id("wxid_bob").as_str());
+    assert_eq!(fake.uploads().len(), uploads);
 
     // Link share and mini program.
     fake.inject(Inject::Url {
@@ -420,7 +437,12 @@ async fn messages_of_every_kind_arrive_and_go_out() {
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let big: Vec<u8> = (0..700_000u32).map(|i| (i % 253) as u8).collect();
     let fb = serde_json::json!({"type": 1, "name": "photo.jpg", "base64": b64(&big)}).to_string();
-    p.message_send_file(pb::MessageSendFileRequest { conversation_id: alice.clone(), file_box: fb }).await.unwrap();
+    let photo = p
+        .message_send_file(pb::MessageSendFileRequest { conversation_id: alice.clone(), file_box: fb })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
     let up = fake.uploads().pop().unwrap();
     assert_eq!((up.chunks, up.mediatype.as_str(), up.bytes.len()), (2, "pic", big.len()));
     assert_eq!(up.bytes, big);
@@ -429,6 +451,17 @@ async fn messages_of_every_kind_arrive_and_go_out() {
         (img.body["Msg"]["Type"].as_u64(), img.body["Msg"]["MediaId"].as_str()),
         (Some(3), Some(up.media_id.as_str()))
     );
+    // Forwarding the image resends the same MediaId (Scene 2) without uploading again.
+    let uploads = fake.uploads().len();
+    let bob_id = contact_named(&mut p, "Bob").await;
+    p.message_forward(pb::MessageForwardRequest { message_id: photo, conversation_id: bob_id }).await.unwrap();
+    let fwd = fake.calls("webwxsendmsgimg").pop().unwrap();
+    assert_eq!(
+        (fwd.body["Msg"]["Type"].as_u64(), fwd.body["Msg"]["MediaId"].as_str(), fwd.body["Scene"].as_u64()),
+        (Some(3), Some(up.media_id.as_str()), Some(2))
+    );
+    assert_eq!(fwd.body["Msg"]["ToUserName"], fake.at_id("wxid_bob").as_str());
+    assert_eq!(fake.uploads().len(), uploads);
 
     let fb = serde_json::json!({"type": 1, "name": "notes.txt", "base64": b64(b"some notes")}).to_string();
     p.message_send_file(pb::MessageSendFileRequest { conversation_id: alice.clone(), file_box: fb }).await.unwrap();

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use puppet_proto::event::{ErrorEvent, LoginEvent, PuppetEvent};
+use puppet_proto::event::{ErrorEvent, LoginEvent, PuppetEvent, ScanEvent};
 use puppet_proto::ids::ContactId;
 use puppet_proto::model::ScanStatus;
 use serde_json::{Value, json};
@@ -190,7 +190,15 @@ impl WebBackend {
                     Some(201) => {
                         if !scanned {
                             scanned = true;
-                            self.emit(PuppetEvent::scan(ScanStatus::Scanned, None));
+                            // The phone's avatar (a `data:` URL) rides in the scan payload's `data`, as
+                            // puppet-wechat4u and puppet-wechat do.
+                            let avatar =
+                                js_single_quoted(&a.text, "window.userAvatar = ").filter(|v| v.starts_with("data:"));
+                            self.emit(PuppetEvent::Scan(ScanEvent {
+                                status: ScanStatus::Scanned.wire(),
+                                qrcode: None,
+                                data: avatar,
+                            }));
                         }
                     }
                     Some(200) => {
@@ -419,6 +427,13 @@ fn js_string(text: &str, prefix: &str) -> Option<String> {
     Some(rest[..rest.find('"')?].to_owned())
 }
 
+/// The single-quoted string after `prefix` (`window.userAvatar = 'data:img/jpg;base64,…';`).
+fn js_single_quoted(text: &str, prefix: &str) -> Option<String> {
+    let rest = &text[text.find(prefix)? + prefix.len()..];
+    let rest = rest.strip_prefix('\'')?;
+    Some(rest[..rest.find('\'')?].to_owned())
+}
+
 fn print_qr(text: &str) {
     use std::io::Write;
     let art = qrcode::QrCode::new(text.as_bytes())
@@ -443,5 +458,8 @@ mod tests {
         assert!(js_string(t, "window.redirect_uri=").unwrap().starts_with("https://wx2.qq.com/"));
         assert_eq!(js_number("garbage", "window.code="), None);
         assert_eq!(js_string("window.redirect_uri=\"unterminated", "window.redirect_uri="), None);
+        let t = "window.code=201;window.userAvatar = 'data:img/jpg;base64,AAAA';";
+        assert_eq!(js_single_quoted(t, "window.userAvatar = ").as_deref(), Some("data:img/jpg;base64,AAAA"));
+        assert_eq!(js_single_quoted("window.code=201;", "window.userAvatar = "), None);
     }
 }

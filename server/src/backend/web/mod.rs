@@ -115,6 +115,9 @@ struct Stored {
     media_id: String,
     #[serde(default)]
     encry_file_name: String,
+    /// A file's `FileSize` (forwarding a file names it).
+    #[serde(default)]
+    size: u64,
     /// The `ClientMsgId` of a message the bot sent (recall needs it).
     #[serde(default)]
     client_msg_id: String,
@@ -616,9 +619,26 @@ impl Backend for WebBackend {
                 let target = self.target(to)?;
                 self.send_text(&target, to, s.message.text.clone(), Vec::new()).await.map(Some)
             }
-            // The protocol can resend media by MediaId (Scene 2); this backend does not yet: fetch the
-            // file (MessageFile/MessageImage) and send it.
-            _ => Err(BackendError::Unsupported("message_forward of a non-text message")),
+            // Media already on WeChat's server is resent by its MediaId with Scene 2 (wechat4u's
+            // forwardMsg): files, and images, videos and gifs whose MediaId is known (those the bot sent;
+            // received ones carry none on the web protocol).
+            3 | 43 | 47 | 49
+                if !s.media_id.is_empty() && (s.msg_type != 49 || s.app_msg_type == 6 || s.app_msg_type == 0) =>
+            {
+                let target = self.target(to)?;
+                use puppet_proto::model::MessageType as K;
+                let kind = match s.msg_type {
+                    3 => K::Image,
+                    43 => K::Video,
+                    47 => K::Emoticon,
+                    _ => K::Attachment,
+                };
+                let file = (s.message.filename.clone(), s.size as usize);
+                self.send_media(&target, to, kind, &s.media_id, file, 2).await.map(Some)
+            }
+            _ => Err(BackendError::Unsupported(
+                "message_forward of this message (only text and media with a known MediaId: files, and images/videos the bot sent)",
+            )),
         }
     }
 

@@ -217,6 +217,23 @@ impl WebBackend {
         };
         let session = self.session()?;
         let media_id = self.upload(&session, to_un, &name, mediatype, mime, &bytes).await?;
+        self.send_media(to_un, to, kind, &media_id, (name, bytes.len()), 0).await
+    }
+
+    /// Sends media already on the server by its `MediaId` (`kind` picks the endpoint, `file` is the
+    /// name and size a file card shows); `scene` is
+    /// 0 for a fresh upload, 2 for a forward (wechat4u's forwardMsg).
+    pub(super) async fn send_media(
+        &self,
+        to_un: &str,
+        to: &ConversationId,
+        kind: MessageType,
+        media_id: &str,
+        (name, size): (String, usize),
+        scene: u32,
+    ) -> BackendResult<MessageId> {
+        let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+        let session = self.session()?;
         let client = client_msg_id();
         let base = &session.endpoints.base;
         let pt = session.pass_ticket.clone();
@@ -264,7 +281,7 @@ impl WebBackend {
                 m["Content"] = json!(format!(
                     "<appmsg appid='wxeb7ec651dd0aefa9' sdkver=''><title>{}</title><des></des><action></action><type>6</type><content></content><url></url><lowurl></lowurl><appattach><totallen>{}</totallen><attachid>{media_id}</attachid><fileext>{ext}</fileext></appattach><extinfo></extinfo></appmsg>",
                     xml_escape(&name),
-                    bytes.len()
+                    size
                 ));
                 (
                     "webwxsendappmsg",
@@ -275,10 +292,13 @@ impl WebBackend {
                 )
             }
         };
-        let body = json!({"BaseRequest": session.base_request(), "Msg": msg, "Scene": 0});
+        let body = json!({"BaseRequest": session.base_request(), "Msg": msg, "Scene": scene});
         let id = self.post_send(what, &url, &query, &body).await?;
         let filename = if kind == MessageType::Attachment { name } else { String::new() };
-        Ok(self.keep_sent(to_un, to, &id, sent(kind, String::new(), filename, client, msg_type)))
+        let mut kept = sent(kind, String::new(), filename, client, msg_type);
+        kept.media_id = media_id.to_owned();
+        kept.size = size as u64;
+        Ok(self.keep_sent(to_un, to, &id, kept))
     }
 }
 

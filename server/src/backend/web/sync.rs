@@ -490,6 +490,7 @@ impl WebBackend {
                 m["MediaId"].as_str().unwrap_or_default().to_owned()
             },
             encry_file_name: m["EncryFileName"].as_str().unwrap_or_default().to_owned(),
+            size: m["FileSize"].as_str().and_then(|n| n.parse().ok()).unwrap_or_default(),
             client_msg_id: String::new(),
             xml: match kind {
                 MessageType::Location => plain_text(m["OriContent"].as_str().unwrap_or_default()),
