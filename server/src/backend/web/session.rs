@@ -375,7 +375,10 @@ pub fn plain_text(html: &str) -> String {
         let rest = &s[start + 24..];
         let Some(end) = rest.find("\"></span>") else { break };
         let hex = &rest[..end];
+        // Only ASCII hex is split by length: anything else (a crafted text) would split inside a
+        // multi-byte character.
         let chars: String = match hex.len() {
+            _ if !hex.bytes().all(|b| b.is_ascii_hexdigit()) => String::new(),
             8 | 10 => {
                 let (a, b) = hex.split_at(hex.len() / 2);
                 [a, b].iter().filter_map(|h| u32::from_str_radix(h, 16).ok().and_then(char::from_u32)).collect()
@@ -420,6 +423,28 @@ mod tests {
         assert_eq!(e.base, "http://127.0.0.1:4567/cgi-bin/mmwebwx-bin");
         assert_eq!(e.push, e.base);
         assert_eq!(e.file, e.base);
+    }
+
+    proptest::proptest! {
+        /// WeChat's texts, XML and emoji spans are outside input: any text gets an answer, never a
+        /// panic, and a value between its tags comes back as it was.
+        #[test]
+        fn any_text_is_parsed_without_panicking(text in "(<span class=\"emoji emoji|\"></span>|<br/>|&amp;|<a>|</a>| x=\"|\"|[0-9a-fé€😀]){0,40}") {
+            let _ = plain_text(&text);
+            let _ = xml_tag(&text, "a");
+            let _ = xml_attr(&text, "x");
+        }
+
+        #[test]
+        fn a_tag_value_comes_back(v in "[^<]{0,40}") {
+            let xml = format!("<r><a>{v}</a></r>");
+            proptest::prop_assert_eq!(xml_tag(&xml, "a"), Some(v.as_str()));
+        }
+    }
+
+    #[test]
+    fn an_emoji_span_of_other_bytes_is_dropped_not_split() {
+        assert_eq!(plain_text("a<span class=\"emoji emojiaaa\u{e9}aaa\"></span>b"), "ab");
     }
 
     #[test]
